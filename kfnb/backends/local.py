@@ -1,0 +1,256 @@
+"""The local backend: a TFJob's replicas as processes on this machine.
+
+Each job gets a directory under the store (``<storage>/<job>/``) laid out as on
+any store: ``code/``, ``logs/<replica>.log``, ``tensorboard/``, ``model/``,
+``status/<replica>.json`` from the runtime and ``status.json`` for the job. A
+supervisor process (see `kfnb.backends.supervisor`) runs the replicas in a
+session of its own, so jobs outlive the kernel and any kernel can list,
+follow and delete them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kfnb.backends import BackendError, JobNotFound
+from kfnb.bundle import Bundle
+from kfnb.config import settings
+from kfnb.status import JobStatus
+
+SUPERVISOR_MODULE = "kfnb.backends.supervisor"
+_children: dict[str, subprocess.Popen[bytes]] = {}  # supervisors this process started
+
+
+def _supervisor_alive(pid: int) -> bool:
+    """True if ``pid`` is a live kfnb supervisor (not a reused pid, not a zombie)."""
+    child = next((p for p in _children.values() if p.pid == pid), None)
+    if child is not None:
+        return child.poll() is None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True  # no /proc: trust the pid
+    return SUPERVISOR_MODULE.encode() in cmdline
+
+
+def local_gpus() -> list[str]:
+    """GPU indices this machine has, from nvidia-smi (none when it is missing)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def _has_module(python: str, module: str) -> bool:
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return importlib.util.find_spec(module) is not None
+    probe = f"import importlib.util,sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60)
+        return found.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, storage: str | Path | None = None, python: str | None = None) -> None:
+        config = settings()
+        self.root = Path(storage or config.storage).expanduser()
+        self.python = python or config.python
+
+    def job_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _existing(self, name: str) -> Path:
+        path = self.job_dir(name)
+        if not (path / "manifest.json").exists():
+            raise JobNotFound(f"no local job named {name!r}: `%kfnb list` shows the jobs")
+        return path
+
+    def preflight(self, manifest: dict[str, Any]) -> list[str]:
+        """Fail now, in one line, on what would only fail inside the replicas later."""
+        if shutil.which(self.python) is None and not Path(self.python).exists():
+            raise BackendError(
+                f"the local backend's Python {self.python!r} does not exist: "
+                "set %config Kfnb.python to an interpreter"
+            )
+        if not _has_module(self.python, "tensorflow"):
+            raise BackendError(
+                f"TensorFlow is not installed for {self.python}: pip install 'kfnb[tensorflow]' "
+                "(or tensorflow-cpu) in the kernel's environment"
+            )
+        env = _container_env(manifest)
+        if env.get("TF_USE_LEGACY_KERAS") == "1" and not _has_module(self.python, "tf_keras"):
+            raise BackendError(
+                "multi-worker Keras needs tf-keras (Keras 3 cannot fit under "
+                "MultiWorkerMirroredStrategy): pip install --no-deps tf-keras matching your "
+                "TensorFlow, or pass --env TF_USE_LEGACY_KERAS=0"
+            )
+        warnings = []
+        wants_gpus = any(
+            c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+            for spec in manifest["spec"]["tfReplicaSpecs"].values()
+            for c in spec["template"]["spec"]["containers"]
+        )
+        if wants_gpus and not local_gpus():
+            warnings.append("this machine has no GPU: the local backend runs the job on CPU")
+        return warnings
+
+    def submit(self, manifest: dict[str, Any], bundle: Bundle) -> JobStatus:
+        name = manifest["metadata"]["name"]
+        path = self.job_dir(name)
+        if (path / "manifest.json").exists():
+            raise BackendError(
+                f"a job named {name!r} already exists: pick another --name, or "
+                f"`%kfnb delete {name} --purge` first"
+            )
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+        bundle.write(path / "code")
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        status = JobStatus(name, self.name, "Created", message=f"TFJob {name} is created.")
+        status.write(path / "status.json")
+        env = {**os.environ, "KFNB_PYTHON": self.python, "KFNB_LOCAL_GPUS": ",".join(local_gpus())}
+        with open(path / "supervisor.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", SUPERVISOR_MODULE, str(path)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the kernel, and Ctrl-C in it
+            )
+        _children[name] = process
+        (path / "supervisor.pid").write_text(str(process.pid))
+        return status
+
+    def status(self, name: str) -> JobStatus:
+        path = self._existing(name)
+        status = JobStatus.read(path / "status.json")
+        if not status.finished and not self._supervised(path):
+            # Its supervisor died without a word (killed, machine rebooted): say so.
+            status = JobStatus(
+                name,
+                self.name,
+                "Failed",
+                "SupervisorLost",
+                "kfnb's local supervisor of this job is gone; its replicas were stopped with it",
+                status.start_time,
+                time.time(),
+                status.replicas,
+            )
+            status.write(path / "status.json")
+        return status
+
+    def _supervised(self, path: Path) -> bool:
+        try:
+            pid = int((path / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            return False
+        return _supervisor_alive(pid)
+
+    def delete(self, name: str, purge: bool = False, timeout: float = 10.0) -> JobStatus:
+        """Stop the job (its logs and artifacts stay, unless ``purge``)."""
+        path = self._existing(name)
+        status = self.status(name)
+        if not status.finished:
+            pid = int((path / "supervisor.pid").read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while not status.finished and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status = self.status(name)
+            child = _children.pop(name, None)
+            if child is not None:
+                child.wait(timeout=1)
+        if purge:
+            shutil.rmtree(path, ignore_errors=True)
+        return status
+
+    def list_jobs(self) -> list[JobStatus]:
+        if not self.root.is_dir():
+            return []
+        jobs = []
+        for path in self.root.iterdir():
+            if (path / "manifest.json").exists() and (path / "status.json").exists():
+                jobs.append(self.status(path.name))
+        return sorted(jobs, key=lambda s: s.start_time or 0.0)
+
+    def replica_names(self, name: str) -> list[str]:
+        manifest = json.loads((self._existing(name) / "manifest.json").read_text())
+        return [
+            f"{kind.lower()}-{i}"
+            for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()
+            for i in range(spec.get("replicas", 1))
+        ]
+
+    def _log_path(self, name: str, replica: str) -> Path:
+        if replica not in self.replica_names(name):
+            raise BackendError(
+                f"job {name!r} has no replica {replica!r}: it has "
+                f"{', '.join(self.replica_names(name))}"
+            )
+        return self.job_dir(name) / "logs" / f"{replica}.log"
+
+    def read_log(self, name: str, replica: str) -> str:
+        path = self._log_path(name, replica)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def follow_log(self, name: str, replica: str, poll: float = 0.1) -> Iterator[str]:
+        """Lines of the replica's log as they are written, until the job has ended."""
+        path = self._log_path(name, replica)
+        offset = 0
+        pending = b""
+        while True:
+            finished = self.status(name).finished  # read before the log: no line is lost
+            if path.exists():
+                with open(path, "rb") as log:
+                    log.seek(offset)
+                    chunk = log.read()
+                offset += len(chunk)
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace") + "\n"
+            if finished:
+                if pending:
+                    yield pending.decode(errors="replace")
+                return
+            time.sleep(poll)
+
+    def replica_result(self, name: str, replica: str) -> dict[str, Any] | None:
+        path = self._existing(name) / "status" / f"{replica}.json"
+        try:
+            result: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return result
+
+
+def _container_env(manifest: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for spec in manifest["spec"]["tfReplicaSpecs"].values():
+        for container in spec["template"]["spec"]["containers"]:
+            env.update({e["name"]: str(e.get("value", "")) for e in container.get("env", [])})
+    return env

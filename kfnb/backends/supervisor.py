@@ -1,0 +1,338 @@
+"""The local Training Operator: runs one TFJob manifest's replicas as processes.
+
+Started by `LocalBackend` as ``python -m kfnb.backends.supervisor JOB_DIR`` in a
+session of its own, so the job survives a kernel restart, as on a cluster. It
+copies the operator's semantics (Training Operator 1.9):
+
+- ``TF_CONFIG`` on every replica when the job has more than one; the evaluator
+  is not part of the cluster; addresses are ``localhost:<free port>``;
+- success: the chief decides, else worker 0 (or all workers with
+  ``successPolicy: AllWorkers``); remaining replicas are then stopped;
+- a replica failure that is not retried fails the job and stops the others at
+  once, so no collective op leaves a worker hanging;
+- restart policies Never, OnFailure, Always and ExitCode (1-127 permanent,
+  128 and above retried), ``backoffLimit`` and ``activeDeadlineSeconds``.
+
+Each replica's output goes to ``logs/<replica>.log``; the job's state to
+``status.json``, rewritten atomically on every change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+from kfnb.spec import CODE_DIR, CONTAINER_NAME
+from kfnb.status import JobStatus, ReplicaStatus
+
+POLL_SECONDS = 0.05
+STOP_GRACE_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in each replica before exec: the kernel kills it if the supervisor dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the supervisor's own cleanup still applies
+
+
+@dataclass
+class Replica:
+    type: str  # lower-case task type
+    index: int
+    restart_policy: str
+    command: list[str]
+    env: dict[str, str]
+    gpus: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    phase: str = "Pending"
+    restarts: int = 0
+    exit_code: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}-{self.index}"
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(self.type, self.index, self.phase, self.restarts, self.exit_code)
+
+
+def _container(template: dict[str, Any]) -> dict[str, Any]:
+    containers = template["spec"]["containers"]
+    return next((c for c in containers if c["name"] == CONTAINER_NAME), containers[0])
+
+
+def cluster_spec(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """TF_CONFIG's cluster: every type but the evaluator, one free local port each."""
+    cluster: dict[str, list[str]] = {}
+    for kind, spec in manifest["spec"]["tfReplicaSpecs"].items():
+        if kind.lower() == "evaluator":
+            continue
+        cluster[kind.lower()] = [f"localhost:{free_port()}" for _ in range(spec.get("replicas", 1))]
+    return cluster
+
+
+def plan_replicas(manifest: dict[str, Any], job_dir: Path, python: str) -> list[Replica]:
+    """The manifest's replicas as local processes, with TF_CONFIG as the operator sets it."""
+    specs = manifest["spec"]["tfReplicaSpecs"]
+    total = sum(spec.get("replicas", 1) for spec in specs.values())
+    cluster = cluster_spec(manifest) if total != 1 else None
+    replicas = []
+    for kind, spec in specs.items():
+        container = _container(spec["template"])
+        base_env = {e["name"]: str(e.get("value", "")) for e in container.get("env", [])}
+        # The manifest's paths are those of a pod: map them onto this machine.
+        base_env["KFNB_CODE_DIR"] = str(job_dir / "code")
+        base_env["KFNB_ARTIFACTS"] = str(job_dir)
+        command = [
+            python if c == "python" else c.replace(CODE_DIR, str(job_dir / "code"))
+            for c in container.get("command", []) + container.get("args", [])
+        ]
+        gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for index in range(spec.get("replicas", 1)):
+            env = dict(base_env)
+            if cluster is not None:
+                env["TF_CONFIG"] = json.dumps(
+                    {
+                        "cluster": cluster,
+                        "task": {"type": kind.lower(), "index": index},
+                        "environment": "cloud",
+                    }
+                )
+            replicas.append(
+                Replica(kind.lower(), index, spec.get("restartPolicy", "Never"), command, env, gpus)
+            )
+    return replicas
+
+
+def exit_code_of(returncode: int) -> int:
+    """A killed process reports -SIGNAL; a container reports 128 + SIGNAL."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def retryable(policy: str, code: int) -> bool:
+    if policy in ("OnFailure", "Always"):
+        return code != 0 or policy == "Always"
+    if policy == "ExitCode":
+        return code >= 128  # 1-127 are permanent errors, 128+ are signals and retried
+    return False
+
+
+class Supervisor:
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir = job_dir
+        self.manifest = json.loads((job_dir / "manifest.json").read_text())
+        self.name = self.manifest["metadata"]["name"]
+        self.run_policy = self.manifest["spec"].get("runPolicy", {})
+        self.success_policy = self.manifest["spec"].get("successPolicy", "")
+        python = os.environ.get("KFNB_PYTHON") or sys.executable
+        self.replicas = plan_replicas(self.manifest, job_dir, python)
+        self.gpu_pool = [g for g in os.environ.get("KFNB_LOCAL_GPUS", "").split(",") if g]
+        self.status = JobStatus(
+            self.name, "local", "Created", message=f"TFJob {self.name} is created."
+        )
+        self.stop_requested = False
+        self._logs: dict[str, IO[bytes]] = {}
+        self._next_gpu = 0
+
+    # -- processes -----------------------------------------------------------------
+
+    def _gpu_env(self, replica: Replica) -> str:
+        """CUDA_VISIBLE_DEVICES: like a pod, a replica sees only the GPUs it asked for."""
+        if not replica.gpus or not self.gpu_pool:
+            return ""
+        chosen = [
+            self.gpu_pool[(self._next_gpu + i) % len(self.gpu_pool)] for i in range(replica.gpus)
+        ]
+        self._next_gpu += replica.gpus
+        return ",".join(chosen)
+
+    def start(self, replica: Replica) -> None:
+        log_dir = self.job_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        log = self._logs.get(replica.name)
+        if log is None:
+            log = self._logs[replica.name] = open(log_dir / f"{replica.name}.log", "ab")
+        if replica.restarts:
+            log.write(f"--- kfnb: restart {replica.restarts} of {replica.name} ---\n".encode())
+            log.flush()
+        env = {**os.environ, **replica.env, "CUDA_VISIBLE_DEVICES": self._gpu_env(replica)}
+        replica.process = subprocess.Popen(
+            replica.command,
+            env=env,
+            cwd=self.job_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        replica.phase, replica.exit_code = "Running", None
+
+    def stop(self, replicas: list[Replica]) -> None:
+        """SIGTERM each replica's process group, SIGKILL what is left after a grace period."""
+        alive = [(r, r.process) for r in replicas if r.process and r.process.poll() is None]
+        for _, process in alive:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while any(p.poll() is None for _, p in alive) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        for replica, process in alive:
+            if process.poll() is None:
+                _signal_group(process, signal.SIGKILL)
+            process.wait()
+            replica.exit_code = exit_code_of(process.returncode)
+            replica.phase = "Stopped"  # ended by kfnb, as cleanPodPolicy deletes a pod
+
+    # -- state ---------------------------------------------------------------------
+
+    def publish(self, **changes: Any) -> None:
+        status = replace(self.status, **changes, replicas=tuple(r.status() for r in self.replicas))
+        if status != self.status:
+            self.status = status
+            status.write(self.job_dir / "status.json")
+
+    def finish(self, phase: str, reason: str, message: str) -> None:
+        self.stop(self.replicas)
+        self.publish(phase=phase, reason=reason, message=message, completion_time=time.time())
+        for log in self._logs.values():
+            log.close()
+
+    def decided(self) -> tuple[str, str, str] | None:
+        """The job's outcome if the replicas decide it now, as the operator would."""
+        by_type: dict[str, list[Replica]] = {}
+        for r in self.replicas:
+            by_type.setdefault(r.type, []).append(r)
+        for kind in ("chief", "master", "evaluator", "ps", "worker"):
+            failed = [r for r in by_type.get(kind, []) if r.phase == "Failed"]
+            if failed:
+                label = {"ps": "PS"}.get(kind, kind.capitalize())
+                return (
+                    "Failed",
+                    "TFJobFailed",
+                    f"TFJob {self.name} has failed because {len(failed)} {label} "
+                    f"replica(s) failed.",
+                )
+        deciders = by_type.get("chief") or by_type.get("master")
+        workers = by_type.get("worker", [])
+        if deciders:
+            done = all(r.phase == "Succeeded" for r in deciders)
+        elif self.success_policy == "AllWorkers":
+            done = all(r.phase == "Succeeded" for r in workers)
+        else:
+            done = bool(workers) and workers[0].phase == "Succeeded"
+        if done:
+            return "Succeeded", "TFJobSucceeded", f"TFJob {self.name} successfully completed."
+        return None
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> JobStatus:
+        self.publish(start_time=time.time())
+        for replica in self.replicas:
+            self.start(replica)
+        self.publish(
+            phase="Running", reason="TFJobRunning", message=f"TFJob {self.name} is running."
+        )
+        deadline = self.run_policy.get("activeDeadlineSeconds")
+        backoff_limit = self.run_policy.get("backoffLimit")
+        started = time.monotonic()
+        while True:
+            if self.stop_requested:
+                self.finish("Deleted", "TFJobDeleted", f"TFJob {self.name} was deleted.")
+                break
+            if deadline is not None and time.monotonic() - started > deadline:
+                self.finish(
+                    "Failed",
+                    "DeadlineExceeded",
+                    f"TFJob {self.name} has failed because it ran longer than "
+                    f"activeDeadlineSeconds ({deadline} s).",
+                )
+                break
+            restarting = False
+            for replica in self.replicas:
+                process = replica.process
+                if replica.phase != "Running" or process is None or process.poll() is None:
+                    continue
+                code = exit_code_of(process.returncode)
+                replica.exit_code = code
+                if not retryable(replica.restart_policy, code):
+                    replica.phase = "Succeeded" if code == 0 else "Failed"
+                    continue
+                total_restarts = sum(r.restarts for r in self.replicas)
+                if backoff_limit is not None and total_restarts >= backoff_limit:
+                    replica.phase = "Failed"
+                    self.finish(
+                        "Failed",
+                        "BackoffLimitExceeded",
+                        f"TFJob {self.name} has failed because it has reached the "
+                        f"specified backoff limit ({backoff_limit}).",
+                    )
+                    return self.status
+                replica.restarts += 1
+                restarting = True
+                self.start(replica)
+            if restarting:
+                self.publish(
+                    phase="Restarting",
+                    reason="TFJobRestarting",
+                    message=f"TFJob {self.name} is restarting a replica.",
+                )
+            outcome = self.decided()
+            if outcome is not None:
+                self.finish(*outcome)
+                break
+            self.publish(
+                phase="Running", reason="TFJobRunning", message=f"TFJob {self.name} is running."
+            )
+            time.sleep(POLL_SECONDS)
+        return self.status
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    supervisor = Supervisor(Path(argv[0]))
+
+    def request_stop(signum: int, frame: Any) -> None:
+        supervisor.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closing terminal must not end the job
+    try:
+        status = supervisor.run()
+    except BaseException:
+        supervisor.finish(
+            "Failed",
+            "SupervisorError",
+            "kfnb's local supervisor failed; see supervisor.log in the job directory.",
+        )
+        raise
+    return 0 if status.phase == "Succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,305 @@
+"""Turn a notebook cell into a bundle a replica can run without an image build.
+
+A bundle holds the cell's source, the notebook names the cell reads (functions
+and classes defined in the notebook pickled by value, other values pickled,
+modules as imports), files named with ``--include``, the notebook's own modules
+the cell relies on, kfnb's ``runtime.py`` and a copy of cloudpickle, so that a
+stock TensorFlow image can run it with nothing installed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import linecache
+import operator
+import os
+import pickle
+import symtable
+import sys
+import sysconfig
+import time
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUNDLE_FORMAT = 1
+RUNTIME_NAME = "tfjob"  # the name the runtime gives the cell for its role and paths
+_RESERVED = frozenset({RUNTIME_NAME, "__builtins__", "__name__", "__doc__"})
+# Keras 3's tf.keras namespace: modules under it are resolved through `tensorflow`
+# in the replica, so that TF_USE_LEGACY_KERAS=1 there gives tf-keras, not Keras 3.
+_KERAS_PREFIXES = ("keras._tf_keras.keras", "tensorflow.keras", "tf_keras.api._v2.keras")
+_KERAS_SUBMODULES = (
+    "layers",
+    "models",
+    "optimizers",
+    "losses",
+    "metrics",
+    "callbacks",
+    "activations",
+    "initializers",
+    "regularizers",
+    "utils",
+    "datasets",
+)
+
+
+class BundleError(ValueError):
+    """The cell cannot be shipped; the message is one line that says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Files keyed by their path in the job's ``code/`` directory."""
+
+    files: Mapping[str, bytes]
+    names: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    includes: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(len(data) for data in self.files.values())
+
+    def write(self, directory: Path) -> None:
+        for path, data in self.files.items():
+            target = directory / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+def compile_cell(source: str, filename: str = "<tfjob cell>") -> types.CodeType:
+    """Compile the cell now, so a syntax error shows before anything is submitted."""
+    try:
+        return compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as err:
+        line = (err.text or "").strip()
+        if line.startswith(("%", "!")):
+            raise BundleError(
+                f"line {err.lineno} of the cell is IPython syntax ({line[:40]}), which a job "
+                "cannot run: move it to another cell or use plain Python"
+            ) from None
+        raise BundleError(
+            f"syntax error in the cell, line {err.lineno}: {err.msg}: {line[:60]}"
+        ) from None
+
+
+def referenced_names(source: str) -> tuple[set[str], set[str]]:
+    """The global names the cell reads, and those it binds itself.
+
+    Uses the compiler's own symbol tables, so names read by functions and classes
+    the cell defines count too, and attribute names (``model.fit``) do not.
+    """
+    read: set[str] = set()
+    bound: set[str] = set()
+
+    def visit(table: symtable.SymbolTable, top: bool) -> None:
+        for symbol in table.get_symbols():
+            name = symbol.get_name()
+            if top:
+                if symbol.is_referenced():
+                    read.add(name)
+                if symbol.is_assigned() or symbol.is_imported() or symbol.is_namespace():
+                    bound.add(name)
+            elif symbol.is_global() and symbol.is_referenced():
+                read.add(name)
+        for child in table.get_children():
+            visit(child, False)
+
+    visit(symtable.symtable(source, "<tfjob cell>", "exec"), True)
+    return read, bound
+
+
+def _stdlib_and_site_dirs() -> tuple[str, ...]:
+    keys = ("stdlib", "platstdlib", "purelib", "platlib")
+    dirs = {sysconfig.get_paths()[k] for k in keys}
+    dirs.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(os.path.realpath(d) for d in dirs if d)
+
+
+def local_module_root(module: types.ModuleType) -> Path | None:
+    """The file or package directory of a module the user wrote, or None if installed.
+
+    Installed modules exist in the replica's image (or must be added there); the
+    user's own modules next to the notebook do not, so they travel in the bundle.
+    """
+    file = getattr(module, "__file__", None)
+    if not file or module.__name__ == "__main__":
+        return None
+    path = os.path.realpath(file)
+    if path.startswith(_stdlib_and_site_dirs()) or "site-packages" in path:
+        return None
+    top = module.__name__.split(".")[0]
+    top_module = sys.modules.get(top)
+    top_file = getattr(top_module, "__file__", None) if top_module else None
+    if top_file and os.path.basename(top_file) == "__init__.py":
+        return Path(top_file).resolve().parent
+    return Path(path)
+
+
+def _keras_path(obj: Any) -> str | None:
+    """``keras.layers`` for Keras 3's ``tf.keras.layers`` module (or a class in it)."""
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+        for prefix in _KERAS_PREFIXES:
+            if name == prefix or name.startswith(prefix + "."):
+                return "keras" + name[len(prefix) :]
+        return None
+    module = getattr(obj, "__module__", "") or ""
+    if not module.startswith(("keras.", "tf_keras.")) or "tensorflow" not in sys.modules:
+        return None
+    keras = getattr(sys.modules["tensorflow"], "keras", None)
+    qualname = getattr(obj, "__name__", None)
+    if keras is None or not qualname:
+        return None
+    for sub in ("", *_KERAS_SUBMODULES):
+        owner = getattr(keras, sub, None) if sub else keras
+        if owner is not None and getattr(owner, qualname, None) is obj:
+            return f"keras.{sub}.{qualname}" if sub else f"keras.{qualname}"
+    return None
+
+
+def _pickler_class() -> Any:
+    import cloudpickle
+
+    class BundlePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        """cloudpickle, plus notes of what the pickle needs in the replica."""
+
+        def __init__(self, file: io.BytesIO) -> None:
+            super().__init__(file, protocol=pickle.DEFAULT_PROTOCOL)
+            self.modules: set[str] = set()
+            self.sources: set[str] = set()
+
+        def reducer_override(self, obj: Any) -> Any:
+            keras = _keras_path(obj)
+            if keras is not None:
+                return operator.attrgetter(keras), (sys.modules["tensorflow"],)
+            if isinstance(obj, types.ModuleType):
+                self.modules.add(obj.__name__)
+            elif isinstance(obj, types.FunctionType):
+                self.modules.add(obj.__module__ or "")
+                if obj.__module__ == "__main__":
+                    self.sources.add(obj.__code__.co_filename)
+            elif isinstance(obj, type):
+                self.modules.add(obj.__module__)
+            return super().reducer_override(obj)
+
+    return BundlePickler
+
+
+def _describe(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+
+
+def _module_reference(module: types.ModuleType) -> str:
+    keras = _keras_path(module)
+    return f"tensorflow:{keras}" if keras else module.__name__
+
+
+def _include_paths(paths: Iterable[str], cwd: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else cwd / path
+        if not path.exists():
+            raise BundleError(f"--include {raw}: no such file or directory")
+        base = path.parent
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in found:
+            if "__pycache__" in file.parts or file.name.startswith("."):
+                continue
+            files[f"include/{file.relative_to(base).as_posix()}"] = file.read_bytes()
+    return files
+
+
+def _vendored_cloudpickle() -> dict[str, bytes]:
+    import cloudpickle
+
+    package = Path(cloudpickle.__file__).parent
+    return {f"vendor/cloudpickle/{f.name}": f.read_bytes() for f in sorted(package.glob("*.py"))}
+
+
+def build_bundle(
+    source: str,
+    namespace: Mapping[str, Any],
+    *,
+    job_name: str,
+    hidden: Iterable[str] = (),
+    includes: Iterable[str] = (),
+    cwd: Path | None = None,
+) -> Bundle:
+    """Bundle ``source`` with what it reads from ``namespace`` (the notebook's names).
+
+    ``hidden`` are names to leave out (IPython's own ``In``, ``Out``, ``_``...).
+    A name the cell reads but cannot be pickled is an error naming it and the
+    reason, unless the cell binds that name itself.
+    """
+    compile_cell(source)
+    read, bound = referenced_names(source)
+    skip = set(hidden) | _RESERVED | set(dir(builtins))
+    pickler_class = _pickler_class()
+    payloads: dict[str, bytes] = {}
+    modules: dict[str, str] = {}
+    needed_modules: set[str] = set()
+    sources: set[str] = set()
+    for name in sorted(read - skip):
+        if name not in namespace:
+            continue
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = _module_reference(value)
+            needed_modules.add(value.__name__)
+            continue
+        buffer = io.BytesIO()
+        pickler = pickler_class(buffer)
+        try:
+            pickler.dump(value)
+        except Exception as err:  # pickling raises anything: TypeError, PicklingError, ...
+            if name in bound:
+                continue  # the cell makes its own; the notebook's copy is not needed
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise BundleError(
+                f"cannot ship {name!r} ({_describe(value)}) to the job: {reason[:120]}. "
+                f"Create it inside the cell, or pass what it is built from"
+            ) from None
+        payloads[name] = buffer.getvalue()
+        needed_modules |= pickler.modules
+        sources |= pickler.sources
+
+    cwd = cwd or Path.cwd()
+    files: dict[str, bytes] = {"cell.py": source.encode()}
+    files.update(_include_paths(includes, cwd))
+    local_roots = {
+        root
+        for mod in needed_modules
+        if mod in sys.modules and (root := local_module_root(sys.modules[mod])) is not None
+    }
+    for root in sorted(local_roots):
+        files.update(_include_paths([str(root)], cwd))
+    files["names.pkl"] = pickle.dumps(payloads, protocol=pickle.DEFAULT_PROTOCOL)
+    # Source lines of notebook functions, so a replica's traceback shows them.
+    notebook_sources = {f: "".join(linecache.getlines(f)) for f in sorted(sources)}
+    files["sources.json"] = json.dumps(notebook_sources).encode()
+    files["runtime.py"] = Path(__file__).with_name("runtime.py").read_bytes()
+    files.update(_vendored_cloudpickle())
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "job": job_name,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "names": sorted(payloads),
+        "modules": modules,
+        "created": time.time(),
+    }
+    files["bundle.json"] = json.dumps(meta, indent=1).encode()
+    return Bundle(
+        files=files,
+        names=tuple(sorted(payloads)),
+        modules=tuple(sorted(modules)),
+        includes=tuple(sorted(p for p in files if p.startswith("include/"))),
+        meta=meta,
+    )

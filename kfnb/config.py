@@ -1,0 +1,81 @@
+"""Settings, as traitlets so that ``%config Kfnb.storage = ...`` works in a notebook.
+
+Every setting also reads a ``KFNB_*`` environment variable, so a JupyterHub admin
+can set defaults for all users in the spawner without touching notebooks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Unicode, default
+from traitlets.config import Configurable
+
+
+def _data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "kfnb"
+
+
+class Kfnb(Configurable):
+    """kfnb's settings. Change them with ``%config Kfnb.<name> = value``."""
+
+    home = Unicode(help="Where kfnb keeps job records (KFNB_HOME).").tag(config=True)
+    storage = Unicode(
+        help="Where jobs write code, logs, TensorBoard events and models (KFNB_STORAGE)."
+    ).tag(config=True)
+    backend = Unicode(help="auto, local or kubernetes (KFNB_BACKEND).").tag(config=True)
+    namespace = Unicode("", help="Kubernetes namespace (KFNB_NAMESPACE).").tag(config=True)
+    python = Unicode(
+        help="Python interpreter the local backend runs replicas with (KFNB_PYTHON)."
+    ).tag(config=True)
+    image = Unicode(
+        "", help="Container image for Kubernetes replicas; empty picks the TensorFlow image."
+    ).tag(config=True)
+    legacy_keras = Bool(
+        True,
+        help="Set TF_USE_LEGACY_KERAS=1 in multi-worker jobs: Keras 3 cannot fit under "
+        "MultiWorkerMirroredStrategy (keras-team/keras#20585), tf-keras can.",
+    ).tag(config=True)
+
+    @default("home")
+    def _home_default(self) -> str:
+        return os.environ.get("KFNB_HOME") or str(_data_home())
+
+    @default("storage")
+    def _storage_default(self) -> str:
+        return os.environ.get("KFNB_STORAGE") or str(Path(self.home) / "jobs")
+
+    @default("backend")
+    def _backend_default(self) -> str:
+        return os.environ.get("KFNB_BACKEND") or "auto"
+
+    @default("python")
+    def _python_default(self) -> str:
+        return os.environ.get("KFNB_PYTHON") or sys.executable
+
+
+_settings: Kfnb | None = None
+
+
+def settings(**kwargs: Any) -> Kfnb:
+    """The one settings object of this process (created with ``kwargs`` the first time)."""
+    global _settings
+    if _settings is None:
+        _settings = Kfnb(**kwargs)
+    return _settings
+
+
+def use_settings(config: Kfnb) -> None:
+    """Make ``config`` (the one ``%config`` changes) the settings object."""
+    global _settings
+    _settings = config
+
+
+def reset_settings() -> None:
+    """Forget the settings object (tests, and a fresh ``%load_ext``)."""
+    global _settings
+    _settings = None

@@ -1,0 +1,154 @@
+"""`Job`: the handle a ``%%tfjob`` cell returns, the same for every backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Literal, overload
+
+from kfnb.backends import Backend, JobNotFound, get_backend
+from kfnb.records import load_record
+from kfnb.status import JobStatus
+
+LOG_TAIL_LINES = 20
+
+
+class JobFailed(RuntimeError):
+    """A job ended Failed; carries the failing replica's traceback.
+
+    IPython shows ``_render_traceback_``: the replica's own traceback, as if the
+    cell had raised in the notebook, then one line saying which replica failed.
+    """
+
+    def __init__(
+        self,
+        status: JobStatus,
+        replica: str | None = None,
+        traceback: str | None = None,
+        log_tail: str = "",
+    ) -> None:
+        self.status = status
+        self.replica = replica
+        self.traceback = traceback
+        self.log_tail = log_tail
+        detail = status.message or status.reason
+        if replica:
+            code = status.replica(replica)
+            exit_code = code.exit_code if code else None
+            detail += f" {replica} exited with code {exit_code}."
+        super().__init__(f"job {status.name} {status.phase.lower()}: {detail}".strip())
+
+    def _render_traceback_(self) -> list[str]:
+        lines: list[str] = []
+        if self.traceback:
+            lines += [f"--- traceback of {self.replica} ---", *self.traceback.rstrip().splitlines()]
+        elif self.log_tail:
+            lines += [
+                f"--- last lines of {self.replica}'s log ---",
+                *self.log_tail.rstrip().splitlines(),
+            ]
+        lines.append(f"JobFailed: {self}")
+        return lines
+
+
+class Job:
+    """A submitted job: its status, logs and control, wherever it runs."""
+
+    def __init__(self, name: str, backend: Backend) -> None:
+        self.name = name
+        self.backend = backend
+
+    @classmethod
+    def attach(cls, name: str) -> Job:
+        """The job ``name`` from its record, e.g. after a kernel restart."""
+        record = load_record(name)
+        if record is None:
+            raise JobNotFound(f"no job named {name!r}: `%kfnb list` shows the jobs")
+        return cls(name, get_backend(record.backend, storage=record.storage))
+
+    def status(self) -> JobStatus:
+        return self.backend.status(self.name)
+
+    @property
+    def phase(self) -> str:
+        return self.status().phase
+
+    @property
+    def replicas(self) -> list[str]:
+        return self.backend.replica_names(self.name)
+
+    @property
+    def decider(self) -> str:
+        """The replica whose success decides the job: the chief, else worker 0."""
+        names = self.replicas
+        return next((n for n in names if n.startswith(("chief-", "master-"))), None) or (
+            "worker-0" if "worker-0" in names else names[0]
+        )
+
+    @overload
+    def logs(self, replica: str | None = None, follow: Literal[False] = False) -> str: ...
+
+    @overload
+    def logs(self, replica: str | None = None, *, follow: Literal[True]) -> Iterator[str]: ...
+
+    def logs(self, replica: str | None = None, follow: bool = False) -> str | Iterator[str]:
+        """A replica's log (the chief's by default); with ``follow``, its lines as they come."""
+        replica = replica or self.decider
+        if follow:
+            return self.backend.follow_log(self.name, replica)
+        return self.backend.read_log(self.name, replica)
+
+    def delete(self) -> JobStatus:
+        """Stop the job. Its logs and artifacts are kept."""
+        return self.backend.delete(self.name)
+
+    def failure(self, status: JobStatus | None = None) -> JobFailed | None:
+        """A `JobFailed` for a failed job, naming the replica that failed first."""
+        status = status or self.status()
+        if status.phase != "Failed":
+            return None
+        failed = [r for r in status.replicas if r.phase == "Failed"]
+        # A replica that raised (exit 1-127) is the cause; those killed by signals follow it.
+        failed.sort(key=lambda r: (r.exit_code is None or r.exit_code >= 128, r.type != "chief"))
+        if not failed:
+            return JobFailed(status)
+        replica = failed[0].name
+        result = self.backend.replica_result(self.name, replica) or {}
+        tail = "".join(self.logs(replica).splitlines(keepends=True)[-LOG_TAIL_LINES:])
+        return JobFailed(status, replica, result.get("traceback") or result.get("error"), tail)
+
+    def wait(
+        self, timeout: float | None = None, poll: float = 0.1, cancel_on_interrupt: bool = True
+    ) -> JobStatus:
+        """Block until the job ends; raise `JobFailed` if it failed.
+
+        Ctrl-C deletes the job (``cancel_on_interrupt``) and re-raises.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            status = self.status()
+            while not status.finished:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.name} is still {status.phase} after {timeout} s")
+                time.sleep(poll)
+                status = self.status()
+        except KeyboardInterrupt:
+            if cancel_on_interrupt:
+                self.delete()
+            raise
+        error = self.failure(status)
+        if error is not None:
+            raise error
+        return status
+
+    def summary(self, status: JobStatus | None = None) -> str:
+        status = status or self.status()
+        elapsed = f" {status.elapsed:.0f}s" if status.elapsed is not None else ""
+        replicas = ", ".join(f"{r.name} {r.phase}" for r in status.replicas)
+        return f"Job {self.name} ({self.backend.name}): {status.phase}{elapsed} [{replicas}]"
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.summary())

@@ -1,0 +1,310 @@
+"""``%%tfjob`` and ``%kfnb``: argument parsing and display only.
+
+Every user mistake becomes a one-line `UsageError`; the work is done by
+`kfnb.spec`, `kfnb.bundle`, the backends and the `Job` handle.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+F = TypeVar("F", bound=Callable[..., Any])
+_announced_backend = False
+
+
+def _default_image(gpus: int) -> str:
+    """The official TensorFlow image matching the kernel's TensorFlow, GPU build if asked."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            tag = version(dist)
+            break
+        except PackageNotFoundError:
+            continue
+    else:
+        tag = "latest"
+    return f"tensorflow/tensorflow:{tag}{'-gpu' if gpus else ''}"
+
+
+def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r} is not KEY=VALUE")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _job_flags(func: F) -> F:
+    decorators = [
+        magic_arguments(),
+        argument("--name", help="job name, a DNS-1035 label (default: a fresh tfjob-xxxxxx)"),
+        argument("--workers", type=int, default=1, help="worker replicas (default 1)"),
+        argument("--ps", type=int, default=0, help="parameter server replicas"),
+        argument("--chief", type=int, default=0, choices=(0, 1), help="add a chief replica"),
+        argument("--evaluator", type=int, default=0, choices=(0, 1), help="add an evaluator"),
+        argument("--gpus", type=int, default=0, help="GPUs per worker and chief"),
+        argument("--cpu", help="CPU per replica, a Kubernetes quantity (2, 500m)"),
+        argument("--memory", help="memory per replica, a Kubernetes quantity (4Gi)"),
+        argument("--image", help="container image (default: TensorFlow matching the kernel)"),
+        argument(
+            "--backend",
+            choices=("auto", "local", "kubernetes"),
+            default=None,
+            help="where to run (default: %%config Kfnb.backend)",
+        ),
+        argument("--wait", action="store_true", help="block until the job ends"),
+        argument(
+            "--include",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="PATH",
+            help="files or directories to ship with the cell",
+        ),
+        argument(
+            "--env",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="KEY=VALUE",
+            help="environment variables of every replica",
+        ),
+        argument(
+            "--restart-policy",
+            default="Never",
+            choices=("Never", "OnFailure", "Always", "ExitCode"),
+            help="what to do when a replica fails (default Never)",
+        ),
+        argument("--backoff-limit", type=int, help="restarts allowed before the job fails"),
+        argument(
+            "--timeout", type=int, help="seconds before the job fails (activeDeadlineSeconds)"
+        ),
+        argument("--dry-run", action="store_true", help="print the TFJob manifest, submit nothing"),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+@magics_class
+class KfnbMagics(Magics):  # type: ignore[misc]
+    @_job_flags
+    @cell_magic
+    def tfjob(self, line: str, cell: str) -> Any:
+        """Run this cell as a distributed TensorFlow job (a Kubeflow TFJob).
+
+        The cell runs in every replica, with ``tfjob`` telling it its role
+        (``tfjob.task_type``, ``tfjob.is_chief``) and where to write
+        (``tfjob.model_dir``, ``tfjob.logdir``, ``tfjob.tensorboard()``).
+        Returns a `Job` at once; ``--wait`` blocks and raises `JobFailed`.
+        """
+        from kfnb.backends import BackendError, get_backend, resolve_backend_name
+        from kfnb.bundle import BundleError, build_bundle
+        from kfnb.config import settings
+        from kfnb.job import Job
+        from kfnb.records import JobRecord, load_record, save_record
+        from kfnb.spec import JobSpec, SpecError, generate_name, to_yaml, validate_name
+
+        args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
+        config = settings()
+        shell = self.shell
+        assert shell is not None, "kfnb's magics need an IPython shell"
+        if not cell.strip():
+            raise UsageError("the %%tfjob cell is empty: write the training code below the magic")
+        backend_name = resolve_backend_name(args.backend or config.backend)
+        try:
+            backend = get_backend(backend_name)
+            name = validate_name(args.name) if args.name else self._fresh_name(generate_name)
+            if args.name and load_record(name) is not None and not args.dry_run:
+                raise UsageError(
+                    f"a job named {name!r} exists already: pick another --name, or "
+                    f"`%kfnb delete {name} --purge` first"
+                )
+            bundle = build_bundle(
+                cell,
+                shell.user_ns,
+                job_name=name,
+                hidden=shell.user_ns_hidden,
+                includes=args.include,
+                cwd=Path.cwd(),
+            )
+            job_dir = backend.job_dir(name)
+            spec = JobSpec(
+                name=name,
+                workers=args.workers,
+                ps=args.ps,
+                chief=args.chief,
+                evaluator=args.evaluator,
+                gpus=args.gpus,
+                cpu=args.cpu,
+                memory=args.memory,
+                image=args.image or config.image or _default_image(args.gpus),
+                env=_env_pairs(args.env),
+                restart_policy=args.restart_policy,
+                backoff_limit=args.backoff_limit,
+                timeout=args.timeout,
+                namespace=config.namespace or None,
+                legacy_keras=config.legacy_keras,
+                artifacts=str(job_dir) if job_dir else "",
+                code_files=tuple(bundle.files),
+            )
+            manifest = spec.to_manifest()
+            if args.dry_run:
+                print(to_yaml(manifest), end="")
+                return None
+            for warning in backend.preflight(manifest):
+                print(f"kfnb: {warning}", file=sys.stderr)
+            self._announce(backend_name, args.backend)
+            backend.submit(manifest, bundle)
+        except (SpecError, BundleError, BackendError) as err:
+            raise UsageError(str(err)) from None
+        save_record(
+            JobRecord(
+                name,
+                backend.name,
+                str(getattr(backend, "root", "")),
+                namespace=config.namespace,
+                image=spec.image,
+                replicas=spec.replica_counts,
+            )
+        )
+        job = Job(name, backend)
+        if args.wait:
+            job.wait()
+        return job
+
+    @staticmethod
+    def _fresh_name(generate: Callable[[], str]) -> str:
+        from kfnb.records import load_record
+
+        while load_record(name := generate()) is not None:
+            pass
+        return name
+
+    @staticmethod
+    def _announce(backend: str, asked: str | None) -> None:
+        global _announced_backend
+        if asked is None and not _announced_backend:
+            _announced_backend = True
+            print(
+                f"kfnb: running jobs on the {backend} backend "
+                "(--backend or %config Kfnb.backend to change)"
+            )
+
+    @line_magic
+    def kfnb(self, line: str) -> Any:
+        """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
+        | delete NAME [--purge] | attach NAME"""
+        command, _, rest = line.strip().partition(" ")
+        handlers = {
+            "list": self._list,
+            "status": self._status,
+            "logs": self._logs,
+            "delete": self._delete,
+            "attach": self._attach,
+        }
+        if command not in handlers:
+            raise UsageError(
+                f"unknown %kfnb command {command!r}: use one of {', '.join(handlers)}"
+                if command
+                else f"%kfnb needs a command: {', '.join(handlers)}"
+            )
+        from kfnb.backends import BackendError
+
+        try:
+            return handlers[command](rest)
+        except BackendError as err:
+            raise UsageError(str(err)) from None
+
+    def _list(self, rest: str) -> None:
+        from kfnb.job import Job
+        from kfnb.records import list_records
+
+        if rest.strip():
+            raise UsageError("%kfnb list takes no arguments")
+        rows = [("NAME", "BACKEND", "PHASE", "ELAPSED", "REPLICAS")]
+        for record in list_records():
+            try:
+                status = Job.attach(record.name).status()
+            except Exception as err:  # one broken record must not hide the others
+                rows.append((record.name, record.backend, f"unknown ({err})"[:40], "", ""))
+                continue
+            elapsed = f"{status.elapsed:.0f}s" if status.elapsed is not None else ""
+            replicas = ",".join(f"{k.lower()}:{n}" for k, n in record.replicas.items())
+            rows.append((record.name, record.backend, status.phase, elapsed, replicas))
+        if len(rows) == 1:
+            print("No jobs yet: run a cell with %%tfjob.")
+            return
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+    @magic_arguments()
+    @argument("name")
+    def _name_only(self, line: str) -> None:
+        """%kfnb status|attach NAME"""
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--replica", help="replica to show, e.g. worker-1 (default: the chief or worker-0)")
+    @argument("--follow", action="store_true", help="keep printing new lines until the job ends")
+    def _logs_args(self, line: str) -> None:
+        """%kfnb logs NAME [--replica R] [--follow]"""
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--purge", action="store_true", help="also remove its logs, record and artifacts")
+    def _delete_args(self, line: str) -> None:
+        """%kfnb delete NAME [--purge]"""
+
+    def _job(self, name: str) -> Any:
+        from kfnb.job import Job
+
+        return Job.attach(name)
+
+    def _status(self, rest: str) -> Any:
+        job = self._job(parse_argstring(self._name_only, rest).name)
+        status = job.status()
+        print(job.summary(status))
+        if status.message:
+            print(status.message)
+        return None
+
+    def _attach(self, rest: str) -> Any:
+        return self._job(parse_argstring(self._name_only, rest).name)
+
+    def _logs(self, rest: str) -> None:
+        args = parse_argstring(self._logs_args, rest)
+        job = self._job(args.name)
+        if not args.follow:
+            print(job.logs(args.replica), end="")
+            return
+        try:
+            for text in job.logs(args.replica, follow=True):
+                print(text, end="", flush=True)
+        except KeyboardInterrupt:
+            print("\n(stopped following; the job goes on)")
+
+    def _delete(self, rest: str) -> None:
+        from kfnb.records import delete_record
+
+        args = parse_argstring(self._delete_args, rest)
+        job = self._job(args.name)
+        status = job.backend.delete(args.name, purge=args.purge)
+        if args.purge:
+            delete_record(args.name)
+            print(f"Job {args.name} deleted, with its logs and artifacts.")
+        else:
+            print(
+                f"Job {args.name} is {status.phase}; its logs are kept (`%kfnb logs {args.name}`)."
+            )

@@ -1,0 +1,253 @@
+"""Runs one replica of a kfnb job: unpacks the bundle and executes the cell.
+
+This file is copied into every job's bundle and runs in the replica's
+container, which may have nothing but Python and TensorFlow. So it imports
+only the standard library (TensorFlow on demand) and never the rest of kfnb.
+
+The cell sees a ``tfjob`` object: its role in the cluster and where to write.
+When the cell ends, ``status/<replica>.json`` records the exit code and, on
+failure, the traceback, and the chief's model is published as the next
+numeric version under ``model/``, the layout TF Serving watches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import linecache
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+TRAINING_TYPES = ("chief", "master", "worker")
+
+
+class TFJobContext:
+    """What a cell needs to know about its replica. Available in the cell as ``tfjob``."""
+
+    def __init__(self, job_name: str, artifacts: Path, tf_config: dict[str, Any]) -> None:
+        self.job_name = job_name
+        self.artifacts = artifacts
+        self.cluster: dict[str, list[str]] = tf_config.get("cluster", {})
+        task = tf_config.get("task", {})
+        self.task_type: str = task.get("type", "worker")
+        self.task_index: int = int(task.get("index", 0))
+        self._model_dir: Path | None = None
+        self._logdir: Path | None = None
+        self._scratch: list[Path] = []
+
+    @property
+    def replica(self) -> str:
+        return f"{self.task_type}-{self.task_index}"
+
+    @property
+    def num_workers(self) -> int:
+        """Replicas that train: the chief and the workers (1 when not distributed)."""
+        return max(1, sum(len(self.cluster.get(t, [])) for t in TRAINING_TYPES))
+
+    @property
+    def is_chief(self) -> bool:
+        """The chief, or worker 0 when the job has none: the replica whose output is kept."""
+        if self.task_type in ("chief", "master"):
+            return True
+        has_chief = any(self.cluster.get(t) for t in ("chief", "master"))
+        return self.task_type == "worker" and self.task_index == 0 and not has_chief
+
+    def _scratch_dir(self, what: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"kfnb-{self.job_name}-{self.replica}-{what}-"))
+        self._scratch.append(path)
+        return path
+
+    @property
+    def model_dir(self) -> str:
+        """Where to save the model.
+
+        On the chief: the next version directory under ``model/`` (staged, and
+        published when the cell succeeds, so a model server never loads half a
+        model). Elsewhere a scratch directory removed afterwards: under
+        MultiWorkerMirroredStrategy every worker must save, only the chief's copy is kept.
+        """
+        if self._model_dir is None:
+            if self.is_chief:
+                root = self.artifacts / "model"
+                root.mkdir(parents=True, exist_ok=True)
+                versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+                self._model_dir = root / f".staging-{max(versions, default=0) + 1}"
+                shutil.rmtree(self._model_dir, ignore_errors=True)
+                self._model_dir.mkdir()
+            else:
+                self._model_dir = self._scratch_dir("model")
+        return str(self._model_dir)
+
+    @property
+    def logdir(self) -> str:
+        """Where to write TensorBoard events (the chief's and the evaluator's are kept)."""
+        if self._logdir is None:
+            if self.is_chief:
+                self._logdir = self.artifacts / "tensorboard"
+            elif self.task_type == "evaluator":
+                self._logdir = self.artifacts / "tensorboard" / "evaluator"
+            else:
+                self._logdir = self._scratch_dir("tensorboard")
+            self._logdir.mkdir(parents=True, exist_ok=True)
+        return str(self._logdir)
+
+    def tensorboard(self, **kwargs: Any) -> Any:
+        """A Keras TensorBoard callback writing to ``logdir``."""
+        import tensorflow as tf
+
+        return tf.keras.callbacks.TensorBoard(log_dir=self.logdir, **kwargs)
+
+    def finish(self, succeeded: bool) -> str | None:
+        """Publish the chief's model on success, and remove scratch directories."""
+        published = None
+        staged = self._model_dir
+        if staged is not None and staged.name.startswith(".staging-"):
+            if succeeded and any(staged.iterdir()):
+                target = staged.with_name(staged.name.removeprefix(".staging-"))
+                staged.rename(target)
+                published = str(target)
+            else:
+                shutil.rmtree(staged, ignore_errors=True)
+        for path in self._scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        return published
+
+    def __repr__(self) -> str:
+        return (
+            f"<tfjob {self.job_name} {self.replica}: chief={self.is_chief} "
+            f"num_workers={self.num_workers}>"
+        )
+
+
+class ReplicaError(Exception):
+    """The replica cannot run the bundle; the message says what to change."""
+
+
+def _check_environment(bundle: dict[str, Any]) -> None:
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if bundle["names"] and bundle["python"] != here:
+        raise ReplicaError(
+            f"the notebook runs Python {bundle['python']} but this replica runs Python {here}, "
+            f"so the notebook's pickled names cannot be loaded: use an image with Python "
+            f"{bundle['python']} (--image)"
+        )
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+    if legacy and importlib.util.find_spec("tf_keras") is None:
+        raise ReplicaError(
+            "this multi-worker job uses tf-keras (TF_USE_LEGACY_KERAS=1), which is not installed "
+            "here: pip install tf-keras matching TensorFlow, or pass --env TF_USE_LEGACY_KERAS=0"
+        )
+
+
+def _resolve_module(reference: str) -> Any:
+    """``tensorflow:keras.layers`` is resolved by attribute, so tf.keras follows the replica."""
+    if ":" in reference:
+        module, attrs = reference.split(":", 1)
+        value: Any = importlib.import_module(module)
+        for attr in attrs.split("."):
+            value = getattr(value, attr)
+        return value
+    return importlib.import_module(reference)
+
+
+def load_namespace(code_dir: Path, context: TFJobContext) -> dict[str, Any]:
+    """The cell's globals: the notebook's shipped names, its modules, and ``tfjob``."""
+    bundle = json.loads((code_dir / "bundle.json").read_text())
+    _check_environment(bundle)
+    include = code_dir / "include"
+    if include.is_dir():
+        sys.path.insert(0, str(include))
+    # An installed cloudpickle wins; the bundle's copy serves stock images.
+    sys.path.append(str(code_dir / "vendor"))
+    sources = json.loads((code_dir / "sources.json").read_text())
+    for filename, text in sources.items():
+        lines = text.splitlines(keepends=True)
+        linecache.cache[filename] = (len(text), None, lines, filename)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    for name, reference in bundle["modules"].items():
+        namespace[name] = _resolve_module(reference)
+    payloads = pickle.loads((code_dir / "names.pkl").read_bytes())
+    for name, payload in payloads.items():
+        namespace[name] = pickle.loads(payload)
+    namespace["tfjob"] = context
+    return namespace
+
+
+def _format_exception(exc: BaseException) -> str:
+    """The traceback without this file's own frames, as the user's cell raised it."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _write_status(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def main() -> int:
+    code_dir = Path(os.environ.get("KFNB_CODE_DIR") or Path(__file__).resolve().parent)
+    artifacts = Path(os.environ.get("KFNB_ARTIFACTS") or os.getcwd())
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    job_name = os.environ.get("KFNB_JOB_NAME", "job")
+    context = TFJobContext(job_name, artifacts, tf_config)
+    status_path = artifacts / "status" / f"{context.replica}.json"
+    record: dict[str, Any] = {
+        "replica": context.replica,
+        "started": time.time(),
+        "pid": os.getpid(),
+    }
+    _write_status(status_path, {**record, "state": "running"})
+    exit_code, error, formatted = 0, None, None
+    try:
+        namespace = load_namespace(code_dir, context)
+        source = (code_dir / "cell.py").read_text()
+        filename = f"<tfjob {job_name} cell>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec", dont_inherit=True), namespace)
+    except SystemExit as stop:
+        code = stop.code
+        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+        if exit_code:
+            error = f"SystemExit({code!r})"
+    except ReplicaError as err:
+        exit_code, error = 1, str(err)
+        print(f"kfnb: {err}", file=sys.stderr)
+    except BaseException as exc:  # the cell's own failure, whatever it is
+        exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        formatted = _format_exception(exc)
+        sys.stderr.write(formatted)
+    published = context.finish(exit_code == 0)
+    if published:
+        print(f"kfnb: model saved as version {Path(published).name} in {published}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _write_status(
+        status_path,
+        {
+            **record,
+            "state": "exited",
+            "finished": time.time(),
+            "exit_code": exit_code,
+            "error": error,
+            "traceback": formatted,
+            "model": published,
+        },
+    )
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

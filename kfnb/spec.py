@@ -1,0 +1,231 @@
+"""`JobSpec`: what a ``%%tfjob`` cell asks for, and the TFJob manifest it renders.
+
+The manifest (a ``kubeflow.org/v1`` TFJob as a plain dict) is the single
+description of a job: the Kubernetes backend submits it, and the local backend
+runs its replicas as processes, so both run exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "TFJob"
+CONTAINER_NAME = "tensorflow"  # the Training Operator sets TF_CONFIG on this container only
+PORT_NAME = "tfjob-port"
+DEFAULT_PORT = 2222
+CODE_DIR = "/opt/kfnb/code"  # where the bundle is mounted in every replica
+RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
+# Manifest keys of the replica types, in the order the operator reconciles them.
+REPLICA_TYPES = ("Chief", "PS", "Worker", "Evaluator")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kfnb"}
+
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HINT = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+
+
+class SpecError(ValueError):
+    """A job specification a user can fix; the message is one line that says how."""
+
+
+def validate_name(name: str) -> str:
+    """Check a job name is a DNS-1035 label that leaves room for its replicas' names."""
+    if not _DNS_1035.match(name):
+        raise SpecError(
+            f"job name {name!r} is not a DNS-1035 label: use lower-case letters, digits "
+            "and '-', starting with a letter and ending with a letter or digit"
+        )
+    longest = f"{name}-evaluator-0"
+    if len(longest) > 63:
+        raise SpecError(
+            f"job name {name!r} is too long: replica names like {longest!r} must fit in "
+            f"63 characters, so use at most {63 - len('-evaluator-0')}"
+        )
+    return name
+
+
+def generate_name(prefix: str = "tfjob") -> str:
+    """A fresh name, so re-running a cell never collides with the last run."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def replica_name(job: str, replica_type: str, index: int) -> str:
+    """The pod and service name the operator gives a replica (``mnist-worker-0``)."""
+    return f"{job}-{replica_type.lower()}-{index}"
+
+
+def configmap_key(index: int, path: str) -> str:
+    """A ConfigMap key for a bundle file: keys allow no '/', so the mount maps them back."""
+    tail = re.sub(r"[^-._a-zA-Z0-9]", "_", path.rsplit("/", 1)[-1])
+    return f"f{index:03d}-{tail}"[:253]
+
+
+def _check_quantity(flag: str, value: str | None) -> None:
+    if value is not None and not _QUANTITY.match(value):
+        raise SpecError(f"{flag} {value!r} is not a Kubernetes quantity: write e.g. 2, 500m, 4Gi")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A TFJob as a notebook user describes it.
+
+    ``gpus``, ``cpu`` and ``memory`` are per replica; GPUs go to the replicas that
+    train (chief and workers), not to parameter servers or the evaluator.
+    """
+
+    name: str
+    workers: int = 1
+    ps: int = 0
+    chief: int = 0
+    evaluator: int = 0
+    gpus: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    image: str = "tensorflow/tensorflow:latest"
+    env: tuple[tuple[str, str], ...] = ()
+    restart_policy: str = "Never"
+    backoff_limit: int | None = None
+    timeout: int | None = None  # runPolicy.activeDeadlineSeconds
+    ttl_seconds: int | None = None  # runPolicy.ttlSecondsAfterFinished
+    namespace: str | None = None
+    legacy_keras: bool = True
+    artifacts: str = ""  # where replicas write logs, events and models
+    code_files: tuple[str, ...] = ()  # bundle paths, mounted from the ConfigMap
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        if self.workers < 0 or self.ps < 0 or self.gpus < 0:
+            raise SpecError("--workers, --ps and --gpus take numbers >= 0")
+        if self.chief not in (0, 1) or self.evaluator not in (0, 1):
+            raise SpecError("a TFJob has at most one chief and one evaluator: use 0 or 1")
+        if self.workers + self.chief == 0:
+            raise SpecError("a job needs at least one worker or a chief: use --workers 1 or more")
+        if self.ps and not self.workers:
+            raise SpecError("parameter servers need workers: add --workers 1 or more")
+        if self.restart_policy not in RESTART_POLICIES:
+            choices = ", ".join(RESTART_POLICIES)
+            raise SpecError(f"--restart-policy {self.restart_policy!r} is not one of {choices}")
+        for flag, number in (("--backoff-limit", self.backoff_limit), ("--timeout", self.timeout)):
+            if number is not None and number < (0 if flag == "--backoff-limit" else 1):
+                raise SpecError(f"{flag} takes a positive number, not {number}")
+        _check_quantity("--cpu", self.cpu)
+        _check_quantity("--memory", self.memory)
+        for key, _ in self.env:
+            if not _ENV_NAME.match(key):
+                raise SpecError(f"--env {key!r} is not a valid variable name: write KEY=VALUE")
+            if _SECRET_HINT.search(key):
+                raise SpecError(
+                    f"--env {key} looks like a secret, and --env values are written into the "
+                    "manifest: set it in the notebook's environment (os.environ) instead"
+                )
+
+    @property
+    def replica_counts(self) -> dict[str, int]:
+        """Replicas per manifest type, only the types the job has."""
+        counts = {
+            "Chief": self.chief,
+            "PS": self.ps,
+            "Worker": self.workers,
+            "Evaluator": self.evaluator,
+        }
+        return {kind: n for kind, n in counts.items() if n}
+
+    @property
+    def distributed(self) -> bool:
+        """The operator's rule: TF_CONFIG is set unless the job has exactly one replica."""
+        return sum(self.replica_counts.values()) != 1
+
+    def container_env(self) -> list[dict[str, str]]:
+        env = {
+            "KFNB_JOB_NAME": self.name,
+            "KFNB_CODE_DIR": CODE_DIR,
+            "KFNB_ARTIFACTS": self.artifacts,
+            "PYTHONUNBUFFERED": "1",  # log lines reach the log as they are printed
+        }
+        if self.distributed and self.legacy_keras:
+            env["TF_USE_LEGACY_KERAS"] = "1"
+        env.update(dict(self.env))
+        return [{"name": k, "value": v} for k, v in env.items()]
+
+    def _resources(self, replica_type: str) -> dict[str, Any]:
+        limits: dict[str, Any] = {}
+        requests: dict[str, Any] = {}
+        if self.cpu:
+            requests["cpu"] = limits["cpu"] = self.cpu
+        if self.memory:
+            requests["memory"] = limits["memory"] = self.memory
+        if self.gpus and replica_type in ("Chief", "Worker"):
+            limits["nvidia.com/gpu"] = self.gpus
+        resources: dict[str, Any] = {}
+        if limits:
+            resources["limits"] = limits
+        if requests:
+            resources["requests"] = requests
+        return resources
+
+    def _pod_template(self, replica_type: str) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "name": CONTAINER_NAME,
+            "image": self.image,
+            "command": ["python", f"{CODE_DIR}/runtime.py"],
+            "env": self.container_env(),
+            "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT}],
+            "volumeMounts": [{"name": "kfnb-code", "mountPath": CODE_DIR, "readOnly": True}],
+        }
+        resources = self._resources(replica_type)
+        if resources:
+            container["resources"] = resources
+        volume: dict[str, Any] = {"name": f"{self.name}-code"}
+        if self.code_files:
+            volume["items"] = [
+                {"key": configmap_key(i, path), "path": path}
+                for i, path in enumerate(self.code_files)
+            ]
+        return {
+            "metadata": {"labels": {**MANAGED_BY, "kfnb/job": self.name}},
+            "spec": {
+                "containers": [container],
+                "volumes": [{"name": "kfnb-code", "configMap": volume}],
+            },
+        }
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The TFJob, as the Training Operator 1.9 reads it."""
+        replica_specs = {
+            kind: {
+                "replicas": count,
+                "restartPolicy": self.restart_policy,
+                "template": self._pod_template(kind),
+            }
+            for kind, count in self.replica_counts.items()
+        }
+        # Running, not the operator's default None: parameter servers never exit
+        # on their own, so without it they would outlive a finished job.
+        run_policy: dict[str, Any] = {"cleanPodPolicy": "Running"}
+        if self.backoff_limit is not None:
+            run_policy["backoffLimit"] = self.backoff_limit
+        if self.timeout is not None:
+            run_policy["activeDeadlineSeconds"] = self.timeout
+        if self.ttl_seconds is not None:
+            run_policy["ttlSecondsAfterFinished"] = self.ttl_seconds
+        metadata: dict[str, Any] = {"name": self.name, "labels": {**MANAGED_BY, **self.labels}}
+        if self.namespace:
+            metadata["namespace"] = self.namespace
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": metadata,
+            "spec": {"runPolicy": run_policy, "tfReplicaSpecs": replica_specs},
+        }
+
+
+def to_yaml(manifest: dict[str, Any]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))

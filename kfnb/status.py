@@ -1,0 +1,79 @@
+"""Typed job state shared by the backends, the `Job` handle and the widgets.
+
+The phases are the TFJob condition types of the Training Operator, plus
+``Deleted`` for a job stopped by the user (on a cluster the TFJob is gone then;
+its logs and artifacts stay in the store).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Deleted")
+FINAL_PHASES = frozenset({"Succeeded", "Failed", "Deleted"})
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica, like one pod of a TFJob."""
+
+    type: str  # chief, worker, ps, evaluator (TF_CONFIG's task type)
+    index: int
+    phase: str = "Pending"  # Pending, Running, Succeeded, Failed, Stopped (by kfnb)
+    restarts: int = 0
+    exit_code: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}-{self.index}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    backend: str
+    phase: str = "Created"
+    reason: str = ""
+    message: str = ""
+    start_time: float | None = None
+    completion_time: float | None = None
+    replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.start_time is None:
+            return None
+        import time
+
+        return (self.completion_time or time.time()) - self.start_time
+
+    def replica(self, name: str) -> ReplicaStatus | None:
+        return next((r for r in self.replicas if r.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = 1
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobStatus:
+        fields = {k: v for k, v in data.items() if k != "version"}
+        fields["replicas"] = tuple(ReplicaStatus(**r) for r in data.get("replicas", ()))
+        return cls(**fields)
+
+    def write(self, path: Path) -> None:
+        """Write atomically: readers in other processes never see half a file."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> JobStatus:
+        return cls.from_json(json.loads(path.read_text()))

@@ -1,0 +1,71 @@
+"""Shared fixtures: every test gets its own kfnb home, so records and jobs never mix."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfnb.config import reset_settings, settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.is_dir():
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "kfnb-home"
+    monkeypatch.setenv("KFNB_HOME", str(home))
+    monkeypatch.delenv("KFNB_STORAGE", raising=False)
+    monkeypatch.delenv("KFNB_BACKEND", raising=False)
+    monkeypatch.setenv("KFNB_PYTHON", sys.executable)
+    reset_settings()
+    settings()
+    yield home
+    _stop_leftover_jobs(home)
+    reset_settings()
+
+
+def _stop_leftover_jobs(home: Path) -> None:
+    """A failing test must not leave replicas running into the next one."""
+    from kfnb.backends.local import LocalBackend
+
+    backend = LocalBackend(storage=home / "jobs")
+    for status in backend.list_jobs():
+        if not status.finished:
+            backend.delete(status.name)
+
+
+def _strict(schema: Any) -> Any:
+    """The schema with additionalProperties: false wherever properties are listed,
+    so a misspelt field fails (the CRD schemas alone accept unknown fields)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="session")
+def tfjob_validators() -> list[Any]:
+    """Validators for the real TFJob CRD schema, as given and strict."""
+    jsonschema = pytest.importorskip("jsonschema")
+    path = SHARED / "schemas" / "tfjob-v1.json"
+    if not path.exists():
+        pytest.fail(f"the TFJob schema is missing at {path}: ../shared must sit beside the repo")
+    schema = json.loads(path.read_text())
+    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+
+
+def validate_tfjob(validators: list[Any], manifest: dict[str, Any]) -> None:
+    for validator in validators:
+        errors = sorted(validator.iter_errors(manifest), key=str)
+        assert not errors, "\n".join(e.message for e in errors[:5])
