@@ -14,7 +14,7 @@ from common import alternate, report
 
 IPYTHON = [sys.executable, "-m", "IPython", "--quick", "--no-banner", "--colors=NoColor"]
 HEAVY = ("tensorflow", "tensorboard", "kubernetes", "minio", "matplotlib", "ipywidgets")
-PROBE = "import sys; print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (HEAVY,)
+PROBE = f"import sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
 
 
 def run(code: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal, overload
 
 from kfnb.backends import Backend, JobNotFound, get_backend
@@ -97,6 +98,19 @@ class Job:
         if follow:
             return self.backend.follow_log(self.name, replica)
         return self.backend.read_log(self.name, replica)
+
+    @property
+    def artifacts(self) -> Path | None:
+        """The job's directory in the local store (logs, tensorboard/, model/)."""
+        return self.backend.job_dir(self.name)
+
+    def latest_model(self) -> Path | None:
+        """The newest published model version (``model/<n>``), as TF Serving would pick it."""
+        root = self.artifacts
+        if root is None or not (root / "model").is_dir():
+            return None
+        versions = [p for p in (root / "model").iterdir() if p.name.isdigit()]
+        return max(versions, key=lambda p: int(p.name), default=None)
 
     def delete(self) -> JobStatus:
         """Stop the job. Its logs and artifacts are kept."""

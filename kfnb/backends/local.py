@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -146,23 +147,29 @@ class LocalBackend:
         path = self._existing(name)
         status = JobStatus.read(path / "status.json")
         if not status.finished and not self._supervised(path):
-            # Its supervisor died without a word (killed, machine rebooted): say so.
-            status = JobStatus(
-                name,
-                self.name,
-                "Failed",
-                "SupervisorLost",
-                "kfnb's local supervisor of this job is gone; its replicas were stopped with it",
-                status.start_time,
-                time.time(),
-                status.replicas,
-            )
-            status.write(path / "status.json")
+            # Read again: the supervisor may have written its last status and exited since.
+            status = JobStatus.read(path / "status.json")
+            if not status.finished:
+                # Its supervisor died without a word (killed, machine rebooted): say so.
+                status = JobStatus(
+                    name,
+                    self.name,
+                    "Failed",
+                    "SupervisorLost",
+                    "kfnb's local supervisor of this job is gone; its replicas were stopped "
+                    "with it",
+                    status.start_time,
+                    time.time(),
+                    status.replicas,
+                )
+                status.write(path / "status.json")
         return status
 
     def _supervised(self, path: Path) -> bool:
         try:
             pid = int((path / "supervisor.pid").read_text())
+        except FileNotFoundError:
+            return True  # submit() is between starting the supervisor and writing its pid
         except (OSError, ValueError):
             return False
         return _supervisor_alive(pid)
@@ -181,6 +188,16 @@ class LocalBackend:
             while not status.finished and time.monotonic() < deadline:
                 time.sleep(0.05)
                 status = self.status(name)
+            if status.reason == "SupervisorLost":
+                # SIGTERM came before the supervisor set its handler (it sets it before
+                # starting any replica), so it ended with nothing running: deleted, not lost.
+                status = replace(
+                    status,
+                    phase="Deleted",
+                    reason="TFJobDeleted",
+                    message=f"TFJob {name} was deleted.",
+                )
+                status.write(path / "status.json")
             child = _children.pop(name, None)
             if child is not None:
                 child.wait(timeout=1)

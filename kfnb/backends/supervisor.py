@@ -45,6 +45,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket stays bound until all are picked."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def _die_with_parent() -> None:
     """Runs in each replica before exec: the kernel kills it if the supervisor dies."""
     try:
@@ -81,12 +94,13 @@ def _container(template: dict[str, Any]) -> dict[str, Any]:
 
 def cluster_spec(manifest: dict[str, Any]) -> dict[str, list[str]]:
     """TF_CONFIG's cluster: every type but the evaluator, one free local port each."""
-    cluster: dict[str, list[str]] = {}
-    for kind, spec in manifest["spec"]["tfReplicaSpecs"].items():
-        if kind.lower() == "evaluator":
-            continue
-        cluster[kind.lower()] = [f"localhost:{free_port()}" for _ in range(spec.get("replicas", 1))]
-    return cluster
+    specs = {
+        kind.lower(): spec.get("replicas", 1)
+        for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()
+        if kind.lower() != "evaluator"
+    }
+    ports = iter(free_ports(sum(specs.values())))
+    return {kind: [f"localhost:{next(ports)}" for _ in range(n)] for kind, n in specs.items()}
 
 
 def plan_replicas(manifest: dict[str, Any], job_dir: Path, python: str) -> list[Replica]:
@@ -173,7 +187,10 @@ class Supervisor:
         if replica.restarts:
             log.write(f"--- kfnb: restart {replica.restarts} of {replica.name} ---\n".encode())
             log.flush()
-        env = {**os.environ, **replica.env, "CUDA_VISIBLE_DEVICES": self._gpu_env(replica)}
+        # TF_CONFIG comes from the manifest only: one the kernel set must not leak into
+        # a single-replica job, which the operator runs without TF_CONFIG.
+        inherited = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+        env = {**inherited, **replica.env, "CUDA_VISIBLE_DEVICES": self._gpu_env(replica)}
         replica.process = subprocess.Popen(
             replica.command,
             env=env,

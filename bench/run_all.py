@@ -1,0 +1,19 @@
+"""Run every benchmark; each prints its ratio against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import failure_detection  # noqa: E402
+import launch_overhead  # noqa: E402
+import load_ext  # noqa: E402
+import multiworker  # noqa: E402
+
+if __name__ == "__main__":
+    load_ext.main()
+    launch_overhead.main()
+    multiworker.main()
+    failure_detection.main()
