@@ -9,11 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+if TYPE_CHECKING:
+    from kfnb.spec import JobSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 _announced_backend = False
@@ -42,6 +45,33 @@ def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--env {item!r} is not KEY=VALUE")
         pairs.append((key, value))
     return tuple(pairs)
+
+
+def _job_spec(args: Any, name: str, artifacts: str, code_files: tuple[str, ...]) -> JobSpec:
+    """The `JobSpec` that ``%%tfjob`` flags and the ``Kfnb`` settings describe."""
+    from kfnb.config import settings
+    from kfnb.spec import JobSpec
+
+    config = settings()
+    return JobSpec(
+        name=name,
+        workers=args.workers,
+        ps=args.ps,
+        chief=args.chief,
+        evaluator=args.evaluator,
+        gpus=args.gpus,
+        cpu=args.cpu,
+        memory=args.memory,
+        image=args.image or config.image or _default_image(args.gpus),
+        env=_env_pairs(args.env),
+        restart_policy=args.restart_policy,
+        backoff_limit=args.backoff_limit,
+        timeout=args.timeout,
+        namespace=config.namespace or None,
+        legacy_keras=config.legacy_keras,
+        artifacts=artifacts,
+        code_files=code_files,
+    )
 
 
 def _job_flags(func: F) -> F:
@@ -113,7 +143,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         from kfnb.config import settings
         from kfnb.job import Job
         from kfnb.records import JobRecord, load_record, save_record
-        from kfnb.spec import JobSpec, SpecError, generate_name, to_yaml, validate_name
+        from kfnb.spec import SpecError, generate_name, to_yaml, validate_name
 
         args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
         config = settings()
@@ -139,25 +169,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 cwd=Path.cwd(),
             )
             job_dir = backend.job_dir(name)
-            spec = JobSpec(
-                name=name,
-                workers=args.workers,
-                ps=args.ps,
-                chief=args.chief,
-                evaluator=args.evaluator,
-                gpus=args.gpus,
-                cpu=args.cpu,
-                memory=args.memory,
-                image=args.image or config.image or _default_image(args.gpus),
-                env=_env_pairs(args.env),
-                restart_policy=args.restart_policy,
-                backoff_limit=args.backoff_limit,
-                timeout=args.timeout,
-                namespace=config.namespace or None,
-                legacy_keras=config.legacy_keras,
-                artifacts=str(job_dir) if job_dir else "",
-                code_files=tuple(bundle.files),
-            )
+            spec = _job_spec(args, name, str(job_dir) if job_dir else "", tuple(bundle.files))
             manifest = spec.to_manifest()
             if args.dry_run:
                 print(to_yaml(manifest), end="")
@@ -172,8 +184,8 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             JobRecord(
                 name,
                 backend.name,
-                str(getattr(backend, "root", "")),
-                namespace=config.namespace,
+                backend.storage,
+                namespace=spec.namespace or "",
                 image=spec.image,
                 replicas=spec.replica_counts,
             )

@@ -25,6 +25,7 @@ class JobNotFound(BackendError):
 
 class Backend(Protocol):
     name: str
+    storage: str  # where its jobs' artifacts go, kept in the job's record
 
     def preflight(self, manifest: dict[str, Any]) -> list[str]:
         """Check the job can run here; raise BackendError if not, return warnings."""

@@ -76,6 +76,7 @@ class LocalBackend:
     def __init__(self, storage: str | Path | None = None, python: str | None = None) -> None:
         config = settings()
         self.root = Path(storage or config.storage).expanduser()
+        self.storage = str(self.root)
         self.python = python or config.python
 
     def job_dir(self, name: str) -> Path:
