@@ -95,9 +95,39 @@ class Job:
     def logs(self, replica: str | None = None, follow: bool = False) -> str | Iterator[str]:
         """A replica's log (the chief's by default); with ``follow``, its lines as they come."""
         replica = replica or self.decider
+        if replica not in self.replicas:
+            from kfnb.backends import BackendError
+
+            raise BackendError(
+                f"job {self.name!r} has no replica {replica!r}: it has {', '.join(self.replicas)}"
+            )
         if follow:
-            return self.backend.follow_log(self.name, replica)
+            return self._follow(replica)
         return self.backend.read_log(self.name, replica)
+
+    def log_since(self, replica: str, offset: int, partial: bool = False) -> tuple[str, int]:
+        """New lines of a replica's log after byte ``offset``, and the next offset.
+
+        Only complete lines, unless ``partial`` (for the last read of an ended job).
+        """
+        return self.backend.read_log_since(self.name, replica, offset, partial)
+
+    def _follow(self, replica: str, poll: float = 0.1) -> Iterator[str]:
+        offset = 0
+        while True:
+            finished = self.status().finished  # read before the log, so no line is lost
+            text, offset = self.log_since(replica, offset, partial=finished)
+            yield from text.splitlines(keepends=True)
+            if finished:
+                return
+            time.sleep(poll)
+
+    def scalars(self) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """The TensorBoard scalars the job wrote: {tag: {run: [(step, value)]}}."""
+        from kfnb.metrics import read_scalars
+
+        root = self.artifacts
+        return read_scalars(root / "tensorboard") if root is not None else {}
 
     @property
     def artifacts(self) -> Path | None:

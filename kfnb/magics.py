@@ -144,6 +144,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         from kfnb.job import Job
         from kfnb.records import JobRecord, load_record, save_record
         from kfnb.spec import SpecError, generate_name, to_yaml, validate_name
+        from kfnb.widgets import show_job
 
         args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
         config = settings()
@@ -191,8 +192,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             )
         )
         job = Job(name, backend)
-        if args.wait:
-            job.wait()
+        show_job(job, wait=args.wait)
         return job
 
     @staticmethod
@@ -224,6 +224,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             "logs": self._logs,
             "delete": self._delete,
             "attach": self._attach,
+            "tensorboard": self._tensorboard,
         }
         if command not in handlers:
             raise UsageError(
@@ -293,7 +294,11 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         return None
 
     def _attach(self, rest: str) -> Any:
-        return self._job(parse_argstring(self._name_only, rest).name)
+        from kfnb.widgets import show_job
+
+        job = self._job(parse_argstring(self._name_only, rest).name)
+        show_job(job)
+        return job
 
     def _logs(self, rest: str) -> None:
         args = parse_argstring(self._logs_args, rest)
@@ -306,6 +311,34 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 print(text, end="", flush=True)
         except KeyboardInterrupt:
             print("\n(stopped following; the job goes on)")
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--stop", action="store_true", help="stop the job's TensorBoard")
+    def _tensorboard_args(self, line: str) -> None:
+        """%kfnb tensorboard NAME [--stop]"""
+
+    def _tensorboard(self, rest: str) -> None:
+        from IPython.display import display
+
+        from kfnb.tensorboard import TensorBoardError, start_tensorboard, stop_tensorboard
+
+        args = parse_argstring(self._tensorboard_args, rest)
+        job = self._job(args.name)
+        if job.artifacts is None:
+            raise UsageError(f"job {args.name} keeps no TensorBoard events on this machine")
+        logdir = job.artifacts / "tensorboard"
+        if args.stop:
+            stopped = stop_tensorboard(logdir)
+            print(f"TensorBoard of {args.name} {'stopped' if stopped else 'was not running'}.")
+            return
+        try:
+            server = start_tensorboard(logdir)
+        except TensorBoardError as err:
+            raise UsageError(str(err)) from None
+        text = f"TensorBoard of {args.name}: {server.url}"
+        link = f'<a href="{server.url}" target="_blank">TensorBoard of {args.name}</a>'
+        display({"text/plain": text, "text/html": link}, raw=True)
 
     def _delete(self, rest: str) -> None:
         from kfnb.records import delete_record

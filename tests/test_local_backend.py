@@ -558,7 +558,7 @@ def test_follow_log_yields_lines_while_running_and_stops_at_the_end() -> None:
 def test_follow_log_of_an_unknown_replica_names_the_replicas() -> None:
     job = submit("unknown", "print('x')\n", workers=2)
     with pytest.raises(BackendError, match="worker-0, worker-1"):
-        next(iter(job.backend.follow_log(job.name, "worker-7")))
+        job.logs("worker-7", follow=True)
     with pytest.raises(BackendError, match="worker-7"):
         job.logs("worker-7")
     job.wait(timeout=30)

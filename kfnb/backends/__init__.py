@@ -7,7 +7,6 @@ Both take the same manifest and bundle and answer with the same typed
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,7 +41,10 @@ class Backend(Protocol):
 
     def read_log(self, name: str, replica: str) -> str: ...
 
-    def follow_log(self, name: str, replica: str) -> Iterator[str]: ...
+    def read_log_since(
+        self, name: str, replica: str, offset: int, partial: bool = False
+    ) -> tuple[str, int]:
+        """Log lines after byte ``offset`` (complete ones unless ``partial``), next offset."""
 
     def replica_result(self, name: str, replica: str) -> dict[str, Any] | None:
         """What the runtime recorded for a replica (exit code, traceback), if anything."""

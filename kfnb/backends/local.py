@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -235,27 +234,26 @@ class LocalBackend:
         path = self._log_path(name, replica)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def follow_log(self, name: str, replica: str, poll: float = 0.1) -> Iterator[str]:
-        """Lines of the replica's log as they are written, until the job has ended."""
+    def read_log_since(
+        self, name: str, replica: str, offset: int, partial: bool = False
+    ) -> tuple[str, int]:
+        """Lines written after byte ``offset``, and the offset to ask from next.
+
+        A partial last line is left for the next call unless ``partial``; a log
+        that shrank (replaced) is read again from the start.
+        """
         path = self._log_path(name, replica)
-        offset = 0
-        pending = b""
-        while True:
-            finished = self.status(name).finished  # read before the log: no line is lost
-            if path.exists():
-                with open(path, "rb") as log:
-                    log.seek(offset)
-                    chunk = log.read()
-                offset += len(chunk)
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode(errors="replace") + "\n"
-            if finished:
-                if pending:
-                    yield pending.decode(errors="replace")
-                return
-            time.sleep(poll)
+        try:
+            with open(path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                if offset > size:
+                    offset = 0
+                log.seek(offset)
+                chunk = log.read()
+        except FileNotFoundError:
+            return "", offset
+        complete = chunk if partial else chunk[: chunk.rfind(b"\n") + 1]
+        return complete.decode(errors="replace"), offset + len(complete)
 
     def replica_result(self, name: str, replica: str) -> dict[str, Any] | None:
         path = self._existing(name) / "status" / f"{replica}.json"

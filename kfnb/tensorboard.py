@@ -1,0 +1,123 @@
+"""A real TensorBoard on a job's events, reachable from the notebook's browser.
+
+Bound to 127.0.0.1 on a free port. Behind JupyterHub the browser cannot reach
+that port, but jupyter-server-proxy forwards ``<hub prefix>/proxy/<port>/`` to
+it, so that is the link shown there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+_servers: dict[str, TensorBoard] = {}  # by logdir, for this kernel
+
+
+class TensorBoardError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorBoard:
+    logdir: str
+    port: int
+    pid: int
+    url: str  # what the user's browser opens
+
+    @property
+    def local_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return _answers(self.local_url)
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, 15)
+        except ProcessLookupError:
+            pass
+        _servers.pop(self.logdir, None)
+
+
+def browser_url(port: int) -> str:
+    """The link for the user's browser: through jupyter-server-proxy when on JupyterHub."""
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if prefix and importlib.util.find_spec("jupyter_server_proxy") is not None:
+        return f"{prefix.rstrip('/')}/proxy/{port}/"
+    return f"http://127.0.0.1:{port}/"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def start_tensorboard(logdir: Path, timeout: float = 90) -> TensorBoard:
+    """Start TensorBoard on ``logdir`` (or return the one already serving it)."""
+    from kfnb.backends.supervisor import free_port
+
+    key = str(logdir)
+    running = _servers.get(key)
+    if running is not None and running.alive():
+        return running
+    if importlib.util.find_spec("tensorboard") is None:
+        raise TensorBoardError("TensorBoard is not installed: pip install tensorboard")
+    logdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(logdir.parent / "tensorboard-server.log", "ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            key,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "2",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    server = TensorBoard(key, port, process.pid, browser_url(port))
+    deadline = time.monotonic() + timeout
+    while not _answers(server.local_url):
+        if process.poll() is not None:
+            raise TensorBoardError(
+                f"TensorBoard exited with code {process.returncode}: see "
+                f"{logdir.parent / 'tensorboard-server.log'}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TensorBoardError(f"TensorBoard did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+    _servers[key] = server
+    return server
+
+
+def stop_tensorboard(logdir: Path) -> bool:
+    """Stop the TensorBoard this kernel started on ``logdir``; False if there was none."""
+    server = _servers.get(str(logdir))
+    if server is None:
+        return False
+    server.stop()
+    return True

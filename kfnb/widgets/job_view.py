@@ -1,0 +1,268 @@
+"""`JobView`: a live view of a job. Header, a row per replica, a log tab per
+replica, TensorBoard scalar plots, a Stop button and, on failure, the traceback.
+
+It is a pure view over the `Job` handle (status, incremental logs, scalars,
+delete). One background thread per view polls them and changes only what
+changed: log lines are appended, never re-rendered, so the kernel stays free
+and the front end does little work. The thread ends when the job has ended
+(after one final update) or when the widget is closed.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import ipywidgets as widgets
+
+from kfnb.job import Job
+from kfnb.status import JobStatus
+from kfnb.widgets.plots import Points, svg_plot
+
+PHASE_COLOURS = {
+    "Created": "#777",
+    "Running": "#1565c0",
+    "Restarting": "#ef6c00",
+    "Succeeded": "#2e7d32",
+    "Failed": "#c62828",
+    "Deleted": "#555",
+}
+
+
+def _badge(phase: str) -> str:
+    colour = PHASE_COLOURS.get(phase, "#777")
+    return (
+        f'<span class="kfnb-phase" style="background:{colour};color:white;'
+        f'padding:1px 7px;border-radius:8px">{html.escape(phase)}</span>'
+    )
+
+
+class LogPane:
+    """One replica's log: new lines are appended; past ``max_lines`` the oldest go,
+    with a line that says how to read them all."""
+
+    def __init__(self, job: Job, replica: str, max_lines: int) -> None:
+        self.job, self.replica, self.max_lines = job, replica, max_lines
+        self.output = widgets.Output(layout=widgets.Layout(max_height="320px", overflow="auto"))
+        self.output.add_class("kfnb-log")
+        self.offset = 0
+        self.shown: deque[str] = deque(maxlen=max_lines)  # the newest lines, for a trim
+        self.visible = 0  # lines in the Output now
+        self.lines = 0  # every line read so far
+
+    def update(self, final: bool = False) -> int:
+        """Append the replica's new lines; returns how many there were."""
+        text, self.offset = self.job.log_since(self.replica, self.offset, partial=final)
+        if not text:
+            return 0
+        new = text.splitlines(keepends=True)
+        self.shown.extend(new)
+        self.lines += len(new)
+        if self.visible + len(new) <= self.max_lines:
+            self.output.append_stdout(text)
+            self.visible += len(new)
+        else:
+            self._rewrite()  # a full update at most once per max_lines / 2 new lines
+        return len(new)
+
+    def _rewrite(self) -> None:
+        keep = list(self.shown)[-(self.max_lines // 2) :]
+        hidden = self.lines - len(keep)
+        notice = (
+            f"[kfnb: {hidden} earlier lines not shown; all of them: "
+            f"job.logs({self.replica!r}) or %kfnb logs {self.job.name} "
+            f"--replica {self.replica}]\n"
+        )
+        self.visible = len(keep) + 1
+        self.output.outputs = (
+            {"output_type": "stream", "name": "stdout", "text": notice + "".join(keep)},
+        )
+
+
+class JobView(widgets.VBox):  # type: ignore[misc]
+    """A live view of ``job``. Display it; close it to stop its updates."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        max_lines: int = 1000,
+        interval: float = 0.25,
+        scalar_interval: float = 1.0,
+        start: bool = True,
+    ) -> None:
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.job = job
+        self.interval = interval
+        self.scalar_interval = scalar_interval
+        self.header = widgets.HTML()
+        self.replica_table = widgets.HTML()
+        self.stop_button = widgets.Button(
+            description="Stop", icon="stop", button_style="danger", tooltip="Delete the job"
+        )
+        self.stop_button.on_click(self._on_stop)
+        self.failure = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.notice = widgets.HTML()
+        self.plots = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.tabs = widgets.Tab()
+        try:
+            replicas = job.replicas
+        except Exception:  # e.g. its directory is gone: refresh() says so below
+            replicas = []
+        self.panes = {name: LogPane(job, name, max_lines) for name in replicas}
+        self.tabs.children = [pane.output for pane in self.panes.values()]
+        self.tabs.titles = tuple(replicas)
+        self.scalars: dict[str, dict[str, Points]] = {}
+        self._plot_widgets: dict[str, widgets.HTML] = {}
+        self._reader: Any = None
+        self._last_scalars = 0.0
+        self.status: JobStatus | None = None
+        super().__init__(
+            children=[
+                widgets.HBox([self.header, self.stop_button]),
+                self.replica_table,
+                self.failure,
+                self.tabs,
+                self.plots,
+                self.notice,
+            ]
+        )
+        self.add_class("kfnb-jobview")
+        finished = self.refresh()
+        if start and not finished:
+            self._thread = threading.Thread(
+                target=self._watch, name=f"kfnb-view-{job.name}", daemon=True
+            )
+            self._thread.start()
+
+    # -- updates -------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Bring the view up to date once; True when the job has ended. Never raises.
+
+        Status, logs and scalars update independently: a log or event file that
+        cannot be read does not hide the job's phase.
+        """
+        from kfnb.backends import JobNotFound
+
+        with self._lock:
+            problems = []
+            try:
+                status = self.job.status()
+            except Exception as err:  # a view must never raise into the notebook
+                self._show_problems([f"the job's status: {err}"])
+                return isinstance(err, JobNotFound)
+            for pane in self.panes.values():
+                try:
+                    pane.update(final=status.finished)
+                except Exception as err:
+                    problems.append(f"{pane.replica}'s log: {err}")
+            now = time.monotonic()
+            if status.finished or now - self._last_scalars >= self.scalar_interval:
+                self._last_scalars = now
+                try:
+                    self._update_scalars()
+                except Exception as err:
+                    problems.append(f"scalars: {err}")
+            if status != self.status:
+                self._render_status(status)
+            self._show_problems(problems)
+            return status.finished
+
+    def _show_problems(self, problems: list[str]) -> None:
+        self.notice.value = "".join(
+            f'<div class="kfnb-notice" style="color:#c62828">kfnb: could not read '
+            f"{html.escape(problem)}</div>"
+            for problem in problems
+        )
+
+    def _render_status(self, status: JobStatus) -> None:
+        self.status = status
+        elapsed = f" · {status.elapsed:.0f} s" if status.elapsed is not None else ""
+        self.header.value = (
+            f'<b class="kfnb-name">{html.escape(status.name)}</b> '
+            f'<span style="color:#777">({html.escape(status.backend)})</span> '
+            f"{_badge(status.phase)}{elapsed}"
+            f'<div style="color:#555">{html.escape(status.message)}</div>'
+        )
+        rows = "".join(
+            f"<tr><td>{r.type}</td><td>{r.index}</td><td>{_badge(r.phase)}</td>"
+            f"<td>{r.restarts}</td><td>{'' if r.exit_code is None else r.exit_code}</td></tr>"
+            for r in status.replicas
+        )
+        self.replica_table.value = (
+            '<table class="kfnb-replicas"><tr><th>type</th><th>index</th><th>phase</th>'
+            f"<th>restarts</th><th>exit code</th></tr>{rows}</table>"
+        )
+        if status.finished:
+            self.stop_button.disabled = True
+            self.stop_button.description = status.phase
+        failure = self.job.failure(status) if status.phase == "Failed" else None
+        if failure is not None:
+            detail = failure.traceback or failure.log_tail or status.message
+            self.failure.value = (
+                '<div class="kfnb-failure" style="border:2px solid #c62828;padding:6px;'
+                'background:#fff5f5"><b style="color:#c62828">'
+                f"{html.escape(str(failure))}</b><pre>{html.escape(detail)}</pre></div>"
+            )
+            self.failure.layout.display = None
+
+    def _update_scalars(self) -> None:
+        if self._reader is None:
+            root = self.job.artifacts
+            if root is None:
+                return
+            from kfnb.metrics import ScalarReader
+
+            self._reader = ScalarReader(root / "tensorboard")
+        for tag, runs in self._reader.poll().items():
+            merged = self.scalars.setdefault(tag, {})
+            for run, points in runs.items():
+                merged.setdefault(run, []).extend(points)
+            plot = self._plot_widgets.get(tag)
+            if plot is None:
+                plot = self._plot_widgets[tag] = widgets.HTML()
+                self.plots.children = [self._plot_widgets[t] for t in sorted(self._plot_widgets)]
+            plot.value = svg_plot(tag, merged)
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.interval):
+            if self.refresh():
+                break
+        self._release()
+
+    # -- control -------------------------------------------------------------------
+
+    def _on_stop(self, _: Any) -> None:
+        self.stop_button.disabled = True
+        self.stop_button.description = "Stopping…"
+        # Deleting waits for the replicas to stop: not on the kernel's own thread.
+        threading.Thread(target=self._stop_job, daemon=True).start()
+
+    def _stop_job(self) -> None:
+        try:
+            self.job.delete()
+        except Exception as err:  # shown, never raised into the notebook
+            self.notice.value = f"kfnb: could not stop the job: {html.escape(str(err))}"
+        if self._thread is None or not self._thread.is_alive():
+            self.refresh()
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def close(self) -> None:
+        """Stop updating and release the file handles; then close the widgets."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        with self._lock:
+            self._release()
+        super().close()

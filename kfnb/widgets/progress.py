@@ -1,0 +1,42 @@
+"""Concise text progress, for a terminal IPython where widgets cannot render."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from kfnb.job import Job
+from kfnb.status import JobStatus
+
+
+def _line(status: JobStatus) -> str:
+    replicas = ", ".join(f"{r.name} {r.phase}" for r in status.replicas)
+    elapsed = f" {status.elapsed:.0f}s" if status.elapsed is not None else ""
+    return f"[{status.name}] {status.phase}{elapsed} ({replicas})"
+
+
+def print_progress(job: Job, stream: TextIO | None = None, poll: float = 0.25) -> JobStatus:
+    """Print phase changes and the deciding replica's log lines until the job ends.
+
+    Ctrl-C deletes the job and re-raises, as `Job.wait` does.
+    """
+    out = stream or sys.stdout
+    replica = job.decider
+    offset, shown = 0, None
+    try:
+        while True:
+            status = job.status()
+            text, offset = job.log_since(replica, offset, partial=status.finished)
+            for line in text.splitlines():
+                print(f"[{replica}] {line}", file=out)
+            phases = (status.phase, tuple(r.phase for r in status.replicas))
+            if phases != shown:  # a line per change, not per poll
+                shown = phases
+                print(_line(status), file=out, flush=True)
+            if status.finished:
+                return status
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        job.delete()
+        raise

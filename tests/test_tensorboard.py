@@ -1,0 +1,63 @@
+"""%kfnb tensorboard starts a real TensorBoard on the job's events."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython import get_ipython
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import start_ipython
+
+import kfnb
+from kfnb.tensorboard import browser_url
+from tests.test_metrics import event, scalar_value, write_records
+
+pytest.importorskip("tensorboard")
+
+
+@pytest.fixture
+def shell() -> Iterator[InteractiveShell]:
+    ip = start_ipython() or get_ipython()
+    assert ip is not None
+    ip.config.pop("Kfnb", None)
+    kfnb.load_ipython_extension(ip)
+    yield ip
+    kfnb.unload_ipython_extension(ip)
+
+
+def test_link_goes_through_jupyter_server_proxy_on_jupyterhub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
+    assert browser_url(6123) == "http://127.0.0.1:6123/"
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    assert browser_url(6123) == "/user/alice/proxy/6123/"
+
+
+def test_kfnb_tensorboard_serves_the_jobs_runs(
+    shell: InteractiveShell, kfnb_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_cell_magic("tfjob", "--name tb --wait", "print('trained')\n")
+    logdir = kfnb_home / "jobs" / "tb" / "tensorboard"
+    for run in ("train", "validation"):
+        write_records(logdir / run / "events.out.tfevents.1.test",
+                      [event(step, scalar_value("epoch_loss", 1.0 / (step + 1)))
+                       for step in range(3)])
+    shell.run_line_magic("kfnb", "tensorboard tb")
+    url = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        with urllib.request.urlopen(url + "data/runs", timeout=10) as response:
+            runs = json.loads(response.read())
+        assert {"train", "validation"} <= set(runs)
+        # A second call reuses the running server.
+        shell.run_line_magic("kfnb", "tensorboard tb")
+        assert capsys.readouterr().out.strip().endswith(url)
+    finally:
+        shell.run_line_magic("kfnb", "tensorboard tb --stop")
+    assert "stopped" in capsys.readouterr().out

@@ -1,0 +1,205 @@
+"""JobView, tested through its traits on real local jobs (no TensorFlow in the cells)."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kfnb.backends.local import LocalBackend
+from kfnb.bundle import build_bundle
+from kfnb.job import Job
+from kfnb.spec import JobSpec
+
+widgets = pytest.importorskip("ipywidgets")
+from kfnb.widgets.job_view import JobView  # noqa: E402
+from kfnb.widgets.progress import print_progress  # noqa: E402
+
+
+def submit(name: str, cell: str, **spec: Any) -> Job:
+    backend = LocalBackend()
+    bundle = build_bundle(textwrap.dedent(cell), {}, job_name=name)
+    manifest = JobSpec(name=name, artifacts=str(backend.job_dir(name)),
+                       code_files=tuple(bundle.files), **spec).to_manifest()
+    backend.submit(manifest, bundle)
+    return Job(name, backend)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def log_text(view: JobView, replica: str) -> str:
+    return "".join(o.get("text", "") for o in view.panes[replica].output.outputs)
+
+
+def watched_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kfnb-view-")]
+
+
+def test_view_follows_logs_and_phase_until_the_job_ends() -> None:
+    job = submit("live", """
+        import time
+        for i in range(3):
+            print(f"{tfjob.replica} line {i}", flush=True)
+            time.sleep(0.3)
+    """, workers=2)
+    view = JobView(job, interval=0.05)
+    assert view.tabs.titles == ("worker-0", "worker-1")
+    wait_for(lambda: "worker-0 line 1" in log_text(view, "worker-0"))
+    assert "Running" in view.header.value  # seen live, before the end
+    wait_for(lambda: view.status is not None and view.status.finished)
+    wait_for(lambda: view._thread is not None and not view._thread.is_alive())
+    assert "Succeeded" in view.header.value
+    assert "worker-0 line 2" in log_text(view, "worker-0")
+    assert view.stop_button.disabled
+    assert view.failure.layout.display == "none"
+    # Appended, not re-rendered: one stream output per update that brought lines.
+    assert all(o["output_type"] == "stream" for o in view.panes["worker-0"].output.outputs)
+    assert len(view.panes["worker-0"].output.outputs) >= 2
+    assert view.replica_table.value.count("<tr>") == 3
+
+
+def test_a_finished_job_is_rendered_once_without_a_thread() -> None:
+    job = submit("done", "print('bye')\n")
+    job.wait(timeout=30)
+    before = len(watched_threads())
+    view = JobView(job)
+    assert view._thread is None and len(watched_threads()) == before
+    assert "bye" in log_text(view, "worker-0") and "Succeeded" in view.header.value
+
+
+def test_failure_shows_the_traceback_prominently() -> None:
+    job = submit("broken", """
+        def load():
+            raise FileNotFoundError("no such data set: mnist.npz")
+        load()
+    """)
+    view = JobView(job, interval=0.05)
+    wait_for(lambda: view.failure.layout.display != "none")
+    assert "kfnb-failure" in view.failure.value
+    assert "FileNotFoundError: no such data set: mnist.npz" in view.failure.value
+    assert "load()" in view.failure.value
+    assert "Failed" in view.header.value
+
+
+def test_long_logs_keep_the_newest_lines_and_say_how_to_get_the_rest() -> None:
+    job = submit("chatty", "for i in range(10_000):\n    print('line', i)\n")
+    job.wait(timeout=30)
+    view = JobView(job, max_lines=500)
+    text = log_text(view, "worker-0")
+    assert text.count("\n") <= 501
+    assert "line 9999" in text and "line 100\n" not in text
+    assert "earlier lines not shown" in text and "%kfnb logs chatty --replica worker-0" in text
+    assert view.panes["worker-0"].lines == 10_000
+
+
+def test_stop_button_deletes_the_job_and_shows_the_final_state() -> None:
+    job = submit("stoppable", "import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    view = JobView(job, interval=0.05)
+    wait_for(lambda: "up" in log_text(view, "worker-0"))
+    view.stop_button.click()
+    assert view.stop_button.disabled
+    wait_for(lambda: "Deleted" in view.header.value, timeout=5)
+    assert job.phase == "Deleted"
+    assert "up" in log_text(view, "worker-0")
+
+
+def test_closing_the_view_stops_its_thread() -> None:
+    job = submit("closed", "import time\ntime.sleep(600)\n")
+    view = JobView(job, interval=0.05)
+    thread = view._thread
+    assert thread is not None and thread.is_alive()
+    view.close()
+    assert not thread.is_alive()
+    assert not job.status().finished  # closing a view does not stop the job
+    job.delete()
+
+
+def test_several_jobs_are_watched_at_once() -> None:
+    jobs = [submit(f"many-{i}", f"print('job {i}')\n") for i in range(3)]
+    views = [JobView(job, interval=0.05) for job in jobs]
+    for i, view in enumerate(views):
+        wait_for(lambda v=view: v.status is not None and v.status.finished)
+        wait_for(lambda v=view, i=i: f"job {i}" in log_text(v, "worker-0"))
+
+
+def test_missing_log_and_removed_job_are_reported_not_raised() -> None:
+    job = submit("vanishing", "import time\nprint('hi', flush=True)\ntime.sleep(600)\n")
+    view = JobView(job, interval=0.05)
+    wait_for(lambda: "hi" in log_text(view, "worker-0"))
+    assert job.artifacts is not None
+    (job.artifacts / "logs" / "worker-0.log").unlink()  # e.g. cleaned up underneath
+    time.sleep(0.3)
+    assert view._thread is not None and view._thread.is_alive()
+    assert view.notice.value == "" and "Running" in view.header.value
+    view.close()
+    job.backend.delete(job.name, purge=True)
+    orphan = JobView(job)  # e.g. a record whose job directory is gone
+    assert "could not read the job&#x27;s status" in orphan.notice.value
+    assert orphan._thread is None
+
+
+def test_terminal_progress_prints_phases_and_the_chiefs_lines() -> None:
+    job = submit("text", "import time\nprint('epoch 1', flush=True)\ntime.sleep(0.5)\n"
+                         "print('epoch 2')\n", workers=2)
+    out = io.StringIO()
+    status = print_progress(job, stream=out, poll=0.05)
+    lines = out.getvalue().splitlines()
+    assert status.phase == "Succeeded"
+    assert "[worker-0] epoch 1" in lines and "[worker-0] epoch 2" in lines
+    assert lines[-1].startswith("[text] Succeeded")
+    states = [line.split(" ", 2)[1] + line.split("(")[1]
+              for line in lines if line.startswith("[text]")]
+    assert any(state.startswith("Running") for state in states)
+    assert all(a != b for a, b in zip(states, states[1:], strict=False))  # one line per change
+
+
+SCALAR_CELL = """
+import time
+from pathlib import Path
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
+import numpy as np
+
+def write(run, step, loss):
+    path = Path(tfjob.logdir) / run / "events.out.tfevents.kfnb-test"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        value = summary_pb2.Summary.Value(tag="epoch_loss",
+                                          tensor=tensor_util.make_tensor_proto(np.float32(loss)))
+        value.metadata.plugin_data.plugin_name = "scalars"
+        event = event_pb2.Event(wall_time=time.time(), step=step,
+                                summary=summary_pb2.Summary(value=[value]))
+        RecordWriter(f).write(event.SerializeToString())
+
+for step in range(3):
+    write("train", step, 1.0 / (step + 1))
+    write("validation", step, 1.5 / (step + 1))
+    time.sleep(0.4)
+"""
+
+
+def test_scalars_are_plotted_live_one_line_per_run() -> None:
+    """Events written with tensorboard's own TF-free writer, as Keras lays them out."""
+    job = submit("scalars", SCALAR_CELL)
+    view = JobView(job, interval=0.05, scalar_interval=0.2)
+    wait_for(lambda: len(view.scalars.get("epoch_loss", {}).get("train", [])) >= 1)
+    wait_for(lambda: view._thread is not None and not view._thread.is_alive())
+    assert view.scalars["epoch_loss"]["train"] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert [s for s, _ in view.scalars["epoch_loss"]["validation"]] == [0, 1, 2]
+    (plot,) = view.plots.children
+    assert 'class="kfnb-plot"' in plot.value and "epoch_loss" in plot.value
+    assert 'data-run="train"' in plot.value and 'data-run="validation"' in plot.value
+    # The same data outside the widget, as a plain structure.
+    scalars = job.scalars()
+    assert [s for s, _ in scalars["epoch_loss"]["validation"]] == [0, 1, 2]
