@@ -11,9 +11,11 @@ import failure_detection  # noqa: E402
 import launch_overhead  # noqa: E402
 import load_ext  # noqa: E402
 import multiworker  # noqa: E402
+import widget  # noqa: E402
 
 if __name__ == "__main__":
     load_ext.main()
     launch_overhead.main()
     multiworker.main()
     failure_detection.main()
+    widget.main()

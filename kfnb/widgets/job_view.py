@@ -171,6 +171,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
                     problems.append(f"scalars: {err}")
             if status != self.status:
                 self._render_status(status)
+            self._render_header(status)  # the elapsed time ticks even when nothing changed
             self._show_problems(problems)
             return status.finished
 
@@ -181,15 +182,18 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             for problem in problems
         )
 
-    def _render_status(self, status: JobStatus) -> None:
-        self.status = status
+    def _render_header(self, status: JobStatus) -> None:
         elapsed = f" · {status.elapsed:.0f} s" if status.elapsed is not None else ""
+        # An unchanged value is not sent again: traitlets notifies on change only.
         self.header.value = (
             f'<b class="kfnb-name">{html.escape(status.name)}</b> '
             f'<span style="color:#777">({html.escape(status.backend)})</span> '
             f"{_badge(status.phase)}{elapsed}"
             f'<div style="color:#555">{html.escape(status.message)}</div>'
         )
+
+    def _render_status(self, status: JobStatus) -> None:
+        self.status = status
         rows = "".join(
             f"<tr><td>{r.type}</td><td>{r.index}</td><td>{_badge(r.phase)}</td>"
             f"<td>{r.restarts}</td><td>{'' if r.exit_code is None else r.exit_code}</td></tr>"
