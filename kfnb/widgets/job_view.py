@@ -117,7 +117,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         self.panes = {name: LogPane(job, name, max_lines) for name in replicas}
         self.tabs.children = [pane.output for pane in self.panes.values()]
         self.tabs.titles = tuple(replicas)
-        self.scalars: dict[str, dict[str, Points]] = {}
+        self.scalars: dict[str, dict[str, Points]] = {}  # what the reader has read so far
         self._plot_widgets: dict[str, widgets.HTML] = {}
         self._reader: Any = None
         self._last_scalars = 0.0
@@ -224,15 +224,16 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             from kfnb.metrics import ScalarReader
 
             self._reader = ScalarReader(root / "tensorboard")
-        for tag, runs in self._reader.poll().items():
-            merged = self.scalars.setdefault(tag, {})
-            for run, points in runs.items():
-                merged.setdefault(run, []).extend(points)
+        changed = self._reader.poll()
+        if not changed:
+            return
+        self.scalars = self._reader.scalars()
+        for tag in changed:
             plot = self._plot_widgets.get(tag)
             if plot is None:
                 plot = self._plot_widgets[tag] = widgets.HTML()
                 self.plots.children = [self._plot_widgets[t] for t in sorted(self._plot_widgets)]
-            plot.value = svg_plot(tag, merged)
+            plot.value = svg_plot(tag, self.scalars[tag])
 
     def _watch(self) -> None:
         while not self._closed.wait(self.interval):
