@@ -31,16 +31,20 @@ def __getattr__(name: str) -> Any:
 def load_ipython_extension(ipython: Any) -> None:
     from kfnb.config import Kfnb, use_settings
     from kfnb.magics import KfnbMagics
+    from kfnb.widgets import register_display
 
     unload_ipython_extension(ipython)
     config = Kfnb(parent=ipython)  # `%config Kfnb.x = ...` changes this object
     use_settings(config)
     ipython.configurables.append(config)
     ipython.register_magics(KfnbMagics)
+    register_display(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     from kfnb.config import Kfnb, reset_settings
+    from kfnb.widgets import unregister_display
 
+    unregister_display(ipython)
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, Kfnb)]
     reset_settings()

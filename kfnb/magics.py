@@ -294,11 +294,8 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         return None
 
     def _attach(self, rest: str) -> Any:
-        from kfnb.widgets import show_job
-
-        job = self._job(parse_argstring(self._name_only, rest).name)
-        show_job(job)
-        return job
+        """The Job handle; a kernel displays it as its live view."""
+        return self._job(parse_argstring(self._name_only, rest).name)
 
     def _logs(self, rest: str) -> None:
         args = parse_argstring(self._logs_args, rest)

@@ -216,7 +216,30 @@ class Supervisor:
                 _signal_group(process, signal.SIGKILL)
             process.wait()
             replica.exit_code = exit_code_of(process.returncode)
-            replica.phase = "Stopped"  # ended by kfnb, as cleanPodPolicy deletes a pod
+            # Stopped: ended by kfnb, as cleanPodPolicy deletes a pod; unless it had
+            # just finished on its own.
+            replica.phase = "Succeeded" if replica.exit_code == 0 else "Stopped"
+
+    def let_workers_finish(self) -> None:
+        """After success, give the other training replicas a moment to end on their own.
+
+        Under MultiWorkerMirroredStrategy they finish with the chief, a little later
+        (worker 1 still saving its copy of the model): stopping them at once would
+        cut their logs short. Parameter servers never end on their own: not them.
+        """
+        training = [r for r in self.replicas
+                    if r.type in ("chief", "master", "worker") and r.process is not None]
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            running = [r for r in training if r.process is not None and r.process.poll() is None]
+            if not running:
+                break
+            time.sleep(POLL_SECONDS)
+        for replica in training:
+            process = replica.process
+            if replica.phase == "Running" and process is not None and process.poll() is not None:
+                replica.exit_code = exit_code_of(process.returncode)
+                replica.phase = "Succeeded" if replica.exit_code == 0 else "Failed"
 
     # -- state ---------------------------------------------------------------------
 
@@ -227,6 +250,8 @@ class Supervisor:
             status.write(self.job_dir / "status.json")
 
     def finish(self, phase: str, reason: str, message: str) -> None:
+        if phase == "Succeeded":
+            self.let_workers_finish()
         self.stop(self.replicas)
         self.publish(phase=phase, reason=reason, message=message, completion_time=time.time())
         for log in self._logs.values():

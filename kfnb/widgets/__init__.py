@@ -1,15 +1,20 @@
 """Views of jobs: a live widget under a cell in Jupyter, concise text in a terminal.
 
 Views only read a `Job` (and its metrics); they hold no logic of their own.
-ipywidgets is imported here only when a widget is shown.
+ipywidgets is imported only when a widget is shown.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kfnb.job import Job
+if TYPE_CHECKING:
+    from kfnb.job import Job
+
+# Jobs whose view this cell has shown already (cleared when the next cell runs), so
+# the Job a `%%tfjob --wait` cell returns is not shown a second time.
+_shown_this_cell: set[int] = set()
 
 
 def widgets_available() -> bool:
@@ -26,25 +31,65 @@ def widgets_available() -> bool:
     )
 
 
-def job_view(job: Job, **options: Any) -> Any:
+def view_of(job: Job, **options: Any) -> Any:
+    """A live `JobView` of ``job`` (ipywidgets imported here, on first use)."""
     from kfnb.widgets.job_view import JobView
 
     return JobView(job, **options)
 
 
+def _display_view(job: Job) -> Any:
+    from IPython.display import display
+
+    _shown_this_cell.add(id(job))
+    return display(view_of(job), display_id=True)  # type: ignore[no-untyped-call]
+
+
 def show_job(job: Job, wait: bool = False) -> None:
     """Show ``job`` live under the cell; with ``wait``, block until it ends.
 
-    In a terminal the same call prints phase changes and the chief's log lines.
-    Raises `JobFailed` after waiting for a job that failed.
+    Without ``wait`` the job's view comes from IPython displaying the returned
+    `Job` (see `register_display`). In a terminal, ``wait`` prints phase changes
+    and the chief's log lines. Raises `JobFailed` after waiting for a failed job.
     """
+    if not wait:
+        return
     if widgets_available():
-        from IPython.display import display
-
-        display(job_view(job))  # type: ignore[no-untyped-call]
-    elif wait:
+        handle = _display_view(job)  # before blocking, so it updates while the cell waits
+        try:
+            job.wait()
+        finally:
+            # The widget updates itself; its plain-text form (what a saved or headless
+            # notebook shows) is refreshed here with the final state.
+            handle.update(view_of(job, start=False))
+    else:
         from kfnb.widgets.progress import print_progress
 
         print_progress(job)
-    if wait:
         job.wait()
+
+
+def _display_job(job: Job) -> None:
+    """How a kernel displays a `Job` (a cell's result, ``job`` alone): its live view."""
+    if id(job) not in _shown_this_cell:
+        _display_view(job)
+
+
+def _new_cell(*_: Any) -> None:
+    _shown_this_cell.clear()
+
+
+def register_display(shell: Any) -> None:
+    """Display `Job` objects as live views in this kernel (a terminal keeps the text)."""
+    if not widgets_available():
+        return
+    # By name: %load_ext need not import kfnb.job to register it.
+    formatter = shell.display_formatter.ipython_display_formatter
+    formatter.for_type_by_name("kfnb.job", "Job", _display_job)
+    shell.events.register("pre_run_cell", _new_cell)
+
+
+def unregister_display(shell: Any) -> None:
+    formatter = shell.display_formatter.ipython_display_formatter
+    if formatter.pop("kfnb.job.Job", None) is not None:
+        shell.events.unregister("pre_run_cell", _new_cell)

@@ -46,8 +46,11 @@ class LogPane:
 
     def __init__(self, job: Job, replica: str, max_lines: int) -> None:
         self.job, self.replica, self.max_lines = job, replica, max_lines
-        self.output = widgets.Output(layout=widgets.Layout(max_height="320px", overflow="auto"))
+        self.output = widgets.Output()
         self.output.add_class("kfnb-log")
+        # The box scrolls, bottom-up, so the newest line stays in view as lines arrive.
+        self.box = widgets.Box([self.output], layout=widgets.Layout(
+            max_height="320px", overflow="auto", display="flex", flex_flow="column-reverse"))
         self.offset = 0
         self.shown: deque[str] = deque(maxlen=max_lines)  # the newest lines, for a trim
         self.visible = 0  # lines in the Output now
@@ -115,7 +118,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         except Exception:  # e.g. its directory is gone: refresh() says so below
             replicas = []
         self.panes = {name: LogPane(job, name, max_lines) for name in replicas}
-        self.tabs.children = [pane.output for pane in self.panes.values()]
+        self.tabs.children = [pane.box for pane in self.panes.values()]
         self.tabs.titles = tuple(replicas)
         self.scalars: dict[str, dict[str, Points]] = {}  # what the reader has read so far
         self._plot_widgets: dict[str, widgets.HTML] = {}
@@ -200,11 +203,14 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             for r in status.replicas
         )
         self.replica_table.value = (
+            "<style>.kfnb-replicas td, .kfnb-replicas th {padding: 0 8px}</style>"
             '<table class="kfnb-replicas"><tr><th>type</th><th>index</th><th>phase</th>'
             f"<th>restarts</th><th>exit code</th></tr>{rows}</table>"
         )
         if status.finished:
             self.stop_button.disabled = True
+            self.stop_button.button_style = ""
+            self.stop_button.icon = ""
             self.stop_button.description = status.phase
         failure = self.job.failure(status) if status.phase == "Failed" else None
         if failure is not None:
@@ -240,6 +246,10 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             if self.refresh():
                 break
         self._release()
+
+    def __repr__(self) -> str:
+        """The plain-text form front ends without widgets show (nbconvert, a saved file)."""
+        return self.job.summary(self.status) if self.status is not None else repr(self.job)
 
     # -- control -------------------------------------------------------------------
 

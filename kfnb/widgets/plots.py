@@ -41,8 +41,9 @@ def svg_plot(tag: str, runs: dict[str, Points], width: int = 280, height: int = 
         values = [v for _, v in points]
         x0, x1 = min(steps), max(steps)
         y0, y1 = min(values), max(values)
-        if y0 == y1:
-            y0, y1 = y0 - 0.5, y1 + 0.5
+        if y0 == y1:  # a flat series: a little room around its value, not a unit band
+            pad = abs(y0) * 0.05 or 0.5
+            y0, y1 = y0 - pad, y1 + pad
         if x0 == x1:
             x0, x1 = x0 - 1, x1 + 1
 
@@ -58,6 +59,7 @@ def svg_plot(tag: str, runs: dict[str, Points], width: int = 280, height: int = 
             f'<text x="{left}" y="{top + inner_h + 12}">{x0}</text>',
             f'<text x="{left + inner_w}" y="{top + inner_h + 12}" text-anchor="end">{x1}</text>',
         ]
+        legend_step = inner_w / max(len(runs), 1)
         for index, (run, series) in enumerate(sorted(runs.items())):
             colour = run_colour(run, index)
             coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in sorted(series))
@@ -69,9 +71,11 @@ def svg_plot(tag: str, runs: dict[str, Points], width: int = 280, height: int = 
                 ((s, v),) = series
                 parts.append(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"/>')
             last = sorted(series)[-1][1] if series else None
-            label = f"{run} {_fmt(last)}" if last is not None else run
+            # Room for the last value only while two runs share the legend.
+            label = f"{run} {_fmt(last)}" if last is not None and len(runs) <= 2 else run
             parts.append(
-                f'<text x="{left + 4 + index * 110}" y="{height - 6}" fill="{colour}">'
+                f'<text x="{left + 4 + index * legend_step:.0f}" y="{height - 6}" '
+                f'fill="{colour}">'
                 f"{html.escape(label)}</text>"
             )
     else:
