@@ -337,6 +337,26 @@ def test_on_failure_restarts_until_the_cell_succeeds() -> None:
     assert "RuntimeError: attempt 1 fails" in log  # earlier attempts' output is kept
 
 
+def test_a_restart_shows_as_restarting_then_running() -> None:
+    cell = COUNT_ATTEMPTS + textwrap.dedent(
+        """
+        if attempt < 2:
+            raise RuntimeError("first attempt fails")
+        time.sleep(3)
+        """
+    )
+    job = submit("restarting", cell, restart_policy="OnFailure", backoff_limit=1)
+    phases = []
+    while not phases or phases[-1] not in ("Succeeded", "Failed"):
+        phase = job.status().phase
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+        time.sleep(0.02)
+    assert "Restarting" in phases
+    assert phases.index("Restarting") < len(phases) - 2  # Running again before the end
+    assert phases[-2:] == ["Running", "Succeeded"]
+
+
 def test_on_failure_beyond_the_backoff_limit_fails() -> None:
     cell = COUNT_ATTEMPTS + 'raise RuntimeError("always")\n'
     job = submit("backoff", cell, restart_policy="OnFailure", backoff_limit=1)

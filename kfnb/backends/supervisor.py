@@ -36,6 +36,7 @@ from kfnb.status import JobStatus, ReplicaStatus
 
 POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 2.0
+RESTARTING_SECONDS = 1.0  # how long the job reads Restarting after a replica restarts
 _PR_SET_PDEATHSIG = 1
 
 
@@ -296,6 +297,7 @@ class Supervisor:
         deadline = self.run_policy.get("activeDeadlineSeconds")
         backoff_limit = self.run_policy.get("backoffLimit")
         started = time.monotonic()
+        last_restart = -RESTARTING_SECONDS
         while True:
             if self.stop_requested:
                 self.finish("Deleted", "TFJobDeleted", f"TFJob {self.name} was deleted.")
@@ -332,18 +334,23 @@ class Supervisor:
                 restarting = True
                 self.start(replica)
             if restarting:
+                last_restart = time.monotonic()
+            outcome = self.decided()
+            if outcome is not None:
+                self.finish(*outcome)
+                break
+            if time.monotonic() - last_restart < RESTARTING_SECONDS:
                 self.publish(
                     phase="Restarting",
                     reason="TFJobRestarting",
                     message=f"TFJob {self.name} is restarting a replica.",
                 )
-            outcome = self.decided()
-            if outcome is not None:
-                self.finish(*outcome)
-                break
-            self.publish(
-                phase="Running", reason="TFJobRunning", message=f"TFJob {self.name} is running."
-            )
+            else:
+                self.publish(
+                    phase="Running",
+                    reason="TFJobRunning",
+                    message=f"TFJob {self.name} is running.",
+                )
             time.sleep(POLL_SECONDS)
         return self.status
 
