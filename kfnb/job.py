@@ -95,13 +95,8 @@ class Job:
     def logs(self, replica: str | None = None, follow: bool = False) -> str | Iterator[str]:
         """A replica's log (the chief's by default); with ``follow``, its lines as they come."""
         replica = replica or self.decider
-        if replica not in self.replicas:
-            from kfnb.backends import BackendError
-
-            raise BackendError(
-                f"job {self.name!r} has no replica {replica!r}: it has {', '.join(self.replicas)}"
-            )
         if follow:
+            self.log_since(replica, 0)  # the backend's check of the name, now, not at next()
             return self._follow(replica)
         return self.backend.read_log(self.name, replica)
 
