@@ -31,6 +31,26 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     reset_settings()
 
 
+@pytest.fixture
+def shell(kfnb_home: Path) -> Iterator[Any]:
+    """IPython's test shell with kfnb loaded; names a test defines are removed after it."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    import kfnb
+
+    ip = start_ipython() or get_ipython()  # the first call starts it, later ones return None
+    assert ip is not None
+    ip.config.pop("Kfnb", None)  # %config values live in the shell's config: start clean
+    before = set(ip.user_ns)
+    kfnb.load_ipython_extension(ip)
+    yield ip
+    kfnb.unload_ipython_extension(ip)
+    ip.config.pop("Kfnb", None)
+    for name in set(ip.user_ns) - before:
+        del ip.user_ns[name]
+
+
 def _stop_leftover_jobs(home: Path) -> None:
     """A failing test must not leave replicas running into the next one."""
     from kfnb.backends.local import LocalBackend

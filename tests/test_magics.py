@@ -8,33 +8,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 
-import kfnb
 from kfnb.job import Job, JobFailed
 from tests.conftest import validate_tfjob
-
-
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    ip = start_ipython() or get_ipython()  # the first call starts it, later ones return None
-    assert ip is not None
-    ip.config.pop("Kfnb", None)  # %config values live in the shell's config: start clean
-    kfnb.load_ipython_extension(ip)
-    yield ip
-    kfnb.unload_ipython_extension(ip)
-    ip.config.pop("Kfnb", None)
-    for name in ("helper", "factor", "lock", "job"):
-        ip.user_ns.pop(name, None)
 
 
 def tfjob(ip: InteractiveShell, line: str, cell: str) -> Any:

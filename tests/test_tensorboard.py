@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from IPython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 
-import kfnb
 from kfnb.tensorboard import browser_url
 from tests.test_metrics import event, scalar_value, write_records
 
 pytest.importorskip("tensorboard")
-
-
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    ip = start_ipython() or get_ipython()
-    assert ip is not None
-    ip.config.pop("Kfnb", None)
-    kfnb.load_ipython_extension(ip)
-    yield ip
-    kfnb.unload_ipython_extension(ip)
 
 
 def test_link_goes_through_jupyter_server_proxy_on_jupyterhub(

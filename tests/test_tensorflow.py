@@ -7,15 +7,11 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from IPython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 
-import kfnb
 from kfnb.job import Job, JobFailed
 
 pytest.importorskip("tensorflow")
@@ -42,16 +38,6 @@ def dataset(batch):
 
 batch, epochs = 32, 2
 '''
-
-
-@pytest.fixture
-def shell(kfnb_home: Path) -> Iterator[InteractiveShell]:
-    ip = start_ipython() or get_ipython()
-    assert ip is not None
-    ip.config.pop("Kfnb", None)
-    kfnb.load_ipython_extension(ip)
-    yield ip
-    kfnb.unload_ipython_extension(ip)
 
 
 def test_multi_worker_keras_cell_with_notebook_functions(
