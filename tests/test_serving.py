@@ -1,0 +1,768 @@
+"""The local model server: real server processes, real HTTP on 127.0.0.1, a real SavedModel.
+
+The SavedModels (two versions of the MNIST CNN, untrained: serving does not care
+about accuracy) and the in-process reference outputs are made once, in a
+subprocess, so this pytest process never imports TensorFlow. The codec and
+batcher tests at the end run in-process on a fake model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import re
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE, READY_PATTERN
+from kfnb.serving.model import (
+    Batcher,
+    LoadedModel,
+    RequestError,
+    SignatureInfo,
+    TensorInfo,
+    decode_predict,
+    encode_predict,
+    parse_json,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+TOLERANCE = 1e-5
+
+_HAVE_SERVING = all(
+    importlib.util.find_spec(name) is not None for name in ("aiohttp", "prometheus_client")
+)
+needs_serving = pytest.mark.skipif(
+    not _HAVE_SERVING, reason="needs the serving extra: pip install 'kfnb[serving]'"
+)
+
+
+def needs_tf(test: Any) -> Any:
+    """Runs real TensorFlow server processes: marked ``tensorflow``, skipped without it."""
+    have_tf = importlib.util.find_spec("tensorflow") is not None
+    skip = pytest.mark.skipif(
+        not (have_tf and _HAVE_SERVING),
+        reason="needs tensorflow and the serving extra: pip install 'kfnb[tensorflow,serving]'",
+    )
+    return pytest.mark.tensorflow(skip(test))
+
+
+EXPORT = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+from model.mnist import build_model, export_serving
+
+out = Path(sys.argv[2])
+images = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+refs = {"images": images}
+for version in (1, 2):
+    tf.keras.utils.set_random_seed(version)
+    path = out / str(version)
+    export_serving(build_model(), str(path))
+    outputs = tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant(images))
+    for key, value in outputs.items():
+        refs[f"v{version}_{key}"] = value.numpy()
+np.savez(out / "refs.npz", **refs)
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Versions 1 and 2 of the MNIST SavedModel and refs.npz (their outputs in-process)."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("needs tensorflow")
+    out = tmp_path_factory.mktemp("savedmodels")
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT, str(REPO), str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def refs(models: Path) -> dict[str, np.ndarray]:
+    with np.load(models / "refs.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+class Server:
+    """A model server process started with ``--port 0``; ``url`` once it is ready."""
+
+    def __init__(self, base: Path, log: Path, *args: str, name: str = "mnist") -> None:
+        self.log = log
+        self.base = base
+        command = [
+            sys.executable,
+            "-m",
+            "kfnb.serving.server",
+            "--model-base-path",
+            str(base),
+            "--model-name",
+            name,
+            *args,
+        ]
+        if "--port" not in args:
+            command += ["--port", "0"]
+        with open(log, "w") as stderr:
+            self.proc = subprocess.Popen(
+                command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        self.url = ""
+        self.port = 0
+
+    def wait_ready(self, timeout: float = 120.0) -> Server:
+        assert self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().strip() if readable else ""
+        match = READY_PATTERN.match(line)
+        assert match, f"no ready line ({line!r}); stderr:\n{self.stderr()[-3000:]}"
+        self.url = match.group("url")
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, str]:
+        """Exit code and stderr of a server expected to stop by itself."""
+        code = self.proc.wait(timeout)
+        return code, self.stderr()
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one request; error statuses are answers too."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include ``labels``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def assert_rows(predictions: list[dict[str, Any]], refs: dict[str, np.ndarray], v: int) -> None:
+    """Row-format predictions equal the SavedModel's in-process outputs for version ``v``."""
+    assert [sorted(p) for p in predictions] == [["classes", "predictions"]] * len(predictions)
+    n = len(predictions)
+    np.testing.assert_allclose(
+        [p["predictions"] for p in predictions], refs[f"v{v}_predictions"][:n], atol=TOLERANCE
+    )
+    assert [p["classes"] for p in predictions] == refs[f"v{v}_classes"][:n].tolist()
+
+
+@pytest.fixture(scope="module")
+def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server on version 1, shared by the tests that do not change its models."""
+    base = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(models / "1", base / "1")
+    (base / ".staging-2").mkdir()  # a job still writing: must be ignored
+    started = Server(base, base.parent / "server.log", "--max-body-bytes", "1000000")
+    try:
+        yield started.wait_ready()
+    finally:
+        started.stop()
+
+
+# ----------------------------------------------------------------- the API
+
+
+@needs_tf
+def test_status_metadata_health(server: Server) -> None:
+    status, doc = http("GET", f"{server.url}/v1/models/mnist")
+    assert status == 200
+    assert doc == {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
+    assert http("GET", f"{server.url}/v1/models/mnist/versions/1") == (200, doc)
+
+    status, meta = http("GET", f"{server.url}/v1/models/mnist/metadata")
+    assert status == 200
+    assert meta["model_spec"] == {"name": "mnist", "signature_name": "", "version": "1"}
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    x = signature["inputs"]["x"]
+    assert x["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in x["tensor_shape"]["dim"]] == ["-1", "28", "28"]
+    assert x["tensor_shape"]["unknown_rank"] is False
+    outputs = signature["outputs"]
+    assert outputs["classes"]["dtype"] == "DT_INT64"
+    assert [d["size"] for d in outputs["classes"]["tensor_shape"]["dim"]] == ["-1"]
+    assert outputs["predictions"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in outputs["predictions"]["tensor_shape"]["dim"]] == ["-1", "10"]
+
+    assert http("GET", f"{server.url}/healthz") == (
+        200,
+        {"status": "ok", "model": "mnist", "version": "1"},
+    )
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    for name in (
+        "kfnb_serving_requests_total",
+        "kfnb_serving_request_seconds_bucket",
+        "kfnb_serving_model_version",
+        "kfnb_serving_model_loads_total",
+    ):
+        assert name in text
+
+
+@needs_tf
+def test_predict_row_format_matches_the_savedmodel(
+    server: Server, refs: dict[str, np.ndarray]
+) -> None:
+    images = refs["images"]
+    status, doc = http(
+        "POST", f"{server.url}/v1/models/mnist:predict", {"instances": images.tolist()}
+    )
+    assert status == 200, doc
+    assert list(doc) == ["predictions"]
+    assert_rows(doc["predictions"], refs, 1)
+    # Instances as objects naming the input, one image at a time, a specific version.
+    status, doc = http(
+        "POST",
+        f"{server.url}/v1/models/mnist/versions/1:predict",
+        {"instances": [{"x": images[3].tolist()}]},
+    )
+    assert status == 200, doc
+    assert doc["predictions"][0]["classes"] == int(refs["v1_classes"][3])
+    np.testing.assert_allclose(
+        doc["predictions"][0]["predictions"], refs["v1_predictions"][3], atol=TOLERANCE
+    )
+
+
+@needs_tf
+def test_predict_columnar_format(server: Server, refs: dict[str, np.ndarray]) -> None:
+    images = refs["images"].tolist()
+    for inputs in ({"x": images}, images):
+        status, doc = http("POST", f"{server.url}/v1/models/mnist:predict", {"inputs": inputs})
+        assert status == 200, doc
+        assert list(doc) == ["outputs"]
+        assert sorted(doc["outputs"]) == ["classes", "predictions"]
+        assert doc["outputs"]["classes"] == refs["v1_classes"].tolist()
+        np.testing.assert_allclose(
+            doc["outputs"]["predictions"], refs["v1_predictions"], atol=TOLERANCE
+        )
+
+
+@needs_tf
+def test_large_body_is_parsed_off_the_event_loop(
+    server: Server, refs: dict[str, np.ndarray]
+) -> None:
+    """40 images (~640 kB of JSON): parsed in a thread, answered like any other request."""
+    images = np.concatenate([refs["images"]] * 5)
+    status, doc = http(
+        "POST", f"{server.url}/v1/models/mnist:predict", {"instances": images.tolist()}
+    )
+    assert status == 200, doc
+    assert [p["classes"] for p in doc["predictions"]] == refs["v1_classes"].tolist() * 5
+
+
+# ------------------------------------------------------------- bad requests
+
+
+@needs_tf
+def test_malformed_json_is_400(server: Server) -> None:
+    for raw in (b"{", b"", b"\xff\xfe\x00", b"[" * 100_000, b'{"instances": [1,]}'):
+        status, doc = http("POST", f"{server.url}/v1/models/mnist:predict", raw=raw)
+        assert status == 400, raw[:20]
+        assert doc["error"].startswith("JSON Parse error"), doc
+
+
+@needs_tf
+def test_wrong_shape_or_dtype_is_400_naming_what_was_expected(server: Server) -> None:
+    url = f"{server.url}/v1/models/mnist:predict"
+    cases = {
+        "got shape [1, 28, 27]": {"instances": np.zeros((1, 28, 27)).tolist()},
+        "got shape [28, 28]": {"instances": np.zeros((28, 28)).tolist()},
+        "got shape [1, 1, 28, 28]": {"inputs": {"x": np.zeros((1, 1, 28, 28)).tolist()}},
+        "got nested lists of uneven length": {"instances": [[[0.0] * 28] * 28, [[0.0] * 28]]},
+        "got strings": {"instances": [[["0.5"] * 28] * 28]},
+        "got booleans": {"instances": [[[True] * 28] * 28]},
+        "got a JSON object among the values": {"instances": [[[{"a": 1}] * 28] * 28]},
+        "got a JSON null among the values": {"instances": [[[None] * 28] * 28]},
+        "integers too large": {"instances": [[[10**40] * 28] * 28]},
+        "out of float32's range": {"instances": [[[1e300] * 28] * 28]},
+    }
+    for found, body in cases.items():
+        status, doc = http("POST", url, body)
+        assert status == 400, (found, doc)
+        assert "expected DT_FLOAT (float32 numbers) [None, 28, 28]" in doc["error"], doc
+        assert found in doc["error"], doc
+    refusals = {
+        "Missing 'inputs' or 'instances' key": {},
+        "Not both 'instances' and 'inputs'": {"instances": [], "inputs": []},
+        'Serving signature name: "nope" not found in signature def': {
+            "signature_name": "nope",
+            "instances": [],
+        },
+        "Missing named input: x in 'inputs' object.": {"inputs": {"y": []}},
+        "must be a JSON object": [1, 2, 3],
+        "'instances' must be a list": {"instances": 3},
+    }
+    for words, body in refusals.items():
+        status, doc = http("POST", url, body)
+        assert status == 400 and words in doc["error"], (words, doc)
+
+
+@needs_tf
+def test_oversize_body_is_413(server: Server) -> None:
+    url = f"{server.url}/v1/models/mnist:predict"
+    status, doc = http("POST", url, raw=b" " * 1_500_000)
+    assert status == 413
+    assert "limit of 1000000 bytes" in doc["error"] and "--max-body-bytes" in doc["error"]
+
+    async def chunked() -> tuple[int, Any]:  # no Content-Length: caught while reading
+        import aiohttp
+
+        async def body() -> Any:
+            for _ in range(30):
+                yield b" " * 65536
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=body()) as response:
+                return response.status, await response.json()
+
+    status, doc = asyncio.run(chunked())
+    assert status == 413 and "--max-body-bytes" in doc["error"]
+    assert http("GET", f"{server.url}/healthz")[0] == 200
+
+
+@needs_tf
+def test_unknown_model_or_version_is_404_in_tf_servings_words(server: Server) -> None:
+    url = server.url
+    expectations = [
+        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
+        (
+            "POST",
+            "/v1/models/mnist/versions/7:predict",
+            404,
+            "Servable not found for request: Specific(mnist, 7)",
+        ),
+        (
+            "GET",
+            "/v1/models/mnist/versions/7/metadata",
+            404,
+            "Servable not found for request: Specific(mnist, 7)",
+        ),
+        ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
+        ("GET", "/v1/models/mnist/versions/7", 404, "Could not find version 7 of model mnist"),
+        ("GET", "/v1/models/mnist:predict", 405, "Malformed request: GET /v1/models/mnist:predict"),
+        ("POST", "/v1/models/mnist:classify", 501, ":classify is not implemented"),
+        ("GET", "/v2/models/mnist", 404, "Malformed request: GET /v2/models/mnist"),
+    ]
+    for method, path, code, words in expectations:
+        body = {"instances": []} if method == "POST" else None
+        status, doc = http(method, url + path, body)
+        assert (status, doc) == (code, {"error": doc.get("error")}), (path, doc)
+        assert words in doc["error"], (path, doc)
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth > 4 or roll < 0.35:
+        return rng.choice(
+            [
+                rng.randint(-(10**30), 10**30),
+                rng.uniform(-1e308, 1e308),
+                rng.random(),
+                10**400,
+                "x" * rng.randint(0, 30),
+                True,
+                False,
+                None,
+                -0.0,
+                1e-320,
+            ]
+        )
+    if roll < 0.7:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["instances", "inputs", "signature_name", "x", "", "\u00e9\u0000"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+def _fuzz_request(rng: random.Random) -> tuple[str, str, bytes]:
+    """A random (method, path, body): junk bytes, random JSON, near-misses of a good request."""
+    path = rng.choice(
+        ["/v1/models/mnist:predict"] * 8
+        + [
+            "/v1/models/mnist/versions/1:predict",
+            "/v1/models/mnist/versions/99999999999:predict",
+            "/v1/models/%00:predict",
+            "/v1/models/mnist:",
+            "/v1/models/mnist/metadata",
+        ]
+    )
+    kind = rng.randrange(7)
+    if kind == 0:
+        return "POST", path, rng.randbytes(rng.randint(0, 3000))
+    if kind == 1:
+        return "POST", path, b""
+    if kind == 2:
+        return "POST", path, json.dumps(_random_json(rng)).encode()
+    if kind == 3:
+        depth = rng.choice([10, 63, 65, 1000, 50_000])
+        return "POST", path, b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+    shape = rng.choice([(1, 28, 28), (2, 28, 28), (1, 28, 27), (28, 28), (0, 28, 28), (1, 1, 28)])
+    values: Any = np.random.default_rng(rng.randrange(1000)).random(shape).tolist()
+    if kind == 4 and values and isinstance(values[0], list):
+        values[0][0] = rng.choice(["a", None, {"x": 1}, [1, 2], 1e400, -(10**50), True])
+    key = rng.choice(["instances", "inputs"])
+    doc: dict[str, Any] = {key: values if kind != 5 else {"x": values, "y": 1}}
+    if kind == 6 and rng.random() < 0.5:
+        doc["signature_name"] = rng.choice(
+            ["serving_default", "", None, 3, "__saved_model_init_op"]
+        )
+    body = json.dumps(doc).encode()
+    if kind == 6 and rng.random() < 0.5:
+        body = body[: rng.randrange(len(body))]
+    return "POST", path, body
+
+
+@needs_tf
+def test_a_thousand_fuzzed_requests_then_a_good_one(
+    server: Server, refs: dict[str, np.ndarray]
+) -> None:
+    import aiohttp
+
+    rng = random.Random(20240607)
+    requests = [_fuzz_request(rng) for _ in range(1000)]
+
+    async def send_all() -> list[tuple[int, Any]]:
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for method, path, body in requests:
+                async with session.request(method, server.url + path, data=body) as response:
+                    answers.append((response.status, await response.json(content_type=None)))
+        return answers
+
+    errors_before = metric(server.url, "kfnb_serving_requests_total", outcome="error")
+    answers = asyncio.run(send_all())
+    assert len(answers) == 1000
+    for (_method, path, body), (status, doc) in zip(requests, answers, strict=True):
+        assert status in (200, 400, 404, 405, 413), (path, body[:200], status, doc)
+        assert isinstance(doc, dict), (path, body[:200], doc)
+        if status != 200:
+            assert isinstance(doc.get("error"), str) and doc["error"], (path, body[:200], doc)
+    assert {s for s, _ in answers} >= {200, 400, 404}
+    assert metric(server.url, "kfnb_serving_requests_total", outcome="error") == errors_before
+    assert server.proc.poll() is None
+    status, doc = http(
+        "POST", f"{server.url}/v1/models/mnist:predict", {"instances": refs["images"].tolist()}
+    )
+    assert status == 200
+    assert_rows(doc["predictions"], refs, 1)
+
+
+# ------------------------------------------------------------- concurrency
+
+
+@needs_tf
+def test_concurrent_requests_are_batched_and_answered_correctly(
+    server: Server, refs: dict[str, np.ndarray]
+) -> None:
+    import aiohttp
+
+    n = 64
+    url = f"{server.url}/v1/models/mnist:predict"
+    bodies = [
+        json.dumps({"instances": refs["images"][i % 8 : i % 8 + 1].tolist()}).encode()
+        for i in range(n)
+    ]
+
+    async def burst() -> list[tuple[int, Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n)) as session:
+
+            async def one(body: bytes) -> tuple[int, Any]:
+                async with session.post(url, data=body) as response:
+                    return response.status, await response.json()
+
+            return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+    calls_before = metric(server.url, "kfnb_serving_batches_total")
+    answered_before = metric(server.url, "kfnb_serving_requests_total", api="predict", outcome="ok")
+    answers = asyncio.run(burst())
+    for i, (status, doc) in enumerate(answers):
+        assert status == 200, doc
+        (row,) = doc["predictions"]
+        assert row["classes"] == int(refs["v1_classes"][i % 8])
+        np.testing.assert_allclose(
+            row["predictions"], refs["v1_predictions"][i % 8], atol=TOLERANCE
+        )
+    calls = metric(server.url, "kfnb_serving_batches_total") - calls_before
+    answered = (
+        metric(server.url, "kfnb_serving_requests_total", api="predict", outcome="ok")
+        - answered_before
+    )
+    assert answered == n
+    assert 1 <= calls < n, f"{calls} signature calls for {n} concurrent requests: no batching"
+
+
+@needs_tf
+def test_port_in_use_second_server_refuses_first_keeps_serving(
+    server: Server, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    body = {"instances": refs["images"][:1].tolist()}
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            answers.append(http("POST", f"{server.url}/v1/models/mnist:predict", body))
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        started = time.monotonic()
+        second = Server(server.base, tmp_path / "second.log", "--port", str(server.port))
+        code, stderr = second.finish(60)
+        elapsed = time.monotonic() - started
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        asker.join(60)
+    assert code == EXIT_USAGE
+    assert stderr.splitlines() == [
+        f"{ERROR_PREFIX}port {server.port} on 127.0.0.1 is already in use (another model "
+        "server?): pick another with --port, or --port 0 for a free one"
+    ]
+    assert elapsed < 30  # refused before TensorFlow is imported
+    assert answers and all(status == 200 for status, _ in answers)
+    for _, doc in answers:
+        assert doc["predictions"][0]["classes"] == int(refs["v1_classes"][0])
+    assert server.proc.poll() is None
+
+
+# ------------------------------------------------------------ model versions
+
+
+def _wait_for(url: str, version: int, state: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = http("GET", f"{url}/v1/models/mnist")
+        found = {s["version"]: s for s in doc.get("model_version_status", [])}
+        entry = found.get(str(version))
+        if entry and entry["state"] == state:
+            return entry
+        assert time.monotonic() < deadline, f"version {version} not {state}: {doc}"
+        time.sleep(0.1)
+
+
+@needs_tf
+def test_new_versions_load_while_serving_and_a_corrupt_one_is_reported(
+    models: Path, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    base = tmp_path / "model"
+    shutil.copytree(models / "1", base / "1")
+    server = Server(base, tmp_path / "server.log", "--poll-seconds", "0.3")
+    try:
+        server.wait_ready()
+        predict = f"{server.url}/v1/models/mnist:predict"
+        images = {"instances": refs["images"].tolist()}
+
+        # Version 2 is published the way a job publishes it: staged, then renamed.
+        shutil.copytree(models / "2", base / ".staging-2")
+        (base / ".staging-2").rename(base / "2")
+        _wait_for(server.url, 2, "AVAILABLE", timeout=20)
+        assert_rows(http("POST", predict, images)[1]["predictions"], refs, 2)
+        status, doc = http("POST", f"{server.url}/v1/models/mnist/versions/1:predict", images)
+        assert status == 200
+        assert_rows(doc["predictions"], refs, 1)
+        assert (
+            http("GET", f"{server.url}/v1/models/mnist/metadata")[1]["model_spec"]["version"] == "2"
+        )
+
+        # A corrupt version 3: reported in the status, version 2 keeps serving.
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+        entry = _wait_for(server.url, 3, "END", timeout=20)
+        assert entry["status"]["error_code"] == "DATA_LOSS", entry
+        assert "saved_model.pb" in entry["status"]["error_message"], entry
+        assert_rows(http("POST", predict, images)[1]["predictions"], refs, 2)
+        assert http("GET", f"{server.url}/healthz")[1]["version"] == "2"
+        assert "version 3 failed to load (DATA_LOSS" in server.stderr()
+
+        # Fixed in place (a copy of version 1's files): retried because its files changed.
+        shutil.rmtree(base / "3")
+        shutil.copytree(models / "1", base / "3")
+        _wait_for(server.url, 3, "AVAILABLE", timeout=20)
+        assert_rows(http("POST", predict, images)[1]["predictions"], refs, 1)
+        # Two versions are kept (--max-versions 2): version 1 was unloaded.
+        assert _wait_for(server.url, 1, "END")["status"]["error_code"] == "OK"
+        assert http("POST", f"{server.url}/v1/models/mnist/versions/1:predict", images)[0] == 404
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------- start-up
+
+
+@needs_tf
+def test_missing_model_at_start_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing-here"
+    code, stderr = Server(missing, tmp_path / "a.log").finish(60)
+    assert code == EXIT_MODEL_ERROR
+    (line,) = stderr.splitlines()
+    assert line.startswith(ERROR_PREFIX) and str(missing) in line and "export" in line
+
+    empty = tmp_path / "model"
+    (empty / ".staging-1").mkdir(parents=True)
+    code, stderr = Server(empty, tmp_path / "b.log").finish(60)
+    assert code == EXIT_MODEL_ERROR
+    (line,) = stderr.splitlines()
+    assert "still being written by a job" in line and str(empty / ".staging-1") in line
+
+
+@needs_tf
+def test_version_directory_given_as_base_path_says_so(models: Path, tmp_path: Path) -> None:
+    code, stderr = Server(models / "1", tmp_path / "a.log").finish(60)
+    assert code == EXIT_MODEL_ERROR
+    (line,) = stderr.splitlines()
+    assert f"pass its parent, --model-base-path {models}" in line
+
+
+@needs_tf
+def test_corrupt_model_at_start_names_the_path(tmp_path: Path) -> None:
+    base = tmp_path / "model"
+    (base / "1" / "variables").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"\x00garbage")
+    code, stderr = Server(base, tmp_path / "a.log").finish(120)
+    assert code == EXIT_MODEL_ERROR
+    last = stderr.strip().splitlines()[-1]  # TensorFlow may print its own lines before
+    assert last.startswith(f"{ERROR_PREFIX}cannot serve {base / '1'}: DATA_LOSS"), stderr
+    assert "export the model again" in last
+
+
+@needs_serving
+def test_the_server_module_imports_no_tensorflow() -> None:
+    code = (
+        "import sys, kfnb.serving.server, kfnb.serving.model; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------ codec and batcher, in-process
+
+
+TWO_IN_TWO_OUT = SignatureInfo(
+    "serving_default",
+    {"a": TensorInfo("a", "DT_FLOAT", (-1, 2)), "b": TensorInfo("b", "DT_INT64", (-1,))},
+    {"sum": TensorInfo("sum", "DT_FLOAT", (-1,)), "b": TensorInfo("b", "DT_INT64", (-1,))},
+)
+
+
+def test_codec_multi_input_row_and_columnar() -> None:
+    signatures = {"serving_default": TWO_IN_TWO_OUT}
+    rows = decode_predict(
+        parse_json(b'{"instances": [{"a": [1, 2], "b": 3}, {"a": [4, 5], "b": 6}]}'), signatures
+    )
+    assert rows.rows == 2 and rows.row_format
+    assert rows.inputs["a"].dtype == np.float32 and rows.inputs["b"].dtype == np.int64
+    outputs = {"sum": np.array([3.0, 9.0], np.float32), "b": np.array([3, 6])}
+    assert encode_predict(outputs, rows) == {
+        "predictions": [{"b": 3, "sum": 3.0}, {"b": 6, "sum": 9.0}]
+    }
+    columns = decode_predict({"inputs": {"a": [[1, 2]], "b": [3]}}, signatures)
+    assert encode_predict(outputs, columns) == {"outputs": {"b": [3, 6], "sum": [3.0, 9.0]}}
+    with pytest.raises(RequestError, match="must be a list of objects naming them"):
+        decode_predict({"instances": [[1, 2]]}, signatures)
+    with pytest.raises(RequestError, match="either every element is an object"):
+        decode_predict({"instances": [{"a": [1, 2], "b": 3}, [1]]}, signatures)
+    with pytest.raises(RequestError, match="got non-integer numbers"):
+        decode_predict({"inputs": {"a": [[1, 2]], "b": [3.5]}}, signatures)
+    with pytest.raises(RequestError, match="out of int64's range|too large"):
+        decode_predict({"inputs": {"a": [[1, 2]], "b": [2**64]}}, signatures)
+    # NaN and Infinity are accepted, as TF Serving accepts them.
+    nan = decode_predict(parse_json(b'{"inputs": {"a": [[NaN, Infinity]], "b": [1]}}'), signatures)
+    assert np.isnan(nan.inputs["a"][0, 0]) and np.isinf(nan.inputs["a"][0, 1])
+
+
+def test_batcher_merges_queued_requests_and_isolates_a_failing_one() -> None:
+    calls: list[int] = []
+
+    def add(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(len(a))
+        time.sleep(0.02)  # a slow model, so that requests queue behind a running call
+        if (b < 0).any():
+            raise ValueError("negative b")
+        return {"sum": a.sum(axis=1) + b, "b": b}
+
+    model = LoadedModel(1, Path("."), {"serving_default": TWO_IN_TWO_OUT}, {"serving_default": add})
+    batches: list[tuple[int, int]] = []
+    batcher = Batcher(max_batch_rows=8, on_batch=lambda m, n, rows, s: batches.append((n, rows)))
+
+    async def main() -> list[Any]:
+        jobs = []
+        for i in range(20):
+            b = np.array([-1 if i == 13 else i], np.int64)
+            inputs = {"a": np.full((1, 2), i, np.float32), "b": b}
+            jobs.append(batcher.run(model, "serving_default", inputs, 1))
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    for i, result in enumerate(results):
+        if i == 13:
+            assert isinstance(result, ValueError)
+        else:
+            assert isinstance(result, dict), result
+            assert result["sum"].tolist() == [3 * i] and result["b"].tolist() == [i]
+    assert max(calls) <= 8  # the cap
+    assert len(calls) < 20 + 8  # merged calls, plus the retries of the failing batch
+    assert any(n > 1 for n, _ in batches)
