@@ -30,9 +30,8 @@ import numpy as np
 import pytest
 
 from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE, READY_PATTERN
-from kfnb.serving.model import (
-    Batcher,
-    LoadedModel,
+from kfnb.serving.batcher import Batcher
+from kfnb.serving.codec import (
     RequestError,
     SignatureInfo,
     TensorInfo,
@@ -40,6 +39,7 @@ from kfnb.serving.model import (
     encode_predict,
     parse_json,
 )
+from kfnb.serving.loader import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
@@ -688,7 +688,8 @@ def test_corrupt_model_at_start_names_the_path(tmp_path: Path) -> None:
 @needs_serving
 def test_the_server_module_imports_no_tensorflow() -> None:
     code = (
-        "import sys, kfnb.serving.server, kfnb.serving.model; "
+        "import sys, kfnb.serving.server, kfnb.serving.codec, kfnb.serving.loader, "
+        "kfnb.serving.versions, kfnb.serving.batcher; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)

@@ -1,8 +1,12 @@
 """Serving trained models: a local TF Serving compatible REST server.
 
-``kfnb.serving.server`` is the server process (``python -m kfnb.serving.server``);
-``kfnb.serving.model`` holds what it serves: model versions on disk, SavedModel
-loading, signatures, the JSON <-> tensor codec and the micro-batching worker.
+``kfnb.serving.server`` is the server process (``python -m kfnb.serving.server``).
+What it serves is in four small modules, each importing only those before it:
+
+- ``kfnb.serving.codec``: signatures and the JSON <-> tensor codec;
+- ``kfnb.serving.loader``: SavedModel loading (``LoadedModel``);
+- ``kfnb.serving.versions``: model versions on disk and the ``ModelManager``;
+- ``kfnb.serving.batcher``: the micro-batching worker (uses codec and loader only).
 
 Importing this package is cheap: it imports neither TensorFlow nor aiohttp, so
 the kernel (``%serve``, the ``Predictor`` client, widgets) can use the names

@@ -49,19 +49,16 @@ from prometheus_client import (
 )
 
 from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE
-from kfnb.serving.model import (
-    Batcher,
-    LoadedModel,
-    ModelManager,
+from kfnb.serving.batcher import Batcher
+from kfnb.serving.codec import (
     PredictRequest,
     RequestError,
-    VersionStatus,
-    check_base_path,
     decode_predict,
     encode_predict,
-    load_saved_model,
     parse_json,
 )
+from kfnb.serving.loader import LoadedModel, load_saved_model
+from kfnb.serving.versions import ModelManager, VersionStatus, check_base_path
 
 __all__ = ["ModelServer", "ServerConfig", "main", "serve"]
 
