@@ -33,6 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from kfnb.serving.server import ServerConfig  # noqa: E402
+
 READY = re.compile(r"on (http://\S+)$")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -97,17 +99,7 @@ def start_server(base: Path | None) -> tuple[subprocess.Popen[str], str]:
     if base is None:
         command = [sys.executable, "-c", CEILING]
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "kfnb.serving.server",
-            "--model-base-path",
-            str(base),
-            "--model-name",
-            "mnist",
-            "--port",
-            "0",
-        ] + SERVER_ARGS
+        command = ServerConfig(base, model_name="mnist", port=0).to_argv() + SERVER_ARGS
     proc = subprocess.Popen(
         command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )

@@ -114,16 +114,10 @@ class Server:
     def __init__(self, base: Path, log: Path, *args: str, name: str = "mnist") -> None:
         self.log = log
         self.base = base
-        command = [
-            sys.executable,
-            "-m",
-            "kfnb.serving.server",
-            "--model-base-path",
-            str(base),
-            "--model-name",
-            name,
-            *args,
-        ]
+        from kfnb.serving.server import ServerConfig  # aiohttp: only where the extra is
+
+        # Later flags win, so ``args`` can override what the config gives (e.g. --port).
+        command = [*ServerConfig(base, model_name=name).to_argv(), *args]
         if "--port" not in args:
             command += ["--port", "0"]
         with open(log, "w") as stderr:
