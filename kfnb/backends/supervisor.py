@@ -80,6 +80,12 @@ class Replica:
     restarts: int = 0
     exit_code: int | None = None
 
+    def ended(self, returncode: int, otherwise: str = "Failed") -> int:
+        """Record the process's exit: Succeeded on 0, else ``otherwise``; the exit code."""
+        code = self.exit_code = exit_code_of(returncode)
+        self.phase = "Succeeded" if code == 0 else otherwise
+        return code
+
     @property
     def name(self) -> str:
         return f"{self.type}-{self.index}"
@@ -216,10 +222,9 @@ class Supervisor:
             if process.poll() is None:
                 _signal_group(process, signal.SIGKILL)
             process.wait()
-            replica.exit_code = exit_code_of(process.returncode)
             # Stopped: ended by kfnb, as cleanPodPolicy deletes a pod; unless it had
             # just finished on its own.
-            replica.phase = "Succeeded" if replica.exit_code == 0 else "Stopped"
+            replica.ended(process.returncode, otherwise="Stopped")
 
     def let_workers_finish(self) -> None:
         """After success, give the other training replicas a moment to end on their own.
@@ -228,8 +233,11 @@ class Supervisor:
         (worker 1 still saving its copy of the model): stopping them at once would
         cut their logs short. Parameter servers never end on their own: not them.
         """
-        training = [r for r in self.replicas
-                    if r.type in ("chief", "master", "worker") and r.process is not None]
+        training = [
+            r
+            for r in self.replicas
+            if r.type in ("chief", "master", "worker") and r.process is not None
+        ]
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline:
             running = [r for r in training if r.process is not None and r.process.poll() is None]
@@ -239,8 +247,7 @@ class Supervisor:
         for replica in training:
             process = replica.process
             if replica.phase == "Running" and process is not None and process.poll() is not None:
-                replica.exit_code = exit_code_of(process.returncode)
-                replica.phase = "Succeeded" if replica.exit_code == 0 else "Failed"
+                replica.ended(process.returncode)
 
     # -- state ---------------------------------------------------------------------
 
@@ -315,10 +322,8 @@ class Supervisor:
                 process = replica.process
                 if replica.phase != "Running" or process is None or process.poll() is None:
                     continue
-                code = exit_code_of(process.returncode)
-                replica.exit_code = code
+                code = replica.ended(process.returncode)
                 if not retryable(replica.restart_policy, code):
-                    replica.phase = "Succeeded" if code == 0 else "Failed"
                     continue
                 total_restarts = sum(r.restarts for r in self.replicas)
                 if backoff_limit is not None and total_restarts >= backoff_limit:

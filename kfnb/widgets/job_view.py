@@ -49,8 +49,12 @@ class LogPane:
         self.output = widgets.Output()
         self.output.add_class("kfnb-log")
         # The box scrolls, bottom-up, so the newest line stays in view as lines arrive.
-        self.box = widgets.Box([self.output], layout=widgets.Layout(
-            max_height="320px", overflow="auto", display="flex", flex_flow="column-reverse"))
+        self.box = widgets.Box(
+            [self.output],
+            layout=widgets.Layout(
+                max_height="320px", overflow="auto", display="flex", flex_flow="column-reverse"
+            ),
+        )
         self.offset = 0
         self.shown: deque[str] = deque(maxlen=max_lines)  # the newest lines, for a trim
         self.visible = 0  # lines in the Output now
