@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from kfnb.backends import Backend, JobNotFound, get_backend
-from kfnb.records import load_record
+from kfnb.records import JobRecord, load_record
 from kfnb.status import JobStatus
 
 LOG_TAIL_LINES = 20
@@ -65,7 +65,11 @@ class Job:
         record = load_record(name)
         if record is None:
             raise JobNotFound(f"no job named {name!r}: `%kfnb list` shows the jobs")
-        return cls(name, get_backend(record.backend, storage=record.storage))
+        return cls.from_record(record)
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> Job:
+        return cls(record.name, get_backend(record.backend, storage=record.storage))
 
     def status(self) -> JobStatus:
         return self.backend.status(self.name)

@@ -248,7 +248,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         rows = [("NAME", "BACKEND", "PHASE", "ELAPSED", "REPLICAS")]
         for record in list_records():
             try:
-                status = Job.attach(record.name).status()
+                status = Job.from_record(record).status()
             except Exception as err:  # one broken record must not hide the others
                 rows.append((record.name, record.backend, f"unknown ({err})"[:40], "", ""))
                 continue
