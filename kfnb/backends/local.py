@@ -77,6 +77,8 @@ class LocalBackend:
         self.root = Path(storage or config.storage).expanduser()
         self.storage = str(self.root)
         self.python = python or config.python
+        # A job's replicas never change after submit; logs are read many times a second.
+        self._replica_names: dict[str, list[str]] = {}
 
     def job_dir(self, name: str) -> Path:
         return self.root / name
@@ -124,6 +126,7 @@ class LocalBackend:
                 f"a job named {name!r} already exists: pick another --name, or "
                 f"`%kfnb delete {name} --purge` first"
             )
+        self._replica_names.pop(name, None)  # purged elsewhere, now a new job
         (path / "logs").mkdir(parents=True, exist_ok=True)
         bundle.write(path / "code")
         (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -203,6 +206,7 @@ class LocalBackend:
                 child.wait(timeout=1)
         if purge:
             shutil.rmtree(path, ignore_errors=True)
+            self._replica_names.pop(name, None)  # the name may be used again
         return status
 
     def list_jobs(self) -> list[JobStatus]:
@@ -215,18 +219,20 @@ class LocalBackend:
         return sorted(jobs, key=lambda s: s.start_time or 0.0)
 
     def replica_names(self, name: str) -> list[str]:
-        manifest = json.loads((self._existing(name) / "manifest.json").read_text())
-        return [
-            f"{kind.lower()}-{i}"
-            for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()
-            for i in range(spec.get("replicas", 1))
-        ]
+        if name not in self._replica_names:
+            manifest = json.loads((self._existing(name) / "manifest.json").read_text())
+            self._replica_names[name] = [
+                f"{kind.lower()}-{i}"
+                for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()
+                for i in range(spec.get("replicas", 1))
+            ]
+        return self._replica_names[name]
 
     def _log_path(self, name: str, replica: str) -> Path:
-        if replica not in self.replica_names(name):
+        names = self.replica_names(name)
+        if replica not in names:
             raise BackendError(
-                f"job {name!r} has no replica {replica!r}: it has "
-                f"{', '.join(self.replica_names(name))}"
+                f"job {name!r} has no replica {replica!r}: it has {', '.join(names)}"
             )
         return self.job_dir(name) / "logs" / f"{replica}.log"
 
