@@ -35,6 +35,14 @@ class Kfnb(Configurable):
     image = Unicode(
         "", help="Container image for Kubernetes replicas; empty picks the TensorFlow image."
     ).tag(config=True)
+    s3_endpoint = Unicode(
+        help="host:port of the S3/MinIO server for s3:// storage (S3_ENDPOINT; empty: AWS)."
+    ).tag(config=True)
+    s3_secret = Unicode(
+        "",
+        help="Kubernetes Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which "
+        "pods get by reference (KFNB_S3_SECRET); keys never enter a manifest.",
+    ).tag(config=True)
     legacy_keras = Bool(
         True,
         help="Set TF_USE_LEGACY_KERAS=1 in multi-worker jobs: Keras 3 cannot fit under "
@@ -52,6 +60,14 @@ class Kfnb(Configurable):
     @default("backend")
     def _backend_default(self) -> str:
         return os.environ.get("KFNB_BACKEND") or "auto"
+
+    @default("s3_endpoint")
+    def _s3_endpoint_default(self) -> str:
+        return os.environ.get("S3_ENDPOINT", "")
+
+    @default("s3_secret")
+    def _s3_secret_default(self) -> str:
+        return os.environ.get("KFNB_S3_SECRET", "")
 
     @default("python")
     def _python_default(self) -> str:
