@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 __all__ = [
     "DEFAULT_SIGNATURE",
@@ -128,7 +129,17 @@ class PredictRequest:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON (NaN and Infinity allowed, as TF Serving allows them)."""
+    """The body as JSON (NaN and Infinity allowed, as TF Serving allows them).
+
+    orjson parses a 28x28 image in ~16 us where ``json`` takes ~180 us: most of a
+    request's cost. It refuses NaN, Infinity and integers beyond 64 bits, which
+    TF Serving accepts, so those bodies (and broken ones, for the error message)
+    go through ``json``.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except RecursionError:
@@ -251,6 +262,9 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
             raise RequestError(f"{where}: {expected}; got lists nested too deeply") from None
         raise RequestError(f"{where}: {expected}; got nested lists of uneven length") from None
     kind = array.dtype.kind
+    if target.kind in "iu" and kind == "f" and _whole(array):
+        # orjson reads integers beyond 64 bits as floats: name them as integers.
+        raise RequestError(f"{where}: {expected}; got integers out of {target.name}'s range")
     accepted = {"f": "fiu", "c": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "U"}[target.kind]
     if kind not in accepted or array.dtype.hasobject:
         raise RequestError(f"{where}: {expected}; got {_found(array)}")
@@ -272,10 +286,18 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
         overflow = ~np.isfinite(converted) & np.isfinite(array)
         if overflow.any():
             raise RequestError(
-                f"{where}: {expected}; got {array[overflow].flat[0]!r}, "
+                f"{where}: {expected}; got {array[overflow].flat[0].item()!r}, "
                 f"out of {target.name}'s range"
             )
     return converted
+
+
+def _whole(array: np.ndarray) -> bool:
+    """Whether every value is a whole number too large for int64 (so JSON had an integer)."""
+    finite = array[np.isfinite(array)]
+    return bool(finite.size) and bool((np.abs(finite) >= 2**63).any()) and bool(
+        (finite == np.floor(finite)).all()
+    )
 
 
 def _found(array: np.ndarray) -> str:

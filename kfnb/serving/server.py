@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -446,9 +446,7 @@ def _decode(body: bytes, model: LoadedModel) -> PredictRequest:
 
 
 def _json(status: int, doc: Any) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(doc).encode(), content_type="application/json"
-    )
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
 
 
 def _too_large(length: int | None, limit: int) -> str:
