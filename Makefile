@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 # CPU TensorFlow for laptops, Binder and CI. On a GPU machine:
 #   make demo TF_PACKAGES="tensorflow[and-cuda]==2.21.0 tensorboard==2.21.0"
 TF_PACKAGES ?= tensorflow-cpu==2.21.0 tensorboard==2.21.0
-# Multi-worker Keras needs tf-keras. It declares the full `tensorflow` wheel as a
+# Multi-worker Keras needs tf-keras, and the model server's gRPC side TF Serving's
+# protos (tensorflow-serving-api). Both declare the full `tensorflow` wheel as a
 # dependency, which beside tensorflow-cpu would install TensorFlow twice: --no-deps.
-TF_KERAS ?= tf-keras==2.21.0
+TF_NO_DEPS ?= tf-keras==2.21.0 tensorflow-serving-api==2.21.0
 
 .PHONY: setup demo test lint bench clean
 
@@ -17,7 +18,7 @@ $(VENV)/.kfnb-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TF_PACKAGES) -e ".[mnist,widgets,serving,test]"
-	$(BIN)/pip install --quiet --no-deps $(TF_KERAS)
+	$(BIN)/pip install --quiet --no-deps $(TF_NO_DEPS)
 	touch $@
 
 demo: setup

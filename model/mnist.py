@@ -328,8 +328,9 @@ def export_serving(model: Any, path: str, from_logits: bool = False) -> str:
     """Write ``model`` as a SavedModel that TF Serving's MNIST client can query.
 
     Signature ``serving_default``: input ``x`` float32 [None, 28, 28]; outputs
-    ``classes`` (int64 [None], the argmax) and ``predictions`` (float32
-    [None, 10], softmax probabilities). A plain ``tf.Module`` holding only the
+    ``classes`` (uint8 [None], the argmax: uint8 as in the seeds' TF Serving answer,
+    so their client's ``outputs["classes"].int_val[0]`` works) and ``predictions``
+    (float32 [None, 10], softmax probabilities). A plain ``tf.Module`` holding only the
     model's variables and this function is saved, rather than the Keras model
     itself, so the same code works for Keras 3 and tf-keras models (and for
     distributed variables) without Keras' own SavedModel serialization.
@@ -342,7 +343,7 @@ def export_serving(model: Any, path: str, from_logits: bool = False) -> str:
         outputs = tf.cast(model(x, training=False), tf.float32)
         probabilities = tf.nn.softmax(outputs, axis=-1) if from_logits else outputs
         return {
-            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            "classes": tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8),
             "predictions": probabilities,
         }
 

@@ -126,11 +126,15 @@ class Server:
             )
         self.url = ""
         self.port = 0
+        self.grpc = ""  # host:port of the gRPC PredictionService, when started with one
 
     def wait_ready(self, timeout: float = 120.0) -> Server:
         assert self.proc.stdout is not None
         readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().strip() if readable else ""
+        if line.startswith("kfnb model server: gRPC PredictionService on "):
+            self.grpc = line.rsplit(" ", 1)[1]
+            line = self.proc.stdout.readline().strip()
         match = READY_PATTERN.match(line)
         assert match, f"no ready line ({line!r}); stderr:\n{self.stderr()[-3000:]}"
         self.url = match.group("url")
@@ -231,7 +235,7 @@ def test_status_metadata_health(server: Server) -> None:
     assert [d["size"] for d in x["tensor_shape"]["dim"]] == ["-1", "28", "28"]
     assert x["tensor_shape"]["unknown_rank"] is False
     outputs = signature["outputs"]
-    assert outputs["classes"]["dtype"] == "DT_INT64"
+    assert outputs["classes"]["dtype"] == "DT_UINT8"
     assert [d["size"] for d in outputs["classes"]["tensor_shape"]["dim"]] == ["-1"]
     assert outputs["predictions"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in outputs["predictions"]["tensor_shape"]["dim"]] == ["-1", "10"]
@@ -763,3 +767,138 @@ def test_batcher_merges_queued_requests_and_isolates_a_failing_one() -> None:
     assert max(calls) <= 8  # the cap
     assert len(calls) < 20 + 8  # merged calls, plus the retries of the failing batch
     assert any(n > 1 for n, _ in batches)
+
+
+# ----------------------------------------------------------------------- gRPC
+
+# Seed 001's mnist_client.py, as it talks to TF Serving: a PredictRequest for model
+# "mnist", signature "serving_default", input "x" of shape [1, 28, 28], then
+# ``result.outputs["classes"].int_val[0]``. Only the channel is created the way
+# current grpcio does it (the seed's grpc.beta API was removed from grpcio).
+SEED_CLIENT = r"""
+import sys
+import numpy as np
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+address, images = sys.argv[1], np.load(sys.argv[2])
+channel = grpc.insecure_channel(address)
+stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+for x in images[:3]:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x, shape=[1, 28, 28]))
+    result = stub.Predict(request, 10.0)
+    print("Your model says the above number is... %d!" % result.outputs["classes"].int_val[0])
+    print("probabilities", list(result.outputs["predictions"].float_val))
+    print("version", result.model_spec.version.value)
+
+meta = get_model_metadata_pb2.GetModelMetadataRequest()
+meta.model_spec.name = "mnist"
+meta.metadata_field.append("signature_def")
+answer = stub.GetModelMetadata(meta, 10.0)
+signatures = get_model_metadata_pb2.SignatureDefMap()
+answer.metadata["signature_def"].Unpack(signatures)
+print("signatures", sorted(signatures.signature_def))
+print("input", signatures.signature_def["serving_default"].inputs["x"].dtype)
+
+def code(request):
+    try:
+        stub.Predict(request, 10.0)
+    except grpc.RpcError as error:
+        return f"{error.code().name}: {error.details()}"
+    return "OK"
+
+unknown = predict_pb2.PredictRequest()
+unknown.model_spec.name = "nope"
+unknown.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:1]))
+print("unknown model ->", code(unknown))
+double = predict_pb2.PredictRequest()
+double.model_spec.name = "mnist"
+double.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:1].astype("float64")))
+print("float64 input ->", code(double))
+shape = predict_pb2.PredictRequest()
+shape.model_spec.name = "mnist"
+shape.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:1, :27]))
+print("wrong shape ->", code(shape))
+version = predict_pb2.PredictRequest()
+version.model_spec.name = "mnist"
+version.model_spec.version.value = 9
+version.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:1]))
+print("version 9 ->", code(version))
+"""
+
+
+@needs_tf
+def test_grpc_prediction_service_answers_the_seed_client(
+    models: Path, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    if importlib.util.find_spec("tensorflow_serving") is None:
+        pytest.skip("needs tensorflow-serving-api (make setup installs it)")
+    base = tmp_path / "model"
+    shutil.copytree(models / "1", base / "1")
+    server = Server(base, tmp_path / "server.log", "--grpc-port", "0")
+    try:
+        server.wait_ready()
+        assert server.grpc.startswith("127.0.0.1:"), server.grpc
+        np.save(tmp_path / "images.npy", refs["images"])
+        done = subprocess.run(
+            [sys.executable, "-c", SEED_CLIENT, server.grpc, str(tmp_path / "images.npy")],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = done.stdout
+        said = [int(n) for n in re.findall(r"number is\.\.\. (\d+)!", out)]
+        assert said == refs["v1_classes"][:3].tolist()
+        probabilities = [
+            json.loads(line.split(" ", 1)[1].replace("'", '"'))
+            for line in out.splitlines()
+            if line.startswith("probabilities")
+        ]
+        np.testing.assert_allclose(probabilities, refs["v1_predictions"][:3], atol=TOLERANCE)
+        assert "version 1" in out
+        assert "signatures ['__saved_model_init_op', 'serving_default']" in out
+        assert "input 1" in out  # DT_FLOAT
+        assert "unknown model -> NOT_FOUND: Servable not found for request: Latest(nope)" in out
+        assert "float64 input -> INVALID_ARGUMENT: input 'x' is DT_DOUBLE but" in out
+        assert "wrong shape -> INVALID_ARGUMENT: input 'x': expected DT_FLOAT" in out
+        assert "version 9 -> NOT_FOUND: Servable not found for request: Specific(mnist, 9)" in out
+        # gRPC requests are counted beside REST ones, and the REST side still answers.
+        assert metric(server.url, "kfnb_serving_requests_total", api="grpc_predict") == 7
+        status, doc = http(
+            "POST",
+            f"{server.url}/v1/models/mnist:predict",
+            {"instances": refs["images"][:1].tolist()},
+        )
+        assert status == 200 and doc["predictions"][0]["classes"] == refs["v1_classes"][0]
+    finally:
+        server.stop()
+
+
+@needs_serving
+def test_grpc_port_in_use_fails_before_loading(tmp_path: Path) -> None:
+    import socket
+
+    if importlib.util.find_spec("tensorflow_serving") is None:
+        pytest.skip("needs tensorflow-serving-api (make setup installs it)")
+    (tmp_path / "model" / "1").mkdir(parents=True)
+    (tmp_path / "model" / "1" / "saved_model.pb").write_bytes(b"")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        server = Server(tmp_path / "model", tmp_path / "server.log", "--grpc-port", str(port))
+        started = time.perf_counter()
+        code, stderr = server.finish(timeout=60)
+        assert code == EXIT_USAGE
+        assert f"port {port} on 127.0.0.1 is already in use" in stderr
+        assert time.perf_counter() - started < 5  # TensorFlow was never imported
+    finally:
+        taken.close()

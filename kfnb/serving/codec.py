@@ -24,6 +24,7 @@ __all__ = [
     "SignatureInfo",
     "TensorInfo",
     "decode_predict",
+    "decode_tensors",
     "encode_predict",
     "parse_json",
 ]
@@ -183,6 +184,38 @@ def decode_predict(doc: Any, signatures: Mapping[str, SignatureInfo]) -> Predict
     return PredictRequest(name, inputs, rows, row_format)
 
 
+def decode_tensors(
+    inputs: Mapping[str, np.ndarray], signature: SignatureInfo, dtypes: Mapping[str, str]
+) -> PredictRequest:
+    """Check a gRPC ``PredictRequest``'s tensors (already numpy) against the signature.
+
+    ``dtypes`` are the tensors' own DataType names: typed tensors must match the
+    signature exactly, as TF Serving requires, instead of being converted.
+    """
+    _check_names(inputs, signature, "request inputs")
+    for key, array in inputs.items():
+        info = signature.inputs[key]
+        if dtypes[key] != info.dtype:
+            raise RequestError(
+                f"input '{key}' is {dtypes[key]} but signature '{signature.name}' expects "
+                f"{info.dtype} {info.shape_text}"
+            )
+        if info.shape is not None and not _fits(array.shape, info.shape):
+            raise RequestError(
+                f"input '{key}': expected {info.dtype} {info.shape_text}; "
+                f"got shape {list(array.shape)}"
+            )
+    firsts = {a.shape[0] if a.ndim else None for a in inputs.values()}
+    rows = firsts.pop() if len(firsts) == 1 else None
+    return PredictRequest(signature.name, dict(inputs), rows, row_format=False)
+
+
+def _fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    return len(shape) == len(wanted) and all(
+        want < 0 or want == got for want, got in zip(wanted, shape, strict=True)
+    )
+
+
 def _decode_rows(instances: Any, signature: SignatureInfo) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise RequestError(
@@ -269,10 +302,7 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
     if kind not in accepted or array.dtype.hasobject:
         raise RequestError(f"{where}: {expected}; got {_found(array)}")
     if info.shape is not None:
-        fits = array.ndim == len(info.shape) and all(
-            want < 0 or want == got for want, got in zip(info.shape, array.shape, strict=True)
-        )
-        if not fits:
+        if not _fits(array.shape, info.shape):
             raise RequestError(f"{where}: {expected}; got shape {list(array.shape)}")
     if target.kind == "O":
         return np.char.encode(array, "utf-8")

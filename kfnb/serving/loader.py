@@ -68,6 +68,7 @@ class LoadedModel:
         functions: Mapping[str, Callable[..., Mapping[str, np.ndarray]]],
         signature_defs: Mapping[str, Any] | None = None,
         handle: Any = None,
+        signature_protos: Any = None,
     ) -> None:
         self.version = version
         self.path = path
@@ -79,6 +80,8 @@ class LoadedModel:
             signature_defs or {name: info.to_json() for name, info in self.signatures.items()}
         )
         self._handle = handle  # keeps the loaded SavedModel (and its variables) alive
+        # The MetaGraph's SignatureDef protos, for gRPC's GetModelMetadata (None in fakes).
+        self.signature_protos = signature_protos
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._functions[signature](**inputs).items()}
@@ -120,7 +123,7 @@ def load_saved_model(path: Path, version: int) -> LoadedModel:
             signatures[name] = _signature_info(name, defs[name])
             functions[name] = _numpy_function(tf, handle.signatures[name])
     signature_defs = {name: _signature_info(name, defs[name]).to_json() for name in defs}
-    model = LoadedModel(version, path, signatures, functions, signature_defs, handle)
+    model = LoadedModel(version, path, signatures, functions, signature_defs, handle, defs)
     _warm_up(model)
     return model
 

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -98,6 +99,7 @@ class ServerConfig:
     model_name: str = "default"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    grpc_port: int | None = None  # TF Serving's PredictionService too; 0 picks a free port
     max_body_bytes: int = DEFAULT_MAX_BODY
     max_batch_size: int = 256
     poll_seconds: float = 1.0
@@ -119,6 +121,7 @@ class ServerConfig:
             self.host,
             "--port",
             str(self.port),
+            *(["--grpc-port", str(self.grpc_port)] if self.grpc_port is not None else []),
             "--max-body-bytes",
             str(self.max_body_bytes),
             "--max-batch-size",
@@ -362,16 +365,18 @@ class ModelServer:
     # -- helpers
 
     def _servable(self, request: web.Request) -> LoadedModel:
-        """The loaded version a request names, or TF Serving's 404 (503 while starting)."""
-        name = request.match_info["name"]
         version = request.match_info.get("version")
+        return self.servable(request.match_info["name"], int(version) if version else None)
+
+    def servable(self, name: str, version: int | None) -> LoadedModel:
+        """The loaded version asked for, or TF Serving's 404 (503 while starting)."""
         if name == self.name and not self.ready:
             raise RequestError(f"{name} is still loading its first version: retry shortly", 503)
         model = None
         if name == self.name:
-            model = self.manager.newest if version is None else self.manager.get(int(version))
+            model = self.manager.newest if version is None else self.manager.get(version)
         if model is None:
-            wanted = f"Latest({name})" if version is None else f"Specific({name}, {int(version)})"
+            wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
             raise RequestError(f"Servable not found for request: {wanted}", 404)
         return model
 
@@ -525,6 +530,7 @@ async def serve(
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     watcher: asyncio.Task[None] | None = None
+    grpc_server: Any = None
     try:
         await web.SockSite(runner, sock, shutdown_timeout=5.0).start()
         await server.manager.refresh()
@@ -532,6 +538,16 @@ async def serve(
         if newest is None:
             print(ERROR_PREFIX + _no_version(config, server.manager), file=sys.stderr, flush=True)
             return EXIT_MODEL_ERROR
+        if config.grpc_port is not None:
+            # Imported now: the protos import TensorFlow, which the first load brought in.
+            from kfnb.serving.grpc_api import start_grpc
+
+            try:
+                grpc_server, grpc_port = await start_grpc(server, config.host, config.grpc_port)
+            except OSError as exc:
+                print(ERROR_PREFIX + f"{exc}: pick another --grpc-port", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"kfnb model server: gRPC PredictionService on {config.host}:{grpc_port}")
         print(
             f"kfnb model server: {config.model_name} version {newest.version} on {_url(sock)}",
             flush=True,
@@ -545,8 +561,22 @@ async def serve(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2.0)
         await runner.cleanup()
         server.close()
+
+
+def _check_grpc(host: str, port: int) -> None:
+    """Fail in a fraction of a second, not after loading TensorFlow, if gRPC cannot start."""
+    if importlib.util.find_spec("tensorflow_serving") is None:
+        raise StartError(
+            "--grpc-port needs TF Serving's protos: pip install --no-deps "
+            "tensorflow-serving-api (--no-deps: it would pull the full tensorflow wheel)",
+            EXIT_USAGE,
+        )
+    if port:
+        bind(host, port).close()  # the gRPC server binds it again once the model is loaded
 
 
 def _no_version(config: ServerConfig, manager: ModelManager) -> str:
@@ -587,6 +617,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         default=DEFAULT_PORT,
         help="port to listen on; 0 picks a free one (default: %(default)s)",
+    )
+    add(
+        "--grpc-port",
+        type=_port,
+        default=None,
+        help="also answer TF Serving's gRPC PredictionService on this port (TF Serving uses "
+        "8500; 0 picks a free one); needs tensorflow-serving-api",
     )
     add(
         "--host",
@@ -667,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.model_name,
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         max_body_bytes=args.max_body_bytes,
         max_batch_size=args.max_batch_size,
         poll_seconds=max(args.poll_seconds, 0.05),
@@ -688,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = check_base_path(config.model_base_path)
         if problem:
             raise StartError(problem, EXIT_MODEL_ERROR)
+        if config.grpc_port is not None:
+            _check_grpc(config.host, config.grpc_port)
         sock = bind(config.host, config.port)
     except StartError as exc:
         print(ERROR_PREFIX + str(exc), file=sys.stderr, flush=True)

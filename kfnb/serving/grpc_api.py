@@ -1,0 +1,170 @@
+"""TF Serving's gRPC ``PredictionService`` (Predict, GetModelMetadata) beside the REST API.
+
+Seed 001's ``mnist_client.py`` and every other TF Serving gRPC client speak the
+protos of the ``tensorflow-serving-api`` package; this answers them from the same
+``ModelServer``: the same versions, the same request checks and the same batching
+worker, so a gRPC request and a REST request can share one signature call.
+
+The protos import TensorFlow, so this module is imported only once the first
+version is loaded (TensorFlow is then already in the process) and never by the
+rest of kfnb.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from kfnb.serving.codec import DEFAULT_SIGNATURE, RequestError, decode_tensors
+
+if TYPE_CHECKING:
+    from kfnb.serving.server import ModelServer
+
+__all__ = ["PredictionService", "start_grpc"]
+
+# The REST status a RequestError carries -> the gRPC code TF Serving answers with.
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference say UNIMPLEMENTED."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+
+    async def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
+        return await self._answer("grpc_predict", request, context, self._predict)
+
+    async def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._answer("grpc_metadata", request, context, self._metadata)
+
+    async def _predict(self, request: Any) -> Any:
+        model = self.server.servable(request.model_spec.name, _version(request.model_spec))
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = model.signatures.get(name)
+        if signature is None:
+            raise RequestError(f'Serving signature name: "{name}" not found in signature def')
+        try:
+            inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        except Exception as exc:  # a TensorProto whose content does not match its shape
+            raise RequestError(f"cannot read the request's tensors: {exc}") from None
+        dtypes = {key: types_pb2.DataType.Name(p.dtype) for key, p in request.inputs.items()}
+        checked = decode_tensors(inputs, signature, dtypes)
+        outputs = await self.server.batcher.run(model, name, checked.inputs, checked.rows)
+        wanted = list(request.output_filter) or sorted(outputs)
+        unknown = [key for key in wanted if key not in outputs]
+        if unknown:
+            raise RequestError(f"output_filter names {unknown[0]!r}, which is not an output")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.server.name
+        response.model_spec.version.value = model.version
+        response.model_spec.signature_name = name
+        for key in wanted:
+            response.outputs[key].CopyFrom(_tensor_proto(outputs[key]))
+        return response
+
+    async def _metadata(self, request: Any) -> Any:
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise RequestError("metadata_field must be exactly ['signature_def'], as in TF Serving")
+        model = self.server.servable(request.model_spec.name, _version(request.model_spec))
+        if model.signature_protos is None:
+            raise RequestError("this model has no SignatureDef protos to describe", 501)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, proto in model.signature_protos.items():
+            signature_map.signature_def[key].CopyFrom(proto)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.server.name
+        response.model_spec.version.value = model.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+    async def _answer(self, api: str, request: Any, context: Any, handle: Any) -> Any:
+        """Run ``handle``; a RequestError becomes TF Serving's status code and message."""
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await handle(request)
+        except RequestError as exc:
+            status = exc.status
+            await context.abort(_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            status = 500
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            model = request.model_spec.name
+            label = model if model == self.server.name else "other"
+            self.server.metrics.observe_request(
+                label, api, status, time.perf_counter() - started
+            )
+
+
+# dtype -> the TensorProto field TF Serving fills (it answers with typed repeated
+# fields, not tensor_content, so clients reading ``float_val``/``int_val`` work).
+_FIELDS = {
+    "float32": "float_val",
+    "float64": "double_val",
+    "int32": "int_val",
+    "int16": "int_val",
+    "int8": "int_val",
+    "uint8": "int_val",
+    "uint16": "int_val",
+    "int64": "int64_val",
+    "uint32": "uint32_val",
+    "uint64": "uint64_val",
+    "bool": "bool_val",
+    "object": "string_val",
+    "bytes": "string_val",
+}
+
+
+def _tensor_proto(array: Any) -> Any:
+    field = _FIELDS.get("bytes" if array.dtype.kind == "S" else array.dtype.name)
+    if field is None:  # float16, complex...: TensorFlow's own packing
+        return tf.make_tensor_proto(array)
+    proto = tf.make_tensor_proto([], dtype=tf.as_dtype(array.dtype), shape=array.shape)
+    getattr(proto, field).extend(array.ravel().tolist())
+    return proto
+
+
+def _version(spec: Any) -> int | None:
+    return int(spec.version.value) if spec.HasField("version") else None
+
+
+async def start_grpc(server: ModelServer, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server on ``host:port`` (0 picks a free port) and the port it took."""
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", server.config.max_body_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use must fail, not be shared
+        ]
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(server), grpc_server
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = grpc_server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise OSError(f"cannot listen for gRPC on {address} (port in use?)")
+    await grpc_server.start()
+    return grpc_server, bound
