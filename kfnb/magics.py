@@ -7,7 +7,7 @@ Every user mistake becomes a one-line `UsageError`; the work is done by
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -245,7 +245,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
 
         if rest.strip():
             raise UsageError("%kfnb list takes no arguments")
-        rows = [("NAME", "BACKEND", "PHASE", "ELAPSED", "REPLICAS")]
+        rows: list[tuple[str, ...]] = []
         for record in list_records():
             try:
                 status = Job.from_record(record).status()
@@ -255,12 +255,10 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             elapsed = f"{status.elapsed:.0f}s" if status.elapsed is not None else ""
             replicas = ",".join(f"{k.lower()}:{n}" for k, n in record.replicas.items())
             rows.append((record.name, record.backend, status.phase, elapsed, replicas))
-        if len(rows) == 1:
+        if not rows:
             print("No jobs yet: run a cell with %%tfjob.")
             return
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(_table(("NAME", "BACKEND", "PHASE", "ELAPSED", "REPLICAS"), rows))
 
     @magic_arguments()
     @argument("name")
@@ -350,3 +348,94 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             print(
                 f"Job {args.name} is {status.phase}; its logs are kept (`%kfnb logs {args.name}`)."
             )
+
+    @magic_arguments()
+    @argument("source", nargs="?", help="a job name, a SavedModel directory, or an s3:// URL")
+    @argument("--name", default="mnist", help="the model's name in /v1/models/NAME")
+    @argument("--port", type=int, help="REST port (default 8501 when free, else a free one)")
+    @argument("--grpc-port", type=int, help="gRPC port (default 8500 when free, else free)")
+    @argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it)")
+    @argument("--backend", help="auto, local or kubernetes (default: where the job ran)")
+    @argument("--replicas", type=int, default=1, help="server replicas (Kubernetes)")
+    @argument("--gpus", type=int, default=0, help="GPUs per server replica (Kubernetes)")
+    @argument("--canary", metavar="JOB", help="serve JOB's model to --percent of requests")
+    @argument("--percent", type=int, help="share of requests for the --canary, 1-99")
+    @argument("--list", action="store_true", help="list the models being served")
+    @argument("--stop", metavar="NAME", help="stop the server of model NAME")
+    @argument("--restart", metavar="NAME", help="start a stopped or killed server again")
+    @line_magic
+    def serve(self, line: str) -> Any:
+        """Serve a trained model behind TF Serving's REST (and gRPC) API.
+
+        ``%serve JOB`` serves the newest model version the job exported and
+        picks up new ones; ``%serve PATH`` a SavedModel. Returns a handle with
+        the URLs; ``%serve --list``, ``--stop NAME`` and ``--restart NAME``
+        manage running servers.
+        """
+        from kfnb.serving.local import LocalServing, ServeError, model_base_path
+
+        args = parse_argstring(self.serve, line)  # type: ignore[misc]
+        serving = LocalServing()
+        try:
+            if args.list:
+                return self._served_list(serving)
+            if args.stop:
+                stopped = serving.stop(args.stop)
+                print(f"Model server {stopped.name} stopped.")
+                return None
+            if args.restart:
+                served = serving.restart(args.restart)
+                print(f"Model server {served.name} restarted: {served.predict_url}")
+                return served
+            if not args.source:
+                raise UsageError("%serve needs a job name or a SavedModel path, or --list/--stop")
+            _check_serve_flags(args)
+            base = model_base_path(args.source, args.name, serving.root.parent)
+            served = serving.start(
+                args.name, base, args.source, args.port, args.grpc_port, host=args.host
+            )
+        except ServeError as err:
+            raise UsageError(str(err)) from None
+        grpc = f"; gRPC {served.grpc}" if served.grpc else ""
+        print(
+            f"Serving {served.name} version {served.version} (from {served.source}): "
+            f"{served.predict_url}{grpc}"
+        )
+        return served
+
+    @staticmethod
+    def _served_list(serving: Any) -> None:
+        rows = [
+            (s.name, "serving" if s.alive() else "stopped", s.url, s.grpc or "-", s.source)
+            for s in serving.list()
+        ]
+        if not rows:
+            print("No models are served. Start one with `%serve JOB`.")
+            return
+        print(_table(("NAME", "STATE", "REST", "GRPC", "FROM"), rows))
+
+
+def _check_serve_flags(args: Any) -> None:
+    """Flags that only mean something on Kubernetes are refused locally, with the reason."""
+    if args.backend not in (None, "auto", "local"):
+        raise UsageError(
+            f"--backend {args.backend}: serving on a cluster is not part of this version yet; "
+            "use --backend local"
+        )
+    if args.replicas != 1 or args.gpus:
+        raise UsageError(
+            "--replicas and --gpus apply to a Kubernetes server; the local server is one "
+            "process that batches concurrent requests: leave them out"
+        )
+    if args.canary or args.percent is not None:
+        raise UsageError("--canary needs the Kubernetes backend (KServe splits the traffic)")
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, like ``kubectl get``."""
+    lines = [header, *rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )

@@ -28,6 +28,7 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     settings()
     yield home
     _stop_leftover_jobs(home)
+    _stop_leftover_servers(home)
     reset_settings()
 
 
@@ -59,6 +60,15 @@ def _stop_leftover_jobs(home: Path) -> None:
     for status in backend.list_jobs():
         if not status.finished:
             backend.delete(status.name)
+
+
+def _stop_leftover_servers(home: Path) -> None:
+    """Nor model servers started by %serve."""
+    from kfnb.serving.local import LocalServing
+
+    serving = LocalServing(home)
+    for served in serving.list():
+        serving.stop(served.name)
 
 
 def _strict(schema: Any) -> Any:

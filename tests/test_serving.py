@@ -902,3 +902,88 @@ def test_grpc_port_in_use_fails_before_loading(tmp_path: Path) -> None:
         assert time.perf_counter() - started < 5  # TensorFlow was never imported
     finally:
         taken.close()
+
+
+# ------------------------------------------------------------------- %serve
+
+
+@needs_tf
+def test_serve_magic_starts_lists_restarts_and_stops_a_server(
+    shell: Any, models: Path, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    import signal
+
+    from IPython.core.error import UsageError
+
+    saved = tmp_path / "exported"
+    shutil.copytree(models / "2", saved)  # one SavedModel, not a directory of versions
+    served = shell.run_line_magic("serve", f"{saved} --port 0 --grpc-port 0")
+    assert served.alive() and served.version == 1 and served.source == str(saved)
+    body = {"instances": refs["images"][:2].tolist()}
+    status, doc = http("POST", served.predict_url, body)
+    assert status == 200
+    assert_rows(doc["predictions"], refs, 2)  # version 2's weights, served as version 1
+
+    with pytest.raises(UsageError, match="mnist is already served at http://127.0.0.1:"):
+        shell.run_line_magic("serve", f"{saved} --port 0")
+    listed = shell.run_line_magic("serve", "--list")
+    assert listed is None
+
+    os.kill(served.pid, signal.SIGKILL)  # the server dies under the notebook
+    deadline = time.monotonic() + 10
+    while served.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not served.alive()
+    with pytest.raises(OSError):  # refused or reset: nobody answers
+        http("POST", served.predict_url, body)
+    restarted = shell.run_line_magic("serve", "--restart mnist")
+    assert restarted.alive() and restarted.pid != served.pid
+    assert (restarted.url, restarted.grpc) == (served.url, served.grpc)  # same ports
+    status, doc = http("POST", restarted.predict_url, body)
+    assert status == 200 and len(doc["predictions"]) == 2
+
+    shell.run_line_magic("serve", "--stop mnist")
+    assert not restarted.alive()
+    with pytest.raises(UsageError, match="no model server named mnist"):
+        shell.run_line_magic("serve", "--stop mnist")
+
+
+@needs_serving
+def test_serve_magic_bad_input_is_one_line(shell: Any, tmp_path: Path) -> None:
+    from IPython.core.error import UsageError
+
+    cases = {
+        "nowhere": "no job or SavedModel named nowhere: give a job from `%kfnb list`",
+        str(tmp_path): "is not a SavedModel (no saved_model.pb) nor a directory of numbered",
+        f"{tmp_path} --replicas 2": "--replicas and --gpus apply to a Kubernetes server",
+        f"{tmp_path} --canary other --percent 10": "--canary needs the Kubernetes backend",
+        "": "%serve needs a job name or a SavedModel path",
+    }
+    for line, message in cases.items():
+        with pytest.raises(UsageError) as caught:
+            shell.run_line_magic("serve", line)
+        assert message in str(caught.value), (line, caught.value)
+        assert "\n" not in str(caught.value)
+
+
+@needs_serving
+def test_serve_magic_reports_why_a_server_did_not_start(shell: Any, tmp_path: Path) -> None:
+    import socket
+
+    from IPython.core.error import UsageError
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "saved_model.pb").write_bytes(b"\x00not a protobuf")
+    if importlib.util.find_spec("tensorflow") is not None:
+        with pytest.raises(UsageError, match="the model server did not start: cannot serve"):
+            shell.run_line_magic("serve", f"{corrupt} --port 0 --grpc-port 0")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"port {port} on 127.0.0.1 is already in use"):
+            shell.run_line_magic("serve", f"{corrupt} --port {port}")
+    finally:
+        taken.close()

@@ -32,7 +32,6 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from kfnb.serving.codec import (
     encode_predict,
     parse_json,
 )
+from kfnb.serving.config import DEFAULT_MAX_BODY, DEFAULT_PORT, ServerConfig
 from kfnb.serving.loader import LoadedModel, load_saved_model
 from kfnb.serving.versions import ModelManager, VersionStatus, check_base_path
 
@@ -65,8 +65,6 @@ __all__ = ["ModelServer", "ServerConfig", "main", "serve"]
 
 log = logging.getLogger("kfnb.serving")
 
-DEFAULT_PORT = 8501  # TF Serving's REST port
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
 # Bodies larger than this are parsed in a thread, so one big request does not
 # hold the event loop while small ones wait.
 _PARSE_IN_THREAD = 256 * 1024
@@ -89,52 +87,6 @@ _ERROR_KINDS = {
     501: "not_implemented",
     503: "unavailable",
 }
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything the server process is started with (``to_argv`` gives its command line)."""
-
-    model_base_path: Path
-    model_name: str = "default"
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    grpc_port: int | None = None  # TF Serving's PredictionService too; 0 picks a free port
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    max_batch_size: int = 256
-    poll_seconds: float = 1.0
-    max_versions: int = 2
-    intra_op_threads: int = 0  # 0: TensorFlow's default (one per core)
-    inter_op_threads: int = 0
-
-    def to_argv(self, python: str = sys.executable) -> list[str]:
-        """The command that starts this server (what ``%serve`` runs)."""
-        return [
-            python,
-            "-m",
-            "kfnb.serving.server",
-            "--model-base-path",
-            str(self.model_base_path),
-            "--model-name",
-            self.model_name,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            *(["--grpc-port", str(self.grpc_port)] if self.grpc_port is not None else []),
-            "--max-body-bytes",
-            str(self.max_body_bytes),
-            "--max-batch-size",
-            str(self.max_batch_size),
-            "--poll-seconds",
-            str(self.poll_seconds),
-            "--max-versions",
-            str(self.max_versions),
-            "--intra-op-threads",
-            str(self.intra_op_threads),
-            "--inter-op-threads",
-            str(self.inter_op_threads),
-        ]
 
 
 # -------------------------------------------------------------------- metrics
@@ -547,7 +499,10 @@ async def serve(
             except OSError as exc:
                 print(ERROR_PREFIX + f"{exc}: pick another --grpc-port", file=sys.stderr)
                 return EXIT_USAGE
-            print(f"kfnb model server: gRPC PredictionService on {config.host}:{grpc_port}")
+            print(
+                f"kfnb model server: gRPC PredictionService on {config.host}:{grpc_port}",
+                flush=True,
+            )
         print(
             f"kfnb model server: {config.model_name} version {newest.version} on {_url(sock)}",
             flush=True,
