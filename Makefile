@@ -10,7 +10,7 @@ TF_PACKAGES ?= tensorflow-cpu==2.21.0 tensorboard==2.21.0
 # dependency, which beside tensorflow-cpu would install TensorFlow twice: --no-deps.
 TF_NO_DEPS ?= tf-keras==2.21.0 tensorflow-serving-api==2.21.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-env clean
 
 setup: $(VENV)/.kfnb-installed
 
@@ -32,7 +32,21 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: setup
+	-$(MAKE) bench-env
 	$(BIN)/python bench/run_all.py
+
+# The serving benchmark's peer and load generator: KServe's ModelServer in an
+# environment of its own (kserve pins protobuf<7, kfnb's environment has 7), and
+# autocannon. Optional: bench/serving.py skips what is missing.
+bench-env: .venv-kserve/.installed bench/node_modules/.bin/autocannon
+
+.venv-kserve/.installed:
+	$(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/pip install --quiet tensorflow-cpu==2.21.0 kserve==0.21.0
+	touch $@
+
+bench/node_modules/.bin/autocannon: bench/package.json
+	cd bench && npm install --no-audit --no-fund --silent
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,14 +1,23 @@
-"""Model server: throughput and latency at 1, 8 and 64 clients, against the signature in-process.
+"""Model server: throughput and latency at 1, 8 and 64 clients, against KServe and in-process.
 
-One 28x28 image per JSON request, as a TF Serving client sends it. The physical
-limit is the same SavedModel's ``serving_default`` called in this process on
-batches as large as the number of clients (what perfect batching could reach),
-measured in the same run. For scale, a ~20-line aiohttp server that parses the
-same JSON into numpy and answers without any model (the HTTP + JSON ceiling of
-this machine) is measured too, interleaved with the model server. Last, server
-start to first answer, beyond ``python -c "import tensorflow"``.
+One 28x28 image per JSON request, as a TF Serving client sends it. The peer is
+KServe's own Python ``ModelServer`` (``bench/kserve_peer.py``, run with the Python
+of an environment with ``kserve``: ``make bench-env`` builds ``.venv-kserve``)
+serving the same SavedModel, with 1 and 2 uvicorn workers; its faster one is
+the comparison. The physical limit is the same SavedModel's ``serving_default``
+called in this process on batches as large as the number of clients (what
+perfect batching could reach). For scale, a ~20-line aiohttp server that parses
+the same JSON into numpy and answers without any model (the HTTP + JSON ceiling)
+is measured too. Servers are measured interleaved, so noise hits them alike.
+Last, server start to first answer, beyond ``python -c "import tensorflow"``.
+
+The load generator is autocannon (``npm install`` in ``bench/``; Node's HTTP
+client costs far less CPU than a Python one, which matters with 2 cores shared
+by client and server) where installed, else an aiohttp client; at 1 client the
+aiohttp client always measures, for microsecond latencies.
 
     .venv/bin/python bench/serving.py [--seconds 3] [--clients 1,8,64] [--starts 3]
+        [--kserve-python .venv-kserve/bin/python]
 
 Everything runs on 127.0.0.1; each load phase is bounded in time and in count.
 """
@@ -92,11 +101,20 @@ def in_process(base: Path, batch: int, seconds: float) -> float:
 
 
 SERVER_ARGS: list[str] = []  # --server-args, e.g. "--intra-op-threads 1"
+AUTOCANNON = REPO / "bench" / "node_modules" / ".bin" / "autocannon"
 
 
-def start_server(base: Path | None) -> tuple[subprocess.Popen[str], str]:
-    """The model server on ``base`` (or, with None, the no-model ceiling server), ready."""
-    if base is None:
+def start_server(
+    base: Path | None, kserve: tuple[str, int] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """kfnb's server on ``base``, KServe's (python, workers), or the ceiling server; ready."""
+    if kserve is not None:
+        assert base is not None
+        python, workers = kserve
+        port = _free_port()
+        peer = str(REPO / "bench" / "kserve_peer.py")
+        command = [python, peer, str(base / "1"), str(port), str(workers)]
+    elif base is None:
         command = [sys.executable, "-c", CEILING]
     else:
         command = ServerConfig(base, model_name="mnist", port=0).to_argv() + SERVER_ARGS
@@ -106,6 +124,8 @@ def start_server(base: Path | None) -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = READY.search(line.strip())
+    if kserve is not None and match:
+        _wait_answering(match.group(1))
     if not match:
         stop(proc)
         raise SystemExit(f"the server did not start: {line!r}")
@@ -121,6 +141,58 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_answering(url: str, timeout: float = 60.0) -> None:
+    """KServe prints nothing when uvicorn's workers are up: poll its readiness."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models/mnist", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the KServe peer at {url} never became ready")
+
+
+def measure(url: str, body: bytes, clients: int, seconds: float, limit: int) -> dict[str, Any]:
+    """One load phase: autocannon where installed (from 8 clients), else the aiohttp client."""
+    if clients > 1 and AUTOCANNON.exists():
+        return autocannon(url, body, clients, seconds)
+    return asyncio.run(load(url, body, clients, seconds, limit))
+
+
+def autocannon(url: str, body: bytes, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` connections with autocannon; its latencies have millisecond resolution."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as file:
+        file.write(body)
+        file.flush()
+        common = ["-m", "POST", "-H", "content-type=application/json", "-i", file.name]
+        predict = f"{url}/v1/models/mnist:predict"
+        warm = [str(AUTOCANNON), "-c", str(clients), "-d", "1", "-n", *common, predict]
+        subprocess.run(warm, capture_output=True, check=True)
+        command = [str(AUTOCANNON), "-c", str(clients), "-d", str(seconds), "-j", *common]
+        done = subprocess.run([*command, predict], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    elapsed = result["duration"] / 1e3
+    return {
+        "rps": result["2xx"] / elapsed,
+        "p50": float(result["latency"]["p50"]),
+        "p99": float(result["latency"]["p99"]),
+        "failures": result["non2xx"] + result["errors"] + result["timeouts"],
+        "client": "autocannon",
+    }
+
+
 async def load(url: str, body: bytes, clients: int, seconds: float, limit: int) -> dict[str, Any]:
     """``clients`` concurrent clients, each sending its next request when answered."""
     import aiohttp
@@ -130,7 +202,8 @@ async def load(url: str, body: bytes, clients: int, seconds: float, limit: int) 
     latencies: list[float] = []
     failures = 0
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client(deadline: float, record: bool) -> None:
             nonlocal failures
@@ -153,6 +226,7 @@ async def load(url: str, body: bytes, clients: int, seconds: float, limit: int) 
         "p50": ordered[len(ordered) // 2] * 1e3,
         "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
         "failures": failures,
+        "client": "aiohttp",
     }
 
 
@@ -216,6 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=60_000, help="per load phase")
     parser.add_argument("--starts", type=int, default=3, help="start-up measurements")
     parser.add_argument("--server-args", default="", help="extra server flags, one string")
+    parser.add_argument(
+        "--kserve-python",
+        default=str(REPO / ".venv-kserve" / "bin" / "python"),
+        help="a Python with kserve and TensorFlow, for the KServe peer",
+    )
     args = parser.parse_args(argv)
     SERVER_ARGS[:] = args.server_args.split()
     levels = [int(c) for c in args.clients.split(",")]
@@ -230,23 +309,30 @@ def main(argv: list[str] | None = None) -> None:
         + flags
     )
 
+    kserve_python = _kserve_python(args.kserve_python)
+    peers = [("kserve-1w", (kserve_python, 1)), ("kserve-2w", (kserve_python, 2))]
     served: dict[int, dict[str, Any]] = {}
     ceiling: dict[int, dict[str, Any]] = {}
-    for clients in levels:  # model server and ceiling interleaved: noise hits both alike
+    kserve: dict[str, dict[int, dict[str, Any]]] = {name: {} for name, _ in peers}
+    for clients in levels:  # all servers interleaved per level: noise hits them alike
         proc, url = start_server(base)
         try:
             before = asyncio.run(counters(url))
-            served[clients] = asyncio.run(load(url, body, clients, args.seconds, args.max_requests))
+            served[clients] = measure(url, body, clients, args.seconds, args.max_requests)
             after = asyncio.run(counters(url))
         finally:
             stop(proc)
         calls, answered = after[0] - before[0], after[1] - before[1]
         served[clients]["batch"] = answered / calls if calls else float("nan")
+        for name, peer in peers if kserve_python else []:
+            proc, url = start_server(base, kserve=peer)
+            try:
+                kserve[name][clients] = measure(url, body, clients, args.seconds, args.max_requests)
+            finally:
+                stop(proc)
         proc, url = start_server(None)
         try:
-            ceiling[clients] = asyncio.run(
-                load(url, body, clients, args.seconds, args.max_requests)
-            )
+            ceiling[clients] = measure(url, body, clients, args.seconds, args.max_requests)
         finally:
             stop(proc)
     limits = {c: in_process(base, c, min(args.seconds, 2.0)) for c in levels}
@@ -261,12 +347,33 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {clients:>7} {r['rps']:>7.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['batch']:>6.1f}"
             f" {limits[clients]:>9.0f} (b={clients:<3}) {r['rps'] / limits[clients]:>6.2f}"
-            f"   {c['rps']:>6.0f} req/s, p50 {c['p50']:.2f} ms"
+            f"   {c['rps']:>6.0f} req/s, p50 {c['p50']:.2f} ms  ({r['client']})"
             + (f"  FAILED REQUESTS: {failed}" if failed else "")
         )
     print("  batch: requests per signature call, from the server's metrics")
     print("  ratio: server requests/s over in-process images/s at batch = clients (the limit)")
     print("  ceiling: aiohttp + json.loads + numpy, no model and no batching")
+
+    if kserve_python:
+        print("\n== kfnb vs KServe ModelServer (same SavedModel, same load, interleaved)")
+        print(
+            f"  {'clients':>7} {'kfnb req/s':>10} {'p50':>6} {'p99':>6}"
+            f" {'KServe 1w':>10} {'p50':>6} {'p99':>6} {'KServe 2w':>10} {'p50':>6} {'p99':>6}"
+            f" {'kfnb / best KServe':>19}"
+        )
+        for clients in levels:
+            r = served[clients]
+            one, two = kserve["kserve-1w"][clients], kserve["kserve-2w"][clients]
+            best = max(one["rps"], two["rps"])
+            print(
+                f"  {clients:>7} {r['rps']:>10.0f} {r['p50']:>6.2f} {r['p99']:>6.1f}"
+                f" {one['rps']:>10.0f} {one['p50']:>6.2f} {one['p99']:>6.1f}"
+                f" {two['rps']:>10.0f} {two['p50']:>6.2f} {two['p99']:>6.1f}"
+                f" {r['rps'] / best:>18.2f}x"
+            )
+        print("  latencies in ms; 1w/2w: uvicorn workers; KServe without gRPC or request logs")
+    else:
+        print("\n  KServe peer skipped: no Python with kserve (make bench-env, or --kserve-python)")
 
     if args.starts < 1:
         return
@@ -279,6 +386,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  python -c 'import tensorflow'   median {tf_import:.2f} s  {_fmt(imports)}")
     print(f"  server start to first answer    median {start:.2f} s  {_fmt(starts)}")
     print(f"  beyond import tensorflow: {start - tf_import:+.2f} s")
+
+
+def _kserve_python(path: str) -> str:
+    """``path`` if that Python can import kserve, else "" (the peer is skipped)."""
+    if not Path(path).exists():
+        return ""
+    done = subprocess.run([path, "-c", "import kserve"], capture_output=True, env=ENV)
+    return path if done.returncode == 0 else ""
 
 
 def _fmt(values: list[float]) -> str:
