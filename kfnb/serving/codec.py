@@ -325,8 +325,10 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
 def _whole(array: np.ndarray) -> bool:
     """Whether every value is a whole number too large for int64 (so JSON had an integer)."""
     finite = array[np.isfinite(array)]
-    return bool(finite.size) and bool((np.abs(finite) >= 2**63).any()) and bool(
-        (finite == np.floor(finite)).all()
+    return (
+        bool(finite.size)
+        and bool((np.abs(finite) >= 2**63).any())
+        and bool((finite == np.floor(finite)).all())
     )
 
 

@@ -111,9 +111,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         finally:
             model = request.model_spec.name
             label = model if model == self.server.name else "other"
-            self.server.metrics.observe_request(
-                label, api, status, time.perf_counter() - started
-            )
+            self.server.metrics.observe_request(label, api, status, time.perf_counter() - started)
 
 
 # dtype -> the TensorProto field TF Serving fills (it answers with typed repeated

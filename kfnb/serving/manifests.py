@@ -1,0 +1,201 @@
+"""Serving manifests for a cluster: a KServe ``InferenceService``, or TF Serving itself.
+
+``ServingSpec`` says what to serve (a model in the artifact store, by URL) and
+how; ``inference_service`` renders KServe's serving.kserve.io/v1beta1 object
+(``modelFormat: tensorflow``, ``storageUri``, a ServiceAccount that carries the S3
+Secret and KServe's S3 annotations, ``canaryTrafficPercent``), and
+``tf_serving`` a Deployment and Service running TF Serving, whose model an init
+container copies from S3 first (TF Serving no longer reads ``s3://``). Keys
+never appear here: pods get them from the Secret by reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "TF_SERVING_IMAGE",
+    "ServingSpec",
+    "inference_service",
+    "service_account",
+    "tf_serving",
+]
+
+TF_SERVING_IMAGE = "tensorflow/serving:2.18.0"
+MC_IMAGE = "minio/mc:RELEASE.2024-11-21T17-21-54Z"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kfnb"}
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """A model to serve on a cluster. ``storage_uri`` holds numbered versions (``<job>/model``)."""
+
+    name: str
+    storage_uri: str
+    namespace: str = "default"
+    replicas: int = 1
+    gpus: int = 0
+    s3_secret: str = ""  # a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    s3_endpoint: str = ""  # host:port; "" for AWS
+    s3_use_https: bool = True
+    s3_region: str = "us-east-1"
+    canary_percent: int | None = None  # the new storage_uri gets this share; KServe only
+    source: str = ""  # the job (or path) it came from, kept as an annotation
+    cpu: str = "1"
+    memory: str = "2Gi"
+
+    @property
+    def service_account(self) -> str:
+        return f"{self.name}-kfnb-s3"
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {**MANAGED_BY, "kfnb.io/model": self.name},
+        }
+        if self.source:
+            metadata["annotations"] = {"kfnb.io/source": self.source}
+        return metadata
+
+    def _resources(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {"cpu": self.cpu, "memory": self.memory}
+        if self.gpus:
+            limits["nvidia.com/gpu"] = self.gpus
+        return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits}
+
+
+def service_account(spec: ServingSpec) -> dict[str, Any]:
+    """The ServiceAccount KServe reads S3 settings from: the Secret's name and annotations.
+
+    The annotations are what KServe's storage initializer turns into S3_ENDPOINT,
+    S3_USE_HTTPS and AWS_REGION; the keys stay in the Secret.
+    """
+    annotations = {
+        "serving.kserve.io/s3-usehttps": "1" if spec.s3_use_https else "0",
+        "serving.kserve.io/s3-region": spec.s3_region,
+    }
+    if spec.s3_endpoint:
+        annotations["serving.kserve.io/s3-endpoint"] = spec.s3_endpoint
+    account: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {**spec._metadata(spec.service_account), "annotations": annotations},
+    }
+    if spec.s3_secret:
+        account["secrets"] = [{"name": spec.s3_secret}]
+    return account
+
+
+def inference_service(spec: ServingSpec) -> dict[str, Any]:
+    """KServe's InferenceService for the TensorFlow runtime (TF Serving inside KServe)."""
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "tensorflow"},
+        "storageUri": spec.storage_uri,
+        "resources": spec._resources(),
+    }
+    if spec.gpus:
+        # KServe's TensorFlow runtime picks the GPU image by its runtimeVersion suffix.
+        model["runtimeVersion"] = TF_SERVING_IMAGE.rsplit(":", 1)[1] + "-gpu"
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.replicas,
+        "maxReplicas": spec.replicas,
+        "model": model,
+    }
+    if spec.storage_uri.startswith("s3://"):
+        predictor["serviceAccountName"] = spec.service_account
+    if spec.canary_percent is not None:
+        predictor["canaryTrafficPercent"] = spec.canary_percent
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": spec._metadata(spec.name),
+        "spec": {"predictor": predictor},
+    }
+
+
+def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
+    """A TF Serving Deployment (REST 8501, gRPC 8500) and its Service.
+
+    An init container mirrors ``storage_uri`` into an emptyDir with MinIO's ``mc``;
+    the keys reach it as environment variables from the Secret, and the shell
+    expands them, so the manifest holds only their names.
+    """
+    if spec.canary_percent is not None:
+        raise ValueError("a canary needs KServe (--runtime kserve): TF Serving splits no traffic")
+    labels = {**MANAGED_BY, "kfnb.io/model": spec.name, "app": f"{spec.name}-tf-serving"}
+    bucket_path = spec.storage_uri.removeprefix("s3://")
+    scheme = "https" if spec.s3_use_https else "http"
+    endpoint = spec.s3_endpoint or f"s3.{spec.s3_region}.amazonaws.com"
+    copy = (
+        f'mc alias set store {scheme}://{endpoint} "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"'
+        f" >/dev/null && mc mirror --quiet store/{bucket_path} /models/{spec.name}"
+    )
+    key_env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+    image = TF_SERVING_IMAGE + ("-gpu" if spec.gpus else "")
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {**spec._metadata(f"{spec.name}-tf-serving"), "labels": labels},
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {"app": labels["app"]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "initContainers": [
+                        {
+                            "name": "copy-model",
+                            "image": MC_IMAGE,
+                            "command": ["sh", "-c", copy],
+                            "env": [
+                                {"name": "MC_CONFIG_DIR", "value": "/tmp/mc"},
+                                *(key_env if spec.s3_secret else []),
+                            ],
+                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "tf-serving",
+                            "image": image,
+                            "args": [
+                                "--port=8500",
+                                "--rest_api_port=8501",
+                                f"--model_name={spec.name}",
+                                f"--model_base_path=/models/{spec.name}",
+                            ],
+                            "ports": [
+                                {"name": "grpc", "containerPort": 8500},
+                                {"name": "http", "containerPort": 8501},
+                            ],
+                            "readinessProbe": {
+                                "httpGet": {"path": f"/v1/models/{spec.name}", "port": 8501},
+                                "periodSeconds": 5,
+                            },
+                            "resources": spec._resources(),
+                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                        }
+                    ],
+                    "volumes": [{"name": "models", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**spec._metadata(f"{spec.name}-tf-serving"), "labels": labels},
+        "spec": {
+            "selector": {"app": labels["app"]},
+            "ports": [
+                {"name": "grpc", "port": 8500, "targetPort": 8500},
+                {"name": "http", "port": 8501, "targetPort": 8501},
+            ],
+        },
+    }
+    return [deployment, service]

@@ -1,0 +1,121 @@
+"""Serving manifests (KServe InferenceService, TF Serving Deployment and Service) validate
+against the real InferenceService CRD schema and Kubernetes' own schemas, and hold no keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kfnb.serving.manifests import (
+    ServingSpec,
+    inference_service,
+    service_account,
+    tf_serving,
+)
+from tests.conftest import SHARED, _strict
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SPEC = ServingSpec(
+    "mnist",
+    "s3://tfmnist/jobs/tfjob-abc/model",
+    namespace="kubeflow-user",
+    replicas=2,
+    s3_secret="minio-s3",
+    s3_endpoint="minio-service.kubeflow:9000",
+    s3_use_https=False,
+    source="tfjob-abc",
+)
+
+
+@pytest.fixture(scope="module")
+def isvc_validators() -> list[Any]:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((SHARED / "schemas" / "inferenceservice-v1beta1.json").read_text())
+    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+
+
+def check_isvc(validators: list[Any], manifest: dict[str, Any]) -> None:
+    for validator in validators:
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(manifest)]
+        assert not errors, errors
+
+
+def check_core(manifest: dict[str, Any]) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def test_inference_service_validates_and_says_what_kserve_needs(
+    isvc_validators: list[Any],
+) -> None:
+    isvc = inference_service(SPEC)
+    check_isvc(isvc_validators, isvc)
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    assert predictor["model"]["storageUri"] == "s3://tfmnist/jobs/tfjob-abc/model"
+    assert predictor["serviceAccountName"] == "mnist-kfnb-s3"
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 2)
+    assert "canaryTrafficPercent" not in predictor
+    assert isvc["metadata"]["namespace"] == "kubeflow-user"
+
+    account = service_account(SPEC)
+    check_core(account)
+    assert account["secrets"] == [{"name": "minio-s3"}]
+    assert account["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": "minio-service.kubeflow:9000",
+        "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1",
+    }
+
+
+def test_canary_and_gpus(isvc_validators: list[Any]) -> None:
+    from dataclasses import replace
+
+    canary = inference_service(replace(SPEC, canary_percent=10, gpus=1))
+    check_isvc(isvc_validators, canary)
+    predictor = canary["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 10
+    assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert predictor["model"]["runtimeVersion"].endswith("-gpu")
+    with pytest.raises(ValueError, match="a canary needs KServe"):
+        tf_serving(replace(SPEC, canary_percent=10))
+
+
+def test_strict_validation_catches_a_misspelt_field(isvc_validators: list[Any]) -> None:
+    isvc = inference_service(SPEC)
+    isvc["spec"]["predictor"]["model"]["storageURI"] = isvc["spec"]["predictor"]["model"].pop(
+        "storageUri"
+    )
+    given, strict = isvc_validators
+    assert not list(given.iter_errors(isvc))  # the CRD schema alone lets it through
+    assert list(strict.iter_errors(isvc))
+
+
+def test_tf_serving_deployment_and_service_validate_and_copy_from_s3() -> None:
+    deployment, service = tf_serving(SPEC)
+    check_core(deployment)
+    check_core(service)
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    script = init["command"][2]
+    assert "mc mirror --quiet store/tfmnist/jobs/tfjob-abc/model /models/mnist" in script
+    assert "http://minio-service.kubeflow:9000" in script
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "valueFrom" in e}
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "minio-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "minio-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
+    (server,) = pod["containers"]
+    assert "--model_base_path=/models/mnist" in server["args"]
+    assert {p["containerPort"] for p in server["ports"]} == {8500, 8501}
+    assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_no_manifest_holds_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    rendered = json.dumps([inference_service(SPEC), service_account(SPEC), *tf_serving(SPEC)])
+    assert SECRET not in rendered and "AKIAEXAMPLEKEYID" not in rendered
