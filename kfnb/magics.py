@@ -360,6 +360,8 @@ class KfnbMagics(Magics):  # type: ignore[misc]
     @argument("--gpus", type=int, default=0, help="GPUs per server replica (Kubernetes)")
     @argument("--canary", metavar="JOB", help="serve JOB's model to --percent of requests")
     @argument("--percent", type=int, help="share of requests for the --canary, 1-99")
+    @argument("--runtime", default="kserve", help="on Kubernetes: kserve or tfserving")
+    @argument("--dry-run", action="store_true", help="print the Kubernetes manifests only")
     @argument("--list", action="store_true", help="list the models being served")
     @argument("--stop", metavar="NAME", help="stop the server of model NAME")
     @argument("--restart", metavar="NAME", help="start a stopped or killed server again")
@@ -389,6 +391,8 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 return served
             if not args.source:
                 raise UsageError("%serve needs a job name or a SavedModel path, or --list/--stop")
+            if args.dry_run or args.backend == "kubernetes":
+                return self._serve_on_cluster(args)
             _check_serve_flags(args)
             base = model_base_path(args.source, args.name, serving.root.parent)
             served = serving.start(
@@ -402,6 +406,28 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             f"{served.predict_url}{grpc}"
         )
         return served
+
+    @staticmethod
+    def _serve_on_cluster(args: Any) -> None:
+        from kfnb.serving.cluster import cluster_manifests
+        from kfnb.spec import to_yaml
+
+        manifests = cluster_manifests(
+            args.name,
+            args.source,
+            runtime=args.runtime,
+            replicas=args.replicas,
+            gpus=args.gpus,
+            canary=args.canary,
+            percent=args.percent,
+        )
+        if args.dry_run:
+            print("---\n".join(to_yaml(m) for m in manifests), end="")
+            return None
+        raise UsageError(
+            "serving on Kubernetes is not part of this version yet: print the manifests with "
+            "--dry-run and apply them with kubectl"
+        )
 
     @staticmethod
     def _served_list(serving: Any) -> None:
@@ -418,10 +444,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
 def _check_serve_flags(args: Any) -> None:
     """Flags that only mean something on Kubernetes are refused locally, with the reason."""
     if args.backend not in (None, "auto", "local"):
-        raise UsageError(
-            f"--backend {args.backend}: serving on a cluster is not part of this version yet; "
-            "use --backend local"
-        )
+        raise UsageError(f"--backend {args.backend}: use auto, local or kubernetes")
     if args.replicas != 1 or args.gpus:
         raise UsageError(
             "--replicas and --gpus apply to a Kubernetes server; the local server is one "

@@ -119,3 +119,38 @@ def test_no_manifest_holds_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     rendered = json.dumps([inference_service(SPEC), service_account(SPEC), *tf_serving(SPEC)])
     assert SECRET not in rendered and "AKIAEXAMPLEKEYID" not in rendered
+
+
+def test_serve_dry_run_prints_what_a_cluster_gets(
+    shell: Any, capsys: pytest.CaptureFixture[str], isvc_validators: list[Any]
+) -> None:
+    import yaml
+    from IPython.core.error import UsageError
+
+    shell.run_line_magic("config", "Kfnb.s3_secret = 'minio-s3'")
+    line = "s3://tfmnist/jobs/a/model --dry-run --canary s3://tfmnist/jobs/b/model --percent 10"
+    shell.run_line_magic("serve", line)
+    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["ServiceAccount", "InferenceService", "InferenceService"]
+    first, rollout = objects[1], objects[2]
+    for isvc in (first, rollout):
+        check_isvc(isvc_validators, isvc)
+    assert first["spec"]["predictor"]["model"]["storageUri"] == "s3://tfmnist/jobs/a/model"
+    assert "canaryTrafficPercent" not in first["spec"]["predictor"]
+    assert rollout["spec"]["predictor"]["model"]["storageUri"] == "s3://tfmnist/jobs/b/model"
+    assert rollout["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert objects[0]["secrets"] == [{"name": "minio-s3"}]
+
+    shell.run_line_magic("serve", "s3://tfmnist/jobs/a/model --dry-run --runtime tfserving")
+    kinds = [o["kind"] for o in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == ["Deployment", "Service"]
+
+    for bad, message in {
+        "nojob --dry-run": "a cluster serves jobs trained with s3:// storage or s3:// URLs",
+        "s3://b/m --dry-run --percent 10": "--canary JOB and --percent P go together",
+        "s3://b/m --dry-run --canary s3://b/n --percent 100": "give the canary's share",
+        "s3://b/m --dry-run --runtime triton": "--runtime triton: use one of kserve, tfserving",
+    }.items():
+        with pytest.raises(UsageError, match=message):
+            shell.run_line_magic("serve", bad)

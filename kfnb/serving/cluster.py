@@ -1,0 +1,89 @@
+"""Serving on a cluster: from ``%serve``'s arguments to the manifests a cluster receives.
+
+A cluster reads models from the artifact store, never from the notebook's disk,
+so the source must be a job whose storage is ``s3://…`` or an ``s3://`` URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfnb.config import settings
+from kfnb.serving.local import ServeError
+from kfnb.serving.manifests import ServingSpec, inference_service, service_account, tf_serving
+
+__all__ = ["RUNTIMES", "cluster_manifests", "storage_uri"]
+
+RUNTIMES = ("kserve", "tfserving")
+
+
+def storage_uri(source: str) -> str:
+    """The ``s3://`` URL of the numbered model versions that ``source`` names."""
+    if source.startswith("s3://"):
+        return source.rstrip("/")
+    from kfnb.records import load_record
+
+    record = load_record(source)
+    if record is None:
+        raise ServeError(
+            f"a cluster serves jobs trained with s3:// storage or s3:// URLs; {source} is "
+            "neither: give a job from `%kfnb list` or an s3://bucket/path of model versions"
+        )
+    if not record.storage.startswith("s3://"):
+        raise ServeError(
+            f"job {source} keeps its model on this machine ({record.storage}), which a cluster "
+            "cannot read: train it with --storage s3://bucket/prefix"
+        )
+    return f"{record.storage.rstrip('/')}/{source}/model"
+
+
+def cluster_manifests(
+    name: str,
+    source: str,
+    runtime: str = "kserve",
+    replicas: int = 1,
+    gpus: int = 0,
+    canary: str | None = None,
+    percent: int | None = None,
+    namespace: str | None = None,
+) -> list[dict[str, Any]]:
+    """The objects to apply, in order. With ``canary``, the InferenceService comes twice:
+    first as it serves ``source``, then updated to ``canary`` with ``percent`` of traffic,
+    which is how KServe rolls out a canary (the previous revision keeps the rest)."""
+    if runtime not in RUNTIMES:
+        raise ServeError(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
+    if (canary is None) != (percent is None):
+        raise ServeError(
+            "--canary JOB and --percent P go together, e.g. --canary job2 --percent 10"
+        )
+    if percent is not None and not 1 <= percent <= 99:
+        raise ServeError(f"--percent {percent}: give the canary's share of requests, 1-99")
+    config = settings()
+    spec = ServingSpec(
+        name=name,
+        storage_uri=storage_uri(source),
+        namespace=namespace or config.namespace or "default",
+        replicas=replicas,
+        gpus=gpus,
+        s3_secret=config.s3_secret,
+        s3_endpoint=config.s3_endpoint,
+        s3_use_https=_use_https(),
+        source=source,
+    )
+    if runtime == "tfserving":
+        if canary is not None:
+            raise ServeError("--canary needs --runtime kserve: KServe splits the traffic")
+        return tf_serving(spec)
+    objects = [service_account(spec), inference_service(spec)]
+    if canary is not None:
+        from dataclasses import replace
+
+        rollout = replace(spec, storage_uri=storage_uri(canary), canary_percent=percent)
+        objects.append(inference_service(rollout))
+    return objects
+
+
+def _use_https() -> bool:
+    import os
+
+    return os.environ.get("S3_USE_HTTPS", "1").lower() not in ("0", "false", "no")
