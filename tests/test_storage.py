@@ -365,6 +365,35 @@ def test_workers_fetch_a_data_set_uploaded_once(s3: str) -> None:
     assert "sum 15" in job.logs("worker-1")
 
 
+def test_in_a_pod_the_runtime_uploads_its_own_stdout_and_stderr(tmp_path: Path, s3: str) -> None:
+    """No KFNB_LOG_FILE (a pod's log is its stdout): the runtime tees fds 1 and 2."""
+    open_store(f"s3://{s3}").check()
+    cell = "import os, sys\nprint('from python', flush=True)\nos.system('echo from a child >&2')\n"
+    bundle = build_bundle(cell, {}, job_name="pod", s3=True)
+    bundle.write(tmp_path / "code")
+    env = {
+        **os.environ,
+        "KFNB_CODE_DIR": str(tmp_path / "code"),
+        "KFNB_ARTIFACTS": str(tmp_path / "artifacts"),
+        "KFNB_JOB_NAME": "pod",
+        "KFNB_STORE": f"s3://{s3}/jobs/pod",
+    }
+    env.pop("KFNB_LOG_FILE", None)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "code" / "runtime.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "from python" in out.stdout and "from a child" in out.stdout  # still on the pod log
+    log = (open_store(f"s3://{s3}/jobs").read("pod/logs/worker-0.log") or b"").decode()
+    assert "from python" in log and "from a child" in log
+    result = json.loads(open_store(f"s3://{s3}/jobs").read("pod/status/worker-0.json") or b"{}")
+    assert result["state"] == "exited" and result["not_uploaded"] == []
+
+
 # -- the whole path: a real 2-worker TensorFlow job -------------------------------------
 
 MNIST_CELL = """
