@@ -11,6 +11,8 @@ import failure_detection  # noqa: E402
 import launch_overhead  # noqa: E402
 import load_ext  # noqa: E402
 import multiworker  # noqa: E402
+import s3_sync  # noqa: E402
+import s3_transfer  # noqa: E402
 import serving  # noqa: E402
 import widget  # noqa: E402
 
@@ -21,3 +23,5 @@ if __name__ == "__main__":
     failure_detection.main()
     widget.main()
     serving.main()
+    s3_transfer.main()
+    s3_sync.main()

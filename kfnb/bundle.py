@@ -224,6 +224,38 @@ def _vendored_cloudpickle() -> dict[str, bytes]:
     return {f"vendor/cloudpickle/{f.name}": f.read_bytes() for f in sorted(package.glob("*.py"))}
 
 
+# minio's admin API (MinioAdmin) needs argon2-cffi and pycryptodome, C extensions a
+# stock TensorFlow image lacks; replicas only put and get objects, so it stays out.
+_MINIO_ADMIN_IMPORT = "from .minioadmin import MinioAdmin as MinioAdmin\n"
+_MINIO_ADMIN_FILES = ("minioadmin.py", "crypto.py")
+
+
+def _vendored_minio() -> dict[str, bytes]:
+    """The pure-Python minio client for replicas' S3 uploads (urllib3 and certifi come
+    with TensorFlow's requests)."""
+    try:
+        import minio
+    except ImportError:
+        raise BundleError("s3:// storage needs the minio client: pip install kfnb[s3]") from None
+    package = Path(minio.__file__).parent
+    files = {}
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative in _MINIO_ADMIN_FILES:
+            continue
+        data = path.read_bytes()
+        if relative == "__init__.py":
+            text = data.decode()
+            if _MINIO_ADMIN_IMPORT not in text:
+                raise BundleError(
+                    f"minio {getattr(minio, '__version__', '?')} is laid out differently than "
+                    "kfnb expects: pip install 'minio>=7.2,<8'"
+                )
+            data = text.replace(_MINIO_ADMIN_IMPORT, "").encode()
+        files[f"vendor/minio/{relative}"] = data
+    return files
+
+
 def build_bundle(
     source: str,
     namespace: Mapping[str, Any],
@@ -232,12 +264,14 @@ def build_bundle(
     hidden: Iterable[str] = (),
     includes: Iterable[str] = (),
     cwd: Path | None = None,
+    s3: bool = False,
 ) -> Bundle:
     """Bundle ``source`` with what it reads from ``namespace`` (the notebook's names).
 
     ``hidden`` are names to leave out (IPython's own ``In``, ``Out``, ``_``...).
     A name the cell reads but cannot be pickled is an error naming it and the
-    reason, unless the cell binds that name itself.
+    reason, unless the cell binds that name itself. With ``s3`` the replicas get
+    the minio client to write to an s3:// store.
     """
     compile_cell(source)
     read, bound = referenced_names(source)
@@ -286,7 +320,10 @@ def build_bundle(
     notebook_sources = {f: "".join(linecache.getlines(f)) for f in sorted(sources)}
     files["sources.json"] = json.dumps(notebook_sources).encode()
     files["runtime.py"] = Path(__file__).with_name("runtime.py").read_bytes()
+    files["artifact_sync.py"] = Path(__file__).with_name("artifact_sync.py").read_bytes()
     files.update(_vendored_cloudpickle())
+    if s3:
+        files.update(_vendored_minio())
     meta = {
         "format": BUNDLE_FORMAT,
         "job": job_name,

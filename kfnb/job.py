@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kfnb.backends import Backend, JobNotFound, get_backend
 from kfnb.records import JobRecord, load_record
 from kfnb.status import JobStatus
+
+if TYPE_CHECKING:
+    from kfnb.metrics import ScalarReader
+    from kfnb.storage import Store
 
 LOG_TAIL_LINES = 20
 
@@ -58,6 +62,7 @@ class Job:
     def __init__(self, name: str, backend: Backend) -> None:
         self.name = name
         self.backend = backend
+        self._opened_store: Store | None = None
 
     @classmethod
     def attach(cls, name: str) -> Job:
@@ -123,10 +128,43 @@ class Job:
 
     def scalars(self) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """The TensorBoard scalars the job wrote: {tag: {run: [(step, value)]}}."""
-        from kfnb.metrics import read_scalars
+        reader = self.scalar_reader()
+        if reader is None:
+            return {}
+        with reader:
+            return reader.scalars()
 
+    def _store(self) -> Store:
+        from kfnb.storage import open_store
+
+        if self._opened_store is None:
+            self._opened_store = open_store(self.backend.storage)
+        return self._opened_store
+
+    def _cache(self) -> Path:
+        """Where this kernel keeps copies of a remote store's files for this job."""
+        from kfnb.config import settings
+
+        slug = self.backend.storage.replace("://", "/").strip("/")
+        return Path(settings().home).expanduser() / "cache" / slug / self.name
+
+    def scalar_reader(self) -> ScalarReader | None:
+        """A reader of the job's TensorBoard scalars, from its store (the widget polls it).
+
+        For a remote store each poll first fetches the new bytes of the event files
+        into a local mirror, then reads them with tensorboard's reader.
+        """
+        from kfnb.metrics import ScalarReader
+
+        store = self._store()
+        if store.local_root is None:
+            from kfnb.storage import StoreMirror
+
+            local = self._cache() / "tensorboard"
+            mirror = StoreMirror(store, f"{self.name}/tensorboard", local)
+            return ScalarReader(local, refresh=mirror.pull)
         root = self.artifacts
-        return read_scalars(root / "tensorboard") if root is not None else {}
+        return ScalarReader(root / "tensorboard") if root is not None else None
 
     @property
     def artifacts(self) -> Path | None:
@@ -134,7 +172,21 @@ class Job:
         return self.backend.job_dir(self.name)
 
     def latest_model(self) -> Path | None:
-        """The newest published model version (``model/<n>``), as TF Serving would pick it."""
+        """The newest published model version (``model/<n>``), as TF Serving would pick it.
+
+        From a remote store it is downloaded once into this kernel's cache.
+        """
+        store = self._store()
+        if store.local_root is None:
+            prefix = f"{self.name}/model"
+            names = {o.key[len(prefix) + 1 :].split("/", 1)[0] for o in store.list(prefix)}
+            newest = max((v for v in names if v.isdigit()), key=int, default=None)
+            if newest is None:
+                return None
+            local = self._cache() / "model" / newest
+            if not (local / "saved_model.pb").exists():
+                store.download_dir(f"{prefix}/{newest}", local)
+            return local
         root = self.artifacts
         if root is None or not (root / "model").is_dir():
             return None

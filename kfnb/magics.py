@@ -47,7 +47,13 @@ def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _job_spec(args: Any, name: str, artifacts: str, code_files: tuple[str, ...]) -> JobSpec:
+def _job_spec(
+    args: Any,
+    name: str,
+    artifacts: str,
+    code_files: tuple[str, ...],
+    storage_env: tuple[tuple[str, str], ...] = (),
+) -> JobSpec:
     """The `JobSpec` that ``%%tfjob`` flags and the ``Kfnb`` settings describe."""
     from kfnb.config import settings
     from kfnb.spec import JobSpec
@@ -71,6 +77,7 @@ def _job_spec(args: Any, name: str, artifacts: str, code_files: tuple[str, ...])
         legacy_keras=config.legacy_keras,
         artifacts=artifacts,
         code_files=code_files,
+        storage_env=storage_env,
     )
 
 
@@ -91,6 +98,11 @@ def _job_flags(func: F) -> F:
             choices=("auto", "local", "kubernetes"),
             default=None,
             help="where to run (default: %%config Kfnb.backend)",
+        ),
+        argument(
+            "--storage",
+            help="where the job's artifacts go: a directory or s3://bucket/prefix "
+            "(default: %%config Kfnb.storage)",
         ),
         argument("--wait", action="store_true", help="block until the job ends"),
         argument(
@@ -144,6 +156,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         from kfnb.job import Job
         from kfnb.records import JobRecord, load_record, save_record
         from kfnb.spec import SpecError, generate_name, to_yaml, validate_name
+        from kfnb.storage import StoreError, open_store, replica_env
         from kfnb.widgets import show_job
 
         args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
@@ -154,7 +167,9 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             raise UsageError("the %%tfjob cell is empty: write the training code below the magic")
         backend_name = resolve_backend_name(args.backend or config.backend)
         try:
-            backend = get_backend(backend_name)
+            options = {"storage": args.storage} if args.storage else {}
+            backend = get_backend(backend_name, **options)
+            store = open_store(backend.storage)
             name = validate_name(args.name) if args.name else self._fresh_name(generate_name)
             if args.name and load_record(name) is not None and not args.dry_run:
                 raise UsageError(
@@ -168,9 +183,13 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 hidden=shell.user_ns_hidden,
                 includes=args.include,
                 cwd=Path.cwd(),
+                s3=store.local_root is None,
             )
             job_dir = backend.job_dir(name)
-            spec = _job_spec(args, name, str(job_dir) if job_dir else "", tuple(bundle.files))
+            storage_env = tuple(replica_env(store, name).items())
+            spec = _job_spec(
+                args, name, str(job_dir) if job_dir else "", tuple(bundle.files), storage_env
+            )
             manifest = spec.to_manifest()
             if args.dry_run:
                 print(to_yaml(manifest), end="")
@@ -179,7 +198,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 print(f"kfnb: {warning}", file=sys.stderr)
             self._announce(backend_name, args.backend)
             backend.submit(manifest, bundle)
-        except (SpecError, BundleError, BackendError) as err:
+        except (SpecError, BundleError, BackendError, StoreError) as err:
             raise UsageError(str(err)) from None
         save_record(
             JobRecord(

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -164,8 +165,12 @@ class ScalarReader:
     scalars yet. Safe to share between a widget's thread and the kernel.
     """
 
-    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, logdir: str | os.PathLike[str], refresh: Callable[[], object] | None = None
+    ) -> None:
         self.logdir = Path(logdir)
+        # Called before each poll: a remote store's mirror fetches what is new into logdir.
+        self.refresh = refresh
         self._files: dict[Path, _EventFile] = {}
         self._points: Scalars = {}
         self._lock = threading.Lock()
@@ -180,6 +185,8 @@ class ScalarReader:
             if self._closed:
                 raise ValueError(f"ScalarReader({str(self.logdir)!r}) is closed")
             new: Scalars = {}
+            if self.refresh is not None:
+                self.refresh()
             for event_file in self._discover():
                 for tag, step, number in event_file.read():
                     new.setdefault(tag, {}).setdefault(event_file.run, []).append((step, number))

@@ -8,6 +8,13 @@ The cell sees a ``tfjob`` object: its role in the cluster and where to write.
 When the cell ends, ``status/<replica>.json`` records the exit code and, on
 failure, the traceback, and the chief's model is published as the next
 numeric version under ``model/``, the layout TF Serving watches.
+
+With ``KFNB_STORE=s3://bucket/prefix/<job>`` the replica writes to a local
+scratch directory as always, and ``artifact_sync.py`` (shipped beside this
+file, with the minio client under ``vendor/``) uploads its log, TensorBoard
+events and status from a background thread every few seconds, then the model
+and the final status when the cell ends, also when it fails. What could not be
+uploaded is listed in the replica's status (``not_uploaded``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class TFJobContext:
         self._model_dir: Path | None = None
         self._logdir: Path | None = None
         self._scratch: list[Path] = []
+        self.sync: Any = None  # artifact_sync.Syncer when the job's store is s3://
 
     @property
     def replica(self) -> str:
@@ -79,6 +87,8 @@ class TFJobContext:
                 root = self.artifacts / "model"
                 root.mkdir(parents=True, exist_ok=True)
                 versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+                if self.sync is not None:  # versions other runs left in the bucket count too
+                    versions += self.sync.versions()
                 self._model_dir = root / f".staging-{max(versions, default=0) + 1}"
                 shutil.rmtree(self._model_dir, ignore_errors=True)
                 self._model_dir.mkdir()
@@ -104,6 +114,22 @@ class TFJobContext:
         import tensorflow as tf
 
         return tf.keras.callbacks.TensorBoard(log_dir=self.logdir, **kwargs)
+
+    def fetch(self, url: str) -> str:
+        """A local path to ``url``: an ``s3://`` object is downloaded once per replica
+        (e.g. a data set uploaded with ``kfnb.storage.upload_dataset``); paths pass."""
+        if not url.startswith("s3://"):
+            return url
+        sync = _sync_module()
+        bucket, key = sync.parse_url(url)
+        config = sync.S3Config.from_env(os.environ)
+        target = Path(tempfile.gettempdir()) / "kfnb-data" / bucket / key
+        if not target.exists():
+            try:
+                sync.download(sync.make_client(config), bucket, key, target)
+            except Exception as exc:
+                raise ReplicaError(sync.describe_error(exc, config, f"fetching {url}")) from None
+        return str(target)
 
     def finish(self, succeeded: bool) -> str | None:
         """Publish the chief's model on success, and remove scratch directories."""
@@ -196,6 +222,93 @@ def _write_status(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _sync_module() -> Any:
+    """``artifact_sync.py`` beside this file, loaded by path: this file imports no kfnb."""
+    name = "kfnb_artifact_sync"
+    if name not in sys.modules:
+        path = Path(__file__).with_name("artifact_sync.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, f"{path} is missing"
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while defining
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class _Uploads:
+    """The replica's side of an s3:// store: a Syncer and where each thing goes."""
+
+    def __init__(self, url: str, code_dir: Path, context: TFJobContext) -> None:
+        vendor = str(code_dir / "vendor")
+        if vendor not in sys.path:
+            sys.path.append(vendor)  # an installed minio wins over the bundle's copy
+        sync = _sync_module()
+        self.config = sync.S3Config.from_env(os.environ)
+        try:
+            self.bucket, self.prefix = sync.parse_url(url)
+            client = sync.make_client(self.config)
+        except sync.StoreError as err:
+            raise ReplicaError(str(err)) from None
+        interval = float(os.environ.get("KFNB_SYNC_SECONDS") or sync.SYNC_SECONDS)
+        self.syncer = sync.Syncer(client, self.config, self.bucket, self.prefix, interval)
+        self._tee: _Tee | None = None
+        log = os.environ.get("KFNB_LOG_FILE")
+        if not log:  # in a pod the log is stdout: keep a copy to upload
+            log = str(context.artifacts / "logs" / f"{context.replica}.log")
+            self._tee = _Tee(Path(log))
+        self.syncer.watch(Path(log), f"logs/{context.replica}.log")
+        if context.is_chief:
+            self.syncer.watch(context.artifacts / "tensorboard", "tensorboard")
+        elif context.task_type == "evaluator":
+            evaluator = context.artifacts / "tensorboard" / "evaluator"
+            self.syncer.watch(evaluator, "tensorboard/evaluator")
+        self.status_key = f"status/{context.replica}.json"
+
+    def finish(self, published: str | None) -> dict[str, str]:
+        """Upload the model, then the rest with retries; what is still missing, and why."""
+        if published:
+            version = Path(published).name
+            self.syncer.upload_tree(Path(published), f"model/{version}", last=("saved_model.pb",))
+        if self._tee is not None:
+            self._tee.close()
+        missing: dict[str, str] = self.syncer.close()
+        return missing
+
+
+class _Tee:
+    """Copies this process's stdout and stderr (TensorFlow's C++ logs too) into a file."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "ab")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = os.dup(1)
+        read, write = os.pipe()
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        os.close(write)
+        self.read = read
+        self.thread = threading.Thread(target=self._copy, name="kfnb-tee", daemon=True)
+        self.thread.start()
+
+    def _copy(self) -> None:
+        while chunk := os.read(self.read, 65536):
+            os.write(self.saved, chunk)
+            self.file.write(chunk)
+            self.file.flush()
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved, 1)  # the pipe's last writers are gone: the copier sees EOF
+        os.dup2(self.saved, 2)
+        self.thread.join(timeout=5)
+        self.file.close()
+
+
 def main() -> int:
     code_dir = Path(os.environ.get("KFNB_CODE_DIR") or Path(__file__).resolve().parent)
     artifacts = Path(os.environ.get("KFNB_ARTIFACTS") or os.getcwd())
@@ -210,7 +323,13 @@ def main() -> int:
     }
     _write_status(status_path, {**record, "state": "running"})
     exit_code, error, formatted = 0, None, None
+    uploads = None
     try:
+        if os.environ.get("KFNB_STORE", "").startswith("s3://"):
+            uploads = _Uploads(os.environ["KFNB_STORE"], code_dir, context)
+            context.sync = uploads.syncer
+            uploads.syncer.watch(status_path, uploads.status_key)
+            uploads.syncer.start()
         namespace = load_namespace(code_dir, context)
         source = (code_dir / "cell.py").read_text()
         filename = f"<tfjob {job_name} cell>"
@@ -234,18 +353,25 @@ def main() -> int:
         print(f"kfnb: model saved as version {Path(published).name} in {published}")
     sys.stdout.flush()
     sys.stderr.flush()
-    _write_status(
-        status_path,
-        {
-            **record,
-            "state": "exited",
-            "finished": time.time(),
-            "exit_code": exit_code,
-            "error": error,
-            "traceback": formatted,
-            "model": published,
-        },
-    )
+    not_uploaded: dict[str, str] = {}
+    if uploads is not None:
+        not_uploaded = uploads.finish(published)
+        for why in not_uploaded.values():
+            print(f"kfnb: not uploaded: {why}", file=sys.stderr, flush=True)
+    final = {
+        **record,
+        "state": "exited",
+        "finished": time.time(),
+        "exit_code": exit_code,
+        "error": error,
+        "traceback": formatted,
+        "model": published,
+        "not_uploaded": sorted(not_uploaded),
+        "upload_errors": sorted(set(not_uploaded.values())),
+    }
+    _write_status(status_path, final)
+    if uploads is not None:
+        uploads.syncer.upload_file(status_path, uploads.status_key)
     return exit_code
 
 

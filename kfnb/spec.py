@@ -96,6 +96,9 @@ class JobSpec:
     legacy_keras: bool = True
     artifacts: str = ""  # where replicas write logs, events and models
     code_files: tuple[str, ...] = ()  # bundle paths, mounted from the ConfigMap
+    # KFNB_STORE and the S3 endpoint settings of an s3:// store, never keys
+    # (`kfnb.storage.replica_env`); keys reach pods through a Secret reference.
+    storage_env: tuple[tuple[str, str], ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -150,6 +153,7 @@ class JobSpec:
         }
         if self.distributed and self.legacy_keras:
             env["TF_USE_LEGACY_KERAS"] = "1"
+        env.update(dict(self.storage_env))
         env.update(dict(self.env))
         return [{"name": k, "value": v} for k, v in env.items()]
 

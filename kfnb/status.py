@@ -41,6 +41,9 @@ class JobStatus:
     start_time: float | None = None
     completion_time: float | None = None
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
+    # Store keys the job could not upload (an s3:// store that failed): its data is
+    # then only in the replica's scratch directory.
+    not_uploaded: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -66,6 +69,7 @@ class JobStatus:
     def from_json(cls, data: dict[str, Any]) -> JobStatus:
         fields = {k: v for k, v in data.items() if k != "version"}
         fields["replicas"] = tuple(ReplicaStatus(**r) for r in data.get("replicas", ()))
+        fields["not_uploaded"] = tuple(data.get("not_uploaded", ()))
         return cls(**fields)
 
     def write(self, path: Path) -> None:

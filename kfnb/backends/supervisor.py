@@ -14,7 +14,11 @@ copies the operator's semantics (Training Operator 1.9):
   128 and above retried), ``backoffLimit`` and ``activeDeadlineSeconds``.
 
 Each replica's output goes to ``logs/<replica>.log``; the job's state to
-``status.json``, rewritten atomically on every change.
+``status.json``, rewritten atomically on every change. With an s3:// store
+(``KFNB_STORE`` in the manifest) the job directory is a local scratch copy: the
+replicas upload as they run, and the supervisor uploads each status change and,
+at the end, every replica's complete log before the final status, so a job that
+reads finished here is complete in the bucket.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import IO, Any
 
 from kfnb.spec import CODE_DIR, CONTAINER_NAME
 from kfnb.status import JobStatus, ReplicaStatus
+from kfnb.storage import S3Store, StoreError
 
 POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 2.0
@@ -129,6 +134,8 @@ def plan_replicas(manifest: dict[str, Any], job_dir: Path, python: str) -> list[
         gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
         for index in range(spec.get("replicas", 1)):
             env = dict(base_env)
+            # The runtime uploads this file to an s3:// store (in a pod it tees stdout).
+            env["KFNB_LOG_FILE"] = str(job_dir / "logs" / f"{kind.lower()}-{index}.log")
             if cluster is not None:
                 env["TF_CONFIG"] = json.dumps(
                     {
@@ -172,6 +179,8 @@ class Supervisor:
         self.stop_requested = False
         self._logs: dict[str, IO[bytes]] = {}
         self._next_gpu = 0
+        self.store = job_store(self.manifest)
+        self.not_uploaded: dict[str, str] = {}
 
     # -- processes -----------------------------------------------------------------
 
@@ -255,15 +264,55 @@ class Supervisor:
         status = replace(self.status, **changes, replicas=tuple(r.status() for r in self.replicas))
         if status != self.status:
             self.status = status
+            if self.store is not None:  # the store first: finished here means complete there
+                self.upload("status.json", json.dumps(status.to_json(), indent=1).encode())
             status.write(self.job_dir / "status.json")
+
+    def upload(self, key: str, data: bytes, attempts: int = 1) -> None:
+        """Write ``key`` to the job's s3:// store; a failure is kept for the final status."""
+        assert self.store is not None
+        for attempt in range(attempts):
+            try:
+                self.store.write(key, data)
+            except StoreError as err:
+                self.not_uploaded[key] = str(err)
+                print(f"kfnb: {err}", file=sys.stderr, flush=True)
+                time.sleep(min(0.5 * 2**attempt, 4.0) if attempt + 1 < attempts else 0)
+            else:
+                self.not_uploaded.pop(key, None)
+                return
+
+    def upload_final(self) -> tuple[str, ...]:
+        """Every replica's whole log and status; what the job could not upload, its and theirs."""
+        missing = set()
+        for replica in self.replicas:
+            for key in (f"logs/{replica.name}.log", f"status/{replica.name}.json"):
+                path = self.job_dir / key
+                if path.exists():
+                    self.upload(key, path.read_bytes(), attempts=3)
+            try:
+                record = json.loads((self.job_dir / "status" / f"{replica.name}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            missing |= set(record.get("not_uploaded", ()))
+        missing -= {k for k in missing if k.startswith(("logs/", "status/"))}  # uploaded here
+        return tuple(sorted(missing | set(self.not_uploaded) - {"status.json"}))
 
     def finish(self, phase: str, reason: str, message: str) -> None:
         if phase == "Succeeded":
             self.let_workers_finish()
         self.stop(self.replicas)
-        self.publish(phase=phase, reason=reason, message=message, completion_time=time.time())
         for log in self._logs.values():
             log.close()
+        changes: dict[str, Any] = {}
+        if self.store is not None:
+            missing = self.upload_final()
+            if missing:
+                changes["not_uploaded"] = missing
+                message += f" Not uploaded to {self.store.url}: {', '.join(missing)}."
+        self.publish(
+            phase=phase, reason=reason, message=message, completion_time=time.time(), **changes
+        )
 
     def decided(self) -> tuple[str, str, str] | None:
         """The job's outcome if the replicas decide it now, as the operator would."""
@@ -358,6 +407,24 @@ class Supervisor:
                 )
             time.sleep(POLL_SECONDS)
         return self.status
+
+
+def job_store(manifest: dict[str, Any]) -> S3Store | None:
+    """The job's s3:// store from ``KFNB_STORE`` in its manifest; None for a local one.
+
+    Settings come from the manifest's env over this process's (the keys only ever
+    from the environment).
+    """
+    from kfnb.artifact_sync import S3Config
+
+    env: dict[str, str] = {}
+    for spec in manifest["spec"]["tfReplicaSpecs"].values():
+        container = _container(spec["template"])
+        env.update({e["name"]: str(e.get("value", "")) for e in container.get("env", [])})
+    url = env.get("KFNB_STORE", "")
+    if not url.startswith("s3://"):
+        return None
+    return S3Store(url, S3Config.from_env({**os.environ, **env}))
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

@@ -228,12 +228,9 @@ class JobView(widgets.VBox):  # type: ignore[misc]
 
     def _update_scalars(self) -> None:
         if self._reader is None:
-            root = self.job.artifacts
-            if root is None:
+            self._reader = self.job.scalar_reader()  # from the job's store, local or S3
+            if self._reader is None:
                 return
-            from kfnb.metrics import ScalarReader
-
-            self._reader = ScalarReader(root / "tensorboard")
         changed = self._reader.poll()
         if not changed:
             return

@@ -1,0 +1,343 @@
+"""S3/MinIO access shared by the notebook (`kfnb.storage`) and the replicas (`runtime.py`).
+
+Like ``runtime.py`` this file is shipped in every job's bundle and runs in a stock
+TensorFlow container, so it imports only the standard library and the ``minio``
+client (installed, or the copy the bundle ships under ``vendor/``). It never
+imports the rest of kfnb.
+
+Settings come from the variables TensorFlow and the Kubeflow MNIST examples use:
+``S3_ENDPOINT`` (host:port, empty for AWS), ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``,
+``AWS_REGION``, and the keys ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,
+which are read from the environment only and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ENDPOINT = "s3.amazonaws.com"
+SYNC_SECONDS = 3.0  # how often a replica uploads what changed (KFNB_SYNC_SECONDS)
+FINAL_ATTEMPTS = 4  # passes over what is left when the cell ends, with backoff
+# S3's rules for bucket names (the DNS-compatible ones every S3 server accepts).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_FALSE = ("0", "false", "no", "off")
+
+_HINTS = {
+    "SignatureDoesNotMatch": "the S3 server rejected the keys: check AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY in the notebook's environment",
+    "InvalidAccessKeyId": "the S3 server does not know this access key: check "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the notebook's environment",
+    "AccessDenied": "these keys may not do this: ask the storage admin for access, or use "
+    "a bucket these keys own",
+    "NoSuchBucket": "the bucket does not exist: create it, or use one that does",
+    "SlowDown": "the S3 server is overloaded (503): kfnb retried; try again later",
+    "ServiceUnavailable": "the S3 server is unavailable (503): kfnb retried; try again later",
+}
+
+
+class StoreError(RuntimeError):
+    """Storage cannot do what was asked; the message is one line with the fix, no secrets."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where the S3 server is and how to talk to it. The keys never show in a repr."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    secure: bool = True
+    verify: bool = True
+    region: str = ""
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    retries: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], endpoint: str | None = None) -> S3Config:
+        raw = (endpoint if endpoint is not None else env.get("S3_ENDPOINT", "")).strip()
+        secure = env.get("S3_USE_HTTPS", "1").strip().lower() not in _FALSE
+        if "://" in raw:  # AWS_ENDPOINT_URL style: the scheme decides unless S3_USE_HTTPS says
+            scheme, raw = raw.split("://", 1)
+            if "S3_USE_HTTPS" not in env:
+                secure = scheme == "https"
+        return cls(
+            endpoint=raw.rstrip("/") or DEFAULT_ENDPOINT,
+            secure=secure,
+            verify=env.get("S3_VERIFY_SSL", "1").strip().lower() not in _FALSE,
+            region=env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", ""),
+            access_key=env.get("AWS_ACCESS_KEY_ID", ""),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+        )
+
+    @property
+    def display(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def replica_env(self) -> dict[str, str]:
+        """The settings a replica needs, keys left out (they travel by env or Secret only)."""
+        env = {
+            "S3_ENDPOINT": self.endpoint,
+            "S3_USE_HTTPS": "1" if self.secure else "0",
+            "S3_VERIFY_SSL": "1" if self.verify else "0",
+        }
+        if self.region:
+            env["AWS_REGION"] = self.region
+        return env
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (bucket, "some/prefix"), the bucket name checked."""
+    if not url.startswith("s3://"):
+        raise StoreError(f"{url!r} is not an s3:// URL: write s3://bucket/prefix")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    check_bucket_name(bucket)
+    return bucket, prefix.strip("/")
+
+
+def check_bucket_name(bucket: str) -> None:
+    if not _BUCKET.match(bucket) or ".." in bucket or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket):
+        raise StoreError(
+            f"{bucket!r} is not a valid S3 bucket name: use 3-63 lower-case letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit (e.g. s3://tfmnist/jobs)"
+        )
+
+
+def make_client(config: S3Config) -> Any:
+    """A ``minio.Minio`` client with short connect timeouts and few retries.
+
+    minio's default pool retries a refused connection five times with backoff;
+    an unreachable endpoint should say so within seconds, and the replica's
+    own sync loop retries later anyway.
+    """
+    try:
+        import certifi
+        import urllib3
+        from minio import Minio
+    except ImportError as exc:
+        raise StoreError(
+            f"s3:// storage needs the minio client ({exc}): pip install kfnb[s3]"
+        ) from None
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED" if config.verify else "CERT_NONE",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(
+            total=config.retries,
+            backoff_factor=0.2,
+            status_forcelist=[500, 502, 503, 504],
+            allowed_methods=None,  # S3 PUTs of whole objects are idempotent
+            raise_on_status=False,  # the last reply reaches minio, which reads S3's error code
+        ),
+    )
+    return Minio(
+        config.endpoint,
+        access_key=config.access_key or None,
+        secret_key=config.secret_key or None,
+        secure=config.secure,
+        region=config.region or None,
+        http_client=http,
+    )
+
+
+def describe_error(exc: BaseException, config: S3Config, what: str) -> str:
+    """One line saying what failed and what to do; the secret key never appears."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:  # minio.error.S3Error
+        hint = _HINTS.get(code) or (getattr(exc, "message", "") or "").splitlines()[0][:200]
+        text = f"{what}: {config.display} answered {code}: {hint}"
+    elif _is_connection_error(exc):
+        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:160]
+        text = (
+            f"{what}: cannot reach the S3 endpoint {config.display} ({reason}): check "
+            "S3_ENDPOINT (or %config Kfnb.s3_endpoint) and S3_USE_HTTPS"
+        )
+    else:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        text = f"{what}: {type(exc).__name__}{': ' + detail if detail else ''}"
+    return scrub(text, config)
+
+
+def scrub(text: str, config: S3Config) -> str:
+    """Defence in depth: no message kfnb writes may carry the secret key."""
+    return text.replace(config.secret_key, "***") if config.secret_key else text
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    try:
+        import urllib3.exceptions as errors
+    except ImportError:
+        return isinstance(exc, OSError)
+    return isinstance(exc, (errors.MaxRetryError, errors.NewConnectionError, OSError)) or (
+        isinstance(exc, errors.HTTPError) and "Connection" in type(exc).__name__
+    )
+
+
+def model_versions(client: Any, bucket: str, prefix: str) -> list[int]:
+    """Numeric version directories under ``prefix/model/`` in the bucket."""
+    base = f"{prefix}/model/" if prefix else "model/"
+    found = []
+    for item in client.list_objects(bucket, prefix=base):
+        name = item.object_name[len(base) :].strip("/")
+        if name.isdigit():
+            found.append(int(name))
+    return found
+
+
+@dataclass
+class _Watched:
+    path: Path
+    key: str
+    is_dir: bool
+
+
+class Syncer:
+    """Uploads a replica's logs, events and status to ``s3://bucket/prefix`` as they change.
+
+    A background thread looks every ``interval`` seconds for files whose size or
+    mtime changed and uploads each whole (S3 has no append; logs and event
+    files are small). Training never waits on it: the thread only reads files.
+    A failed upload is kept and tried again on the next pass; ``close()`` makes a
+    few last passes and returns what still could not be uploaded, with why.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        config: S3Config,
+        bucket: str,
+        prefix: str,
+        interval: float = SYNC_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.interval = interval
+        self._sleep = sleep
+        self._watched: list[_Watched] = []
+        self._uploaded: dict[str, tuple[int, int]] = {}
+        self._paths: dict[str, Path] = {}  # every file ever tried, so a failure can be retried
+        self.failed: dict[str, str] = {}
+        self.uploads = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def versions(self) -> list[int]:
+        """Model versions already in the bucket, so a new one never overwrites them."""
+        return model_versions(self.client, self.bucket, self.prefix)
+
+    def watch(self, path: Path, relative: str) -> None:
+        """Keep ``path`` (a file, or a directory and everything under it) uploaded."""
+        with self._lock:
+            self._watched.append(_Watched(path, relative.strip("/"), path.is_dir()))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="kfnb-sync", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sync()
+
+    def _files(self) -> list[tuple[Path, str]]:
+        files = []
+        for watched in self._watched:
+            if watched.is_dir or watched.path.is_dir():
+                for path in sorted(watched.path.rglob("*")):
+                    if path.is_file() and not path.name.startswith("."):
+                        rel = path.relative_to(watched.path).as_posix()
+                        files.append((path, f"{watched.key}/{rel}"))
+            elif watched.path.is_file():
+                files.append((watched.path, watched.key))
+        return files
+
+    def sync(self) -> None:
+        """One pass: upload every watched file that changed since its last upload."""
+        with self._lock:
+            for path, relative in self._files():
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                signature = (stat.st_size, stat.st_mtime_ns)
+                if self._uploaded.get(relative) == signature and relative not in self.failed:
+                    continue
+                self.upload_file(path, relative, signature)
+
+    def upload_file(
+        self, path: Path, relative: str, signature: tuple[int, int] | None = None
+    ) -> bool:
+        """Upload one file now; on failure remember why (and try again next pass)."""
+        import io
+
+        self._paths[relative] = path
+        try:
+            data = path.read_bytes()  # one consistent snapshot of a file still being written
+            self.client.put_object(self.bucket, self.key(relative), io.BytesIO(data), len(data))
+        except Exception as exc:  # every failure is recorded, none stops training
+            self.failed[relative] = describe_error(exc, self.config, f"upload of {relative}")
+            return False
+        if signature is None:
+            stat = path.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+        self._uploaded[relative] = signature
+        self.failed.pop(relative, None)
+        self.uploads += 1
+        return True
+
+    def upload_tree(self, root: Path, relative: str, last: tuple[str, ...] = ()) -> None:
+        """Upload a directory (a SavedModel); files named in ``last`` go last.
+
+        TF Serving and KServe pick a version up once ``saved_model.pb`` is there,
+        so it is written after the variables it points to.
+        """
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name in last)
+        with self._lock:
+            for path in files:
+                self.upload_file(path, f"{relative}/{path.relative_to(root).as_posix()}")
+
+    def close(self, attempts: int = FINAL_ATTEMPTS) -> dict[str, str]:
+        """Stop the thread, upload what is left (retrying), return {key: why} still missing."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for attempt in range(attempts):
+            self.sync()
+            self._retry_failed()
+            if not self.failed:
+                break
+            if attempt + 1 < attempts:
+                self._sleep(min(0.5 * 2**attempt, 4.0))
+        return dict(self.failed)
+
+    def _retry_failed(self) -> None:
+        """Failed files that no watch covers (a model version) are retried by their path."""
+        with self._lock:
+            for relative in list(self.failed):
+                path = self._paths.get(relative)
+                if path is not None and path.is_file():
+                    self.upload_file(path, relative)
+
+
+def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
+    """Download one object to ``dest`` (atomically: a reader never sees half a file)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    client.fget_object(bucket, key, str(tmp))
+    os.replace(tmp, dest)
+    return dest

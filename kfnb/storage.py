@@ -1,0 +1,386 @@
+"""Artifact stores: where jobs keep code, logs, TensorBoard events, models and status.
+
+One URL names a store (``--storage``, ``%config Kfnb.storage``, ``KFNB_STORAGE``):
+a local directory (the default) or ``s3://bucket/prefix`` on S3 or MinIO. Every
+store has the same layout, one prefix per job::
+
+    <job>/code/  <job>/manifest.json  <job>/status.json  <job>/status/<replica>.json
+    <job>/logs/<replica>.log  <job>/tensorboard/...  <job>/model/<version>/ (a SavedModel)
+
+`open_store(url)` picks the store by the URL's scheme from a registry. The S3
+store uses the ``minio`` client (``pip install kfnb[s3]``), imported on first use;
+its settings and keys come from the environment (see `kfnb.artifact_sync`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url
+
+__all__ = [
+    "StoreError",
+    "StoredObject",
+    "Transfer",
+    "Store",
+    "LocalStore",
+    "S3Store",
+    "StoreMirror",
+    "open_store",
+    "replica_env",
+    "upload_dataset",
+]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # relative to the store's root
+    size: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What an upload or download moved."""
+
+    files: int
+    bytes: int
+    seconds: float
+
+
+class Store(Protocol):
+    url: str
+    # The directory of a local store; None for a remote one.
+    local_root: Path | None
+
+    def check(self) -> None:
+        """Raise StoreError now if the store cannot be written (creates a missing bucket)."""
+
+    def read(self, key: str, offset: int = 0) -> bytes | None:
+        """The object's bytes from ``offset`` (b"" past its end), None when it is missing."""
+
+    def size(self, key: str) -> int | None: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        """Every object under ``prefix`` (recursively), in key order."""
+
+    def upload_dir(self, path: Path, prefix: str) -> Transfer: ...
+
+    def download_dir(self, prefix: str, path: Path) -> Transfer: ...
+
+    def delete_prefix(self, prefix: str) -> int: ...
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+class LocalStore:
+    """A directory on this machine: the default store, and the fastest."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.local_root: Path | None = Path(root).expanduser()
+        self.root = self.local_root
+        self.url = str(self.root)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the storage directory {self.root} ({exc.strerror}): "
+                "set %config Kfnb.storage to a directory you can write"
+            ) from None
+
+    def read(self, key: str, offset: int = 0) -> bytes | None:
+        try:
+            with open(self.root / key, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return (self.root / key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return [
+            StoredObject(p.relative_to(self.root).as_posix(), p.stat().st_size)
+            for p in sorted(base.rglob("*"))
+            if p.is_file()
+        ]
+
+    def upload_dir(self, path: Path, prefix: str) -> Transfer:
+        start = time.perf_counter()
+        target = self.root / prefix
+        shutil.copytree(path, target, dirs_exist_ok=True)
+        files = [p for p in target.rglob("*") if p.is_file()]
+        return Transfer(len(files), sum(p.stat().st_size for p in files), _since(start))
+
+    def download_dir(self, prefix: str, path: Path) -> Transfer:
+        start = time.perf_counter()
+        shutil.copytree(self.root / prefix, path, dirs_exist_ok=True)
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return Transfer(len(files), sum(p.stat().st_size for p in files), _since(start))
+
+    def delete_prefix(self, prefix: str) -> int:
+        objects = self.list(prefix)
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        return len(objects)
+
+    def __repr__(self) -> str:
+        return f"<LocalStore {self.url}>"
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+class S3Store:
+    """``s3://bucket/prefix`` on S3 or MinIO, through the minio client."""
+
+    local_root: Path | None = None
+
+    def __init__(self, url: str, config: S3Config | None = None) -> None:
+        self.bucket, self.prefix = parse_url(url.rstrip("/"))
+        self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.config = config or _config_from_settings()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from kfnb.artifact_sync import make_client
+
+            self._client = make_client(self.config)
+        return self._client
+
+    def key(self, relative: str) -> str:
+        return _join(self.prefix, relative)
+
+    def _fail(self, exc: BaseException, what: str) -> StoreError:
+        return StoreError(describe_error(exc, self.config, what))
+
+    def check(self) -> None:
+        """Reachable, keys accepted, bucket there: created when missing and allowed."""
+        # A listing (GET), not bucket_exists (HEAD): an error reply to HEAD has no body,
+        # so wrong keys would read as AccessDenied; a GET carries S3's own error code.
+        try:
+            next(iter(self.client.list_objects(self.bucket, prefix=self.key("") or None)), None)
+            return
+        except Exception as exc:
+            if getattr(exc, "code", "") != "NoSuchBucket":
+                raise self._fail(exc, f"checking bucket {self.bucket!r}") from None
+        try:
+            self.client.make_bucket(self.bucket)
+        except Exception as exc:
+            if getattr(exc, "code", "") in ("AccessDenied", "AllAccessDisabled"):
+                raise StoreError(
+                    f"bucket {self.bucket!r} does not exist at {self.config.display} and these "
+                    "keys may not create it: ask the storage admin to create it, or use a "
+                    "bucket you own in --storage"
+                ) from None
+            if getattr(exc, "code", "") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return  # created meanwhile by another kernel
+            raise self._fail(exc, f"creating bucket {self.bucket!r}") from None
+
+    def read(self, key: str, offset: int = 0) -> bytes | None:
+        response = None
+        try:
+            response = self.client.get_object(self.bucket, self.key(key), offset=offset)
+            return bytes(response.read())
+        except Exception as exc:
+            code = getattr(exc, "code", "")
+            if code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            if code == "InvalidRange":  # offset at or past the end
+                return b"" if self.size(key) is not None else None
+            raise self._fail(exc, f"reading {self.url}/{key}") from None
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return int(self.client.stat_object(self.bucket, self.key(key)).size)
+        except Exception as exc:
+            if getattr(exc, "code", "") in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise self._fail(exc, f"reading {self.url}/{key}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(self.bucket, self.key(key), io.BytesIO(data), len(data))
+        except Exception as exc:
+            raise self._fail(exc, f"writing {self.url}/{key}") from None
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        base = self.key(prefix)
+        base = f"{base}/" if base else ""
+        strip = len(self.key("")) + 1 if self.prefix else 0
+        try:
+            items = self.client.list_objects(self.bucket, prefix=base, recursive=True)
+            return sorted(
+                (StoredObject(item.object_name[strip:], int(item.size or 0)) for item in items),
+                key=lambda o: o.key,
+            )
+        except Exception as exc:
+            raise self._fail(exc, f"listing {self.url}/{prefix}") from None
+
+    def upload_dir(self, path: Path, prefix: str) -> Transfer:
+        start, total = time.perf_counter(), 0
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == "saved_model.pb")  # see Syncer.upload_tree
+        for file in files:
+            key = self.key(_join(prefix, file.relative_to(path).as_posix()))
+            try:
+                self.client.fput_object(self.bucket, key, str(file))
+            except Exception as exc:
+                raise self._fail(exc, f"uploading {file}") from None
+            total += file.stat().st_size
+        return Transfer(len(files), total, _since(start))
+
+    def download_dir(self, prefix: str, path: Path) -> Transfer:
+        from kfnb.artifact_sync import download
+
+        start, total = time.perf_counter(), 0
+        objects = self.list(prefix)
+        for obj in objects:
+            relative = obj.key[len(prefix.strip("/")) + 1 :]
+            try:
+                download(self.client, self.bucket, self.key(obj.key), Path(path) / relative)
+            except Exception as exc:
+                raise self._fail(exc, f"downloading {self.url}/{obj.key}") from None
+            total += obj.size
+        return Transfer(len(objects), total, _since(start))
+
+    def delete_prefix(self, prefix: str) -> int:
+        from minio.deleteobjects import DeleteObject
+
+        objects = self.list(prefix)
+        try:
+            errors = self.client.remove_objects(
+                self.bucket, [DeleteObject(self.key(o.key)) for o in objects]
+            )
+            for error in errors:
+                raise StoreError(f"deleting {self.url}/{prefix}: {error.code}")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"deleting {self.url}/{prefix}") from None
+        return len(objects)
+
+    def __repr__(self) -> str:
+        return f"<S3Store {self.url} at {self.config.display}>"
+
+
+def _config_from_settings() -> S3Config:
+    """The notebook's S3 settings: ``Kfnb.s3_endpoint`` (S3_ENDPOINT) and the environment."""
+    from kfnb.config import settings
+
+    return S3Config.from_env(os.environ, endpoint=settings().s3_endpoint)
+
+
+# scheme -> factory. A bare path (no scheme) and file:// are local directories.
+_STORES: dict[str, Callable[[str], Store]] = {
+    "": LocalStore,
+    "file": lambda url: LocalStore(url.removeprefix("file://")),
+    "s3": S3Store,
+}
+
+
+def open_store(url: str | Path) -> Store:
+    """The store named by ``url``: a directory, ``file://dir`` or ``s3://bucket/prefix``."""
+    text = str(url)
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    factory = _STORES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in _STORES if s)
+        raise StoreError(
+            f"storage {text!r}: unknown scheme {scheme}://, use a directory or {known}"
+        )
+    return factory(text)
+
+
+def replica_env(store: Store, job: str) -> dict[str, str]:
+    """What a job's replicas need to write to ``store`` (never keys): {} for local stores.
+
+    ``KFNB_STORE`` is the job's own URL; keys reach replicas from the environment
+    (locally) or a Secret reference (Kubernetes), never through this dict.
+    """
+    if not isinstance(store, S3Store):
+        return {}
+    return {"KFNB_STORE": f"{store.url}/{job}", **store.config.replica_env()}
+
+
+def upload_dataset(store: Store | str, name: str, **arrays: Any) -> str:
+    """Upload arrays once as ``data/<name>.npz`` (e.g. MNIST's), return the object's URL.
+
+    Workers read it back with ``tfjob.fetch(url)`` (see `model.mnist.load_mnist`).
+    """
+    import numpy as np
+
+    store = open_store(store) if isinstance(store, str) else store
+    store.check()
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    key = f"data/{name}.npz"
+    store.write(key, buffer.getvalue())
+    return f"{store.url}/{key}"
+
+
+class StoreMirror:
+    """Keeps a local copy of a store prefix up to date, downloading only what is new.
+
+    Event files only grow, so a longer object is fetched from the local copy's
+    size on (a ranged GET) and appended: tensorboard's reader, which remembers
+    its offset, then reads just the new records. A record cut short (the replica
+    uploaded mid-write) stays incomplete locally until the rest arrives.
+    """
+
+    def __init__(self, store: Store, prefix: str, local: Path) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self.local = local
+
+    def pull(self) -> int:
+        """Fetch what changed; the number of bytes downloaded."""
+        fetched = 0
+        for obj in self.store.list(self.prefix):
+            path = self.local / obj.key[len(self.prefix) + 1 :]
+            have = path.stat().st_size if path.exists() else 0
+            if have == obj.size:
+                continue
+            if have > obj.size:  # replaced by a shorter file: start again
+                path.unlink()
+                have = 0
+            data = self.store.read(obj.key, offset=have)
+            if not data:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(data)
+            fetched += len(data)
+        return fetched
