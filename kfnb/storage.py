@@ -267,8 +267,9 @@ class S3Store:
 
         start, total = time.perf_counter(), 0
         objects = self.list(prefix)
+        base = prefix.strip("/")
         for obj in objects:
-            relative = obj.key[len(prefix.strip("/")) + 1 :]
+            relative = obj.key[len(base) + 1 :] if base else obj.key
             try:
                 download(self.client, self.bucket, self.key(obj.key), Path(path) / relative)
             except Exception as exc:

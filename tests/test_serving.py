@@ -987,3 +987,46 @@ def test_serve_magic_reports_why_a_server_did_not_start(shell: Any, tmp_path: Pa
             shell.run_line_magic("serve", f"{corrupt} --port {port}")
     finally:
         taken.close()
+
+
+@needs_tf
+def test_serve_an_s3_url_downloads_the_newest_version(
+    shell: Any, models: Path, refs: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against moto's S3 server on 127.0.0.1 (real HTTP, the minio client)."""
+    pytest.importorskip("minio")
+    pytest.importorskip("moto")
+    from kfnb.backends.supervisor import free_port
+    from kfnb.config import reset_settings, settings
+    from kfnb.storage import open_store
+    from tests.s3_server import start_moto
+
+    port = free_port()
+    moto: Any = start_moto(port)
+    try:
+        for key, value in {
+            "S3_ENDPOINT": f"127.0.0.1:{port}",
+            "S3_USE_HTTPS": "0",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }.items():
+            monkeypatch.setenv(key, value)
+        reset_settings()
+        settings()
+        store = open_store("s3://kfnb-serve/models/mnist")
+        store.check()
+        store.upload_dir(models / "1", "1")
+        store.upload_dir(models / "2", "2")
+        served = shell.run_line_magic("serve", "s3://kfnb-serve/models/mnist --port 0")
+        assert served.version == 2
+        body = {"instances": refs["images"][:2].tolist()}
+        status, doc = http("POST", served.predict_url, body)
+        assert status == 200
+        assert_rows(doc["predictions"], refs, 2)
+        shell.run_line_magic("serve", "--stop mnist")
+        single = shell.run_line_magic("serve", "s3://kfnb-serve/models/mnist/1 --port 0")
+        status, doc = http("POST", single.predict_url, body)
+        assert status == 200
+        assert_rows(doc["predictions"], refs, 1)
+    finally:
+        moto.stop()

@@ -301,35 +301,29 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def model_base_path(source: str, name: str, home: Path) -> Path:
-    """The directory of numbered versions to serve for a job name or a SavedModel path.
+    """The directory of numbered versions to serve for a job, a SavedModel path or URL.
 
-    A job: its ``model/`` (new versions it exports are picked up while served).
-    A directory of numbered versions: itself. One SavedModel (``saved_model.pb``
-    inside): linked as version 1 of ``<home>/servers/<name>.versions``, since TF
-    Serving's layout wants numbered versions.
+    A job: its ``model/`` (versions it exports later are picked up while served);
+    from an S3 store, its newest version downloaded into this kernel's cache. A
+    directory of numbered versions: itself. One SavedModel (``saved_model.pb``
+    inside), local or ``s3://``: version 1 of ``<home>/servers/<name>.versions``,
+    since TF Serving's layout wants numbered versions.
     """
-    from kfnb.job import Job
     from kfnb.records import load_record
 
     record = load_record(source)
     if record is not None:
-        job = Job.from_record(record)
-        if job.latest_model() is None:
-            phase = job.status().phase
-            raise ServeError(
-                f"job {source} has not exported a model yet ({phase}): save it to "
-                "tfjob.model_dir in the cell, then %serve it"
-            )
-        assert job.artifacts is not None
-        return job.artifacts / "model"
+        return _job_model(source, record)
+    versions = home / "servers" / f"{name}.versions"
+    if source.startswith("s3://"):
+        return _download_model(source, versions)
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise ServeError(
-            f"no job or SavedModel named {source}: give a job from `%kfnb list` or the "
-            "path of a SavedModel directory"
+            f"no job or SavedModel named {source}: give a job from `%kfnb list`, the "
+            "path of a SavedModel directory, or an s3:// URL"
         )
-    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-        versions = home / "servers" / f"{name}.versions"
+    if _is_saved_model(path):
         versions.mkdir(parents=True, exist_ok=True)
         link = versions / "1"
         if link.is_symlink() or link.exists():
@@ -342,3 +336,50 @@ def model_base_path(source: str, name: str, home: Path) -> Path:
         f"{path} is not a SavedModel (no saved_model.pb) nor a directory of numbered "
         "versions: export with tf.saved_model.save(model, path)"
     )
+
+
+def _is_saved_model(path: Path) -> bool:
+    return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+
+
+def _job_model(name: str, record: Any) -> Path:
+    from kfnb.job import Job
+    from kfnb.storage import StoreError
+
+    job = Job.from_record(record)
+    try:
+        latest = job.latest_model()
+    except StoreError as err:
+        raise ServeError(f"cannot read job {name}'s model: {err}") from None
+    if latest is None:
+        raise ServeError(
+            f"job {name} has not exported a model yet ({job.status().phase}): save it to "
+            "tfjob.model_dir in the cell, then %serve it"
+        )
+    return latest.parent
+
+
+def _download_model(url: str, versions: Path) -> Path:
+    """An ``s3://`` SavedModel, or the newest of its numbered versions, copied here."""
+    import shutil
+
+    from kfnb.storage import StoreError, open_store
+
+    try:
+        store = open_store(url)
+        keys = [o.key for o in store.list("")]
+        if not keys:
+            raise ServeError(f"nothing is stored at {url}: check the URL with `mc ls`")
+        if any(k in ("saved_model.pb", "saved_model.pbtxt") for k in keys):
+            prefix, version = "", "1"
+        else:
+            numbered = {k.split("/", 1)[0] for k in keys if k.split("/", 1)[0].isdigit()}
+            if not numbered:
+                raise ServeError(f"{url} holds neither a SavedModel nor numbered versions")
+            version = max(numbered, key=int)
+            prefix = version
+        shutil.rmtree(versions, ignore_errors=True)
+        store.download_dir(prefix, versions / version)
+    except StoreError as err:
+        raise ServeError(f"cannot download {url}: {err}") from None
+    return versions
