@@ -82,18 +82,23 @@ class PredictionView(widgets.VBox):  # type: ignore[misc]
         self.header = widgets.HTML()
         self.notice = widgets.HTML()
         self.grid = widgets.HTML()
+        fit = widgets.Layout(width="auto")  # the default width cuts "Only mistakes" short
         self.next_button = widgets.Button(
-            description="Next batch", icon="forward", tooltip="Predict the next test digits"
+            description="Next batch",
+            icon="forward",
+            tooltip="Predict the next test digits",
+            layout=fit,
         )
         self.mistakes_toggle = widgets.ToggleButton(
             value=False, description="Only mistakes", icon="times",
-            tooltip="Show only digits the model gets wrong",
+            tooltip="Show only digits the model gets wrong", layout=fit,
         )  # fmt: skip
         self.next_button.on_click(lambda _: self._in_background(self.feed.next_batch))
         self.mistakes_toggle.observe(self._on_toggle, names="value")
         super().__init__(
             children=[
-                widgets.HBox([self.header, self.next_button, self.mistakes_toggle]),
+                self.header,
+                widgets.HBox([self.next_button, self.mistakes_toggle]),
                 self.notice,
                 self.grid,
             ]
