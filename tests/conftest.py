@@ -99,3 +99,16 @@ def validate_tfjob(validators: list[Any], manifest: dict[str, Any]) -> None:
     for validator in validators:
         errors = sorted(validator.iter_errors(manifest), key=str)
         assert not errors, "\n".join(e.message for e in errors[:5])
+
+
+@pytest.fixture(scope="session")
+def mnist_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two MNIST SavedModel versions (untrained, briefly trained) and their outputs,
+    exported once per session (see tests/serving_helpers.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("needs tensorflow")
+    from tests.serving_helpers import export_models
+
+    return export_models(tmp_path_factory.mktemp("mnist-models"))

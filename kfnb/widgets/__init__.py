@@ -1,7 +1,8 @@
 """Views of jobs: a live widget under a cell in Jupyter, concise text in a terminal.
 
-Views only read a `Job` (and its metrics); they hold no logic of their own.
-ipywidgets is imported only when a widget is shown.
+Views only read a `Job` (and its metrics) or a `PredictionFeed`; they hold no
+logic of their own. ipywidgets is imported only when a widget is shown:
+``PredictionView`` is imported from here on first use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kfnb.job import Job
+
+if TYPE_CHECKING:
+    from kfnb.widgets.prediction_view import PredictionView as PredictionView
+
+
+def __getattr__(name: str) -> Any:
+    """``kfnb.widgets.PredictionView`` without importing ipywidgets with the package."""
+    if name == "PredictionView":
+        from kfnb.widgets.prediction_view import PredictionView
+
+        return PredictionView
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Jobs whose view this cell has shown already (cleared when the next cell runs), so
 # the Job a `%%tfjob --wait` cell returns is not shown a second time.
