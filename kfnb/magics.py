@@ -424,6 +424,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             f"Serving {served.name} version {served.version} (from {served.source}): "
             f"{served.predict_url}{grpc}"
         )
+        _show_predictions(served, args.source)
         return served
 
     @staticmethod
@@ -458,6 +459,31 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             print("No models are served. Start one with `%serve JOB`.")
             return
         print(_table(("NAME", "STATE", "REST", "GRPC", "FROM"), rows))
+
+
+def _show_predictions(served: Any, source: str) -> None:
+    """Live predictions under the cell; refreshed while the job still trains new versions."""
+    from kfnb.widgets import widgets_available
+
+    if not widgets_available():
+        return
+    from IPython.display import display
+
+    from kfnb.job import Job
+    from kfnb.records import load_record
+    from kfnb.widgets import PredictionView
+
+    record = load_record(source)
+    job = Job.from_record(record) if record is not None else None
+    training = job is not None and not job.status().finished
+    view = PredictionView(
+        served.url,
+        model=served.name,
+        job=job if training else None,
+        refresh=3.0 if training else None,
+        serve_command=f"%serve {source} --name {served.name}",
+    )
+    display(view)  # type: ignore[no-untyped-call]
 
 
 def _check_serve_flags(args: Any) -> None:

@@ -10,6 +10,7 @@ papermill does. The executed notebook is saved beside the original as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     args = parser.parse_args()
     notebook = nbformat.read(args.notebook, as_version=4)
+    # The kernel's `!kfnb ...` finds this environment's commands, as in an activated one.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     inject(notebook, args.parameters)
     client = NotebookClient(notebook, timeout=args.timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(args.notebook.parent)}})

@@ -55,6 +55,12 @@ class ServedModel:
     def predict_url(self) -> str:
         return f"{self.url}/v1/models/{self.name}:predict"
 
+    def predictor(self, timeout: float = 10.0) -> Any:
+        """A `Predictor` for this model (``predictor.predict(images)``)."""
+        from kfnb.serving.client import Predictor
+
+        return Predictor(self.url, self.name, timeout=timeout)
+
     def alive(self) -> bool:
         """Whether the server process still runs (it may still be loading)."""
         return _alive(self.pid, self.name)
