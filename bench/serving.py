@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,9 @@ def start_server(
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = READY.search(line.strip())
+    # Keep reading: a server that logs every request (KServe's workers do, whatever
+    # their flags) would block once the unread pipe is full.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     if kserve is not None and match:
         _wait_answering(match.group(1))
     if not match:
@@ -166,6 +170,7 @@ def _wait_answering(url: str, timeout: float = 60.0) -> None:
 
 def measure(url: str, body: bytes, clients: int, seconds: float, limit: int) -> dict[str, Any]:
     """One load phase: autocannon where installed (from 8 clients), else the aiohttp client."""
+    print(f"  ... {clients} clients on {url}", file=sys.stderr, flush=True)
     if clients > 1 and AUTOCANNON.exists():
         return autocannon(url, body, clients, seconds)
     return asyncio.run(load(url, body, clients, seconds, limit))
@@ -183,7 +188,7 @@ def autocannon(url: str, body: bytes, clients: int, seconds: float) -> dict[str,
         command = [str(AUTOCANNON), "-c", str(clients), "-d", str(seconds), "-j", *common]
         done = subprocess.run([*command, predict], capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
-    elapsed = result["duration"] / 1e3
+    elapsed = result["duration"]  # seconds
     return {
         "rps": result["2xx"] / elapsed,
         "p50": float(result["latency"]["p50"]),

@@ -1030,3 +1030,14 @@ def test_serve_an_s3_url_downloads_the_newest_version(
         assert_rows(doc["predictions"], refs, 1)
     finally:
         moto.stop()
+
+
+@needs_serving
+def test_tensorflow_threads_leave_a_core_to_the_http_side() -> None:
+    from kfnb.serving.server import ServerConfig, thread_counts
+
+    assert thread_counts(ServerConfig(Path(".")), cores=2) == (1, 1)
+    assert thread_counts(ServerConfig(Path(".")), cores=16) == (15, 2)
+    assert thread_counts(ServerConfig(Path(".")), cores=1) == (1, 1)
+    asked = ServerConfig(Path("."), intra_op_threads=4, inter_op_threads=3)
+    assert thread_counts(asked, cores=2) == (4, 3)

@@ -279,46 +279,54 @@ def _names(tensors: Mapping[str, TensorInfo]) -> str:
     return ", ".join(f"'{k}'" for k in tensors)
 
 
+_ACCEPTED_KINDS = {"f": "fiu", "c": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "U"}
+
+
+def _expected(info: TensorInfo, target: np.dtype[Any]) -> str:
+    words = {"O": "strings", "b": "booleans"}.get(target.kind, f"{target.name} numbers")
+    return f"expected {info.dtype} ({words}) {info.shape_text}"
+
+
 def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
-    """``value`` as an array of the input's dtype, or a RequestError saying what was expected."""
+    """``value`` as an array of the input's dtype, or a RequestError saying what was expected.
+
+    Runs for every request: the words of an error are only put together on failure.
+    """
     target = info.numpy_dtype
     if target is None:
         raise RequestError(f"{where}: this server cannot take {info.dtype} values as JSON")
-    kind_words = "strings" if target.kind == "O" else f"{target.name} numbers"
-    if target.kind == "b":
-        kind_words = "booleans"
-    expected = f"expected {info.dtype} ({kind_words}) {info.shape_text}"
+
+    def refuse(found: str) -> RequestError:
+        return RequestError(f"{where}: {_expected(info, target)}; got {found}")
+
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         if "maximum number of dimension" in str(exc) or isinstance(exc, RecursionError):
-            raise RequestError(f"{where}: {expected}; got lists nested too deeply") from None
-        raise RequestError(f"{where}: {expected}; got nested lists of uneven length") from None
+            raise refuse("lists nested too deeply") from None
+        raise refuse("nested lists of uneven length") from None
     kind = array.dtype.kind
     if target.kind in "iu" and kind == "f" and _whole(array):
         # orjson reads integers beyond 64 bits as floats: name them as integers.
-        raise RequestError(f"{where}: {expected}; got integers out of {target.name}'s range")
-    accepted = {"f": "fiu", "c": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "U"}[target.kind]
-    if kind not in accepted or array.dtype.hasobject:
-        raise RequestError(f"{where}: {expected}; got {_found(array)}")
-    if info.shape is not None:
-        if not _fits(array.shape, info.shape):
-            raise RequestError(f"{where}: {expected}; got shape {list(array.shape)}")
+        raise refuse(f"integers out of {target.name}'s range")
+    if kind not in _ACCEPTED_KINDS[target.kind] or array.dtype.hasobject:
+        raise refuse(_found(array))
+    if info.shape is not None and not _fits(array.shape, info.shape):
+        raise refuse(f"shape {list(array.shape)}")
     if target.kind == "O":
         return np.char.encode(array, "utf-8")
     if target.kind in "iu" and array.size and array.dtype != target:
         limits = np.iinfo(target)
         if array.min() < limits.min or array.max() > limits.max:
-            raise RequestError(f"{where}: {expected}; got integers out of {target.name}'s range")
+            raise refuse(f"integers out of {target.name}'s range")
+    if array.dtype == target:
+        return array
     with np.errstate(over="ignore", invalid="ignore"):
-        converted = array.astype(target, copy=False)
+        converted = array.astype(target)
     if target.kind == "f" and not np.isfinite(converted).all():
         overflow = ~np.isfinite(converted) & np.isfinite(array)
         if overflow.any():
-            raise RequestError(
-                f"{where}: {expected}; got {array[overflow].flat[0].item()!r}, "
-                f"out of {target.name}'s range"
-            )
+            raise refuse(f"{array[overflow].flat[0].item()!r}, out of {target.name}'s range")
     return converted
 
 

@@ -30,8 +30,8 @@ class ServerConfig:
     max_batch_size: int = 256
     poll_seconds: float = 1.0
     max_versions: int = 2
-    intra_op_threads: int = 0  # 0: TensorFlow's default (one per core)
-    inter_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: one less than the cores (see server.thread_counts)
+    inter_op_threads: int = 0  # 0: up to 2
 
     def to_argv(self, python: str = sys.executable) -> list[str]:
         """The command that starts this server (what ``%serve`` runs)."""
