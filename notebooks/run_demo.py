@@ -5,6 +5,10 @@
 Values given with ``-p`` are injected after the cell tagged ``parameters``, as
 papermill does. The executed notebook is saved beside the original as
 ``<name>.out.ipynb``. Exits non-zero, naming the cell, when a cell fails.
+
+``--update`` (without ``-p``) also writes the run's outputs back into the notebook, for
+the cells that the test suite checks with nbval (tagged ``nbval-check-output``) only:
+the other outputs (logs, widgets) would only make the file large and its diffs noisy.
 """
 
 from __future__ import annotations
@@ -48,13 +52,27 @@ def printed(cell: nbformat.NotebookNode) -> str:
     return "".join(parts)
 
 
+def keep_checked_outputs(executed: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook with outputs and counts only where nbval compares them."""
+    for cell in executed.cells:
+        if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)  # nbclient's timestamps
+    executed.metadata.pop("widgets", None)
+    return executed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path)
     parser.add_argument("-p", dest="parameters", action="append", default=[],
                         metavar="NAME=VALUE")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--update", action="store_true",
+                        help="save the outputs nbval checks into the notebook itself")
     args = parser.parse_args()
+    if args.update and args.parameters:
+        raise SystemExit("--update saves a run with the notebook's own parameters: drop -p")
     notebook = nbformat.read(args.notebook, as_version=4)
     # The kernel's `!kfnb ...` finds this environment's commands, as in an activated one.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -77,6 +95,9 @@ def main() -> int:
     if error is not None:
         print(f"a cell failed: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
+    if args.update:
+        nbformat.write(keep_checked_outputs(notebook), args.notebook)
+        print(f"outputs of the cells nbval checks saved in {args.notebook}")
     return 0
 
 
