@@ -16,7 +16,7 @@ setup: $(VENV)/.kfnb-installed
 $(VENV)/.kfnb-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TF_PACKAGES) -e ".[mnist,widgets,serving,test]"
+	$(BIN)/pip install --quiet $(TF_PACKAGES) -e ".[mnist,widgets,serving,kubernetes,test]"
 	$(BIN)/pip install --quiet --no-deps $(TF_KERAS)
 	touch $@
 
