@@ -74,8 +74,10 @@ def forbidden_message(message: str) -> str:
     )
 
 
-def _parse_status(status: int, body: bytes) -> tuple[str, str]:
+def _parse_status(status: int, body: bytes | str) -> tuple[str, str]:
     """(message, reason) from a Kubernetes Status body, or a note that it was not one."""
+    if isinstance(body, str):
+        body = body.encode()
     try:
         data = json.loads(body)
     except ValueError:
@@ -86,7 +88,7 @@ def _parse_status(status: int, body: bytes) -> tuple[str, str]:
     return (text[0][:200] if text else f"HTTP {status}"), ""
 
 
-def error_for(status: int, body: bytes, what: str) -> ApiError:
+def error_for(status: int, body: bytes | str, what: str) -> ApiError:
     """The one-line error for an API server's refusal of ``what``."""
     message, reason = _parse_status(status, body)
     if status == 403:

@@ -84,7 +84,7 @@ def choose_auto(timeout: float = 2.0) -> BackendChoice:
         return _auto
     try:
         api = KubeApi(timeout=timeout)
-        api.request("GET", f"/apis/{TFJOB_GROUP}/{TFJOB_VERSION}")
+        KubernetesBackend(api=api).check_operator()
     except BackendError as err:
         _auto = BackendChoice("local", f"the cluster is not usable: {err}")
     else:
@@ -161,7 +161,14 @@ class KubernetesBackend:
                 )
         _checked.add(key)
 
+    def check_operator(self) -> None:
+        """The TFJob resource must be served (the API group alone is not enough)."""
+        found = self.api.request("GET", f"/apis/{TFJOB_GROUP}/{TFJOB_VERSION}")
+        if not any(r.get("name") == TFJOB_PLURAL for r in found.get("resources", [])):
+            raise BackendError(no_operator_message())
+
     def preflight(self, manifest: dict[str, Any]) -> list[str]:
+        self.check_operator()
         self.check_access()
         warnings = []
         images = {
@@ -358,4 +365,3 @@ def no_operator_message() -> str:
     )
 
 
-__all__ = ["KubernetesBackend", "choose_auto", "stop_watchers", "NEEDED", "TFJOB_PLURAL"]
