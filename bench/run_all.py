@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import failure_detection  # noqa: E402
+import kube_backend  # noqa: E402
 import launch_overhead  # noqa: E402
 import load_ext  # noqa: E402
 import multiworker  # noqa: E402
@@ -25,3 +26,4 @@ if __name__ == "__main__":
     serving.main()
     s3_transfer.main()
     s3_sync.main()
+    kube_backend.main()

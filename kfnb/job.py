@@ -74,7 +74,8 @@ class Job:
 
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
-        return cls(record.name, get_backend(record.backend, storage=record.storage))
+        backend = get_backend(record.backend, storage=record.storage, namespace=record.namespace)
+        return cls(record.name, backend)
 
     def status(self) -> JobStatus:
         return self.backend.status(self.name)

@@ -37,6 +37,12 @@ def _default_image(gpus: int) -> str:
     return f"tensorflow/tensorflow:{tag}{'-gpu' if gpus else ''}"
 
 
+def settings_backend() -> str:
+    from kfnb.config import settings
+
+    return str(settings().backend)
+
+
 def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in items or []:
@@ -73,7 +79,7 @@ def _job_spec(
         restart_policy=args.restart_policy,
         backoff_limit=args.backoff_limit,
         timeout=args.timeout,
-        namespace=config.namespace or None,
+        namespace=args.namespace or config.namespace or None,
         legacy_keras=config.legacy_keras,
         artifacts=artifacts,
         code_files=code_files,
@@ -104,6 +110,7 @@ def _job_flags(func: F) -> F:
             help="where the job's artifacts go: a directory or s3://bucket/prefix "
             "(default: %%config Kfnb.storage)",
         ),
+        argument("--namespace", help="Kubernetes namespace (default: %%config Kfnb.namespace)"),
         argument("--wait", action="store_true", help="block until the job ends"),
         argument(
             "--include",
@@ -167,8 +174,11 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             raise UsageError("the %%tfjob cell is empty: write the training code below the magic")
         backend_name = resolve_backend_name(args.backend or config.backend)
         try:
-            options = {"storage": args.storage} if args.storage else {}
-            backend = get_backend(backend_name, **options)
+            backend = get_backend(
+                backend_name,
+                storage=args.storage or None,
+                namespace=args.namespace or config.namespace or None,
+            )
             store = open_store(backend.storage)
             name = validate_name(args.name) if args.name else self._fresh_name(generate_name)
             if args.name and load_record(name) is not None and not args.dry_run:
@@ -205,7 +215,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
                 name,
                 backend.name,
                 backend.storage,
-                namespace=spec.namespace or "",
+                namespace=backend.namespace,
                 image=spec.image,
                 replicas=spec.replica_counts,
             )
@@ -225,17 +235,20 @@ class KfnbMagics(Magics):  # type: ignore[misc]
     @staticmethod
     def _announce(backend: str, asked: str | None) -> None:
         global _announced_backend
-        if asked is None and not _announced_backend:
+        if asked in (None, "auto") and not _announced_backend:
             _announced_backend = True
+            from kfnb.backends.kubernetes import choose_auto
+
+            why = f": {choose_auto().reason}" if (asked or settings_backend()) == "auto" else ""
             print(
-                f"kfnb: running jobs on the {backend} backend "
+                f"kfnb: running jobs on the {backend} backend{why} "
                 "(--backend or %config Kfnb.backend to change)"
             )
 
     @line_magic
     def kfnb(self, line: str) -> Any:
         """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
-        | delete NAME [--purge] | attach NAME"""
+        | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes"""
         command, _, rest = line.strip().partition(" ")
         handlers = {
             "list": self._list,
@@ -244,6 +257,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             "delete": self._delete,
             "attach": self._attach,
             "tensorboard": self._tensorboard,
+            "nodes": self._nodes,
         }
         if command not in handlers:
             raise UsageError(
@@ -353,6 +367,23 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         text = f"TensorBoard of {args.name}: {server.url}"
         link = f'<a href="{server.url}" target="_blank">TensorBoard of {args.name}</a>'
         display({"text/plain": text, "text/html": link}, raw=True)
+
+    def _nodes(self, rest: str) -> None:
+        """GPUs per node on the cluster, like `arena top node`."""
+        from kfnb.backends import get_backend
+        from kfnb.backends.kube_nodes import gpu_nodes
+
+        if rest.strip():
+            raise UsageError("%kfnb nodes takes no arguments")
+        rows = gpu_nodes(get_backend("kubernetes").api)  # type: ignore[attr-defined]
+        table = [("NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)")]
+        table += [(r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        total, used = sum(r.allocatable for r in rows), sum(r.allocated for r in rows)
+        share = f" ({100 * used / total:.0f}%)" if total else ""
+        print(f"Allocated/Total GPUs in cluster: {used}/{total}{share}")
 
     def _delete(self, rest: str) -> None:
         from kfnb.records import delete_record

@@ -24,11 +24,15 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.delenv("KFNB_STORAGE", raising=False)
     monkeypatch.delenv("KFNB_BACKEND", raising=False)
     monkeypatch.setenv("KFNB_PYTHON", sys.executable)
+    # No cluster unless a test brings its fake one: `auto` must not find a real kubeconfig.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     reset_settings()
     settings()
     yield home
     _stop_leftover_jobs(home)
     _stop_leftover_servers(home)
+    _forget_clusters()
     reset_settings()
 
 
@@ -69,6 +73,13 @@ def _stop_leftover_servers(home: Path) -> None:
     serving = LocalServing(home)
     for served in serving.list():
         serving.stop(served.name)
+def _forget_clusters() -> None:
+    """Watches of one test's fake cluster must not outlive it; auto chooses afresh."""
+    import kfnb.backends.kubernetes as kube
+
+    kube.stop_watchers()
+    kube.reset_auto()
+    kube._checked.clear()
 
 
 def _strict(schema: Any) -> Any:

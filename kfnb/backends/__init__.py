@@ -25,6 +25,7 @@ class JobNotFound(BackendError):
 class Backend(Protocol):
     name: str
     storage: str  # where its jobs' artifacts go, kept in the job's record
+    namespace: str  # the Kubernetes namespace its jobs are in ("" for local)
 
     def preflight(self, manifest: dict[str, Any]) -> list[str]:
         """Check the job can run here; raise BackendError if not, return warnings."""
@@ -53,25 +54,29 @@ class Backend(Protocol):
 
 
 # name -> "module:class", imported on first use so `import kfnb` stays light.
-_BACKENDS = {"local": "kfnb.backends.local:LocalBackend"}
-_PLANNED = {
-    "kubernetes": "the Kubernetes backend is not part of this kfnb version yet: use --backend "
-    "local, or --dry-run to print the TFJob manifest and apply it with kubectl",
+_BACKENDS = {
+    "local": "kfnb.backends.local:LocalBackend",
+    "kubernetes": "kfnb.backends.kubernetes:KubernetesBackend",
 }
+# The options each backend takes; others (a namespace for local) do not apply to it.
+_OPTIONS = {"local": {"storage", "python"}, "kubernetes": {"storage", "namespace", "api"}}
 
 
 def resolve_backend_name(name: str) -> str:
-    """``auto`` is the local backend until a cluster backend exists."""
-    return "local" if name == "auto" else name
+    """``auto``: Kubernetes when a cluster with the TFJob resource answers, else local."""
+    if name != "auto":
+        return name
+    from kfnb.backends.kubernetes import choose_auto
+
+    return choose_auto().name
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """The backend registered under ``name``, created with ``options`` (e.g. ``storage``)."""
+    """The backend registered under ``name``, created with the ``options`` it takes."""
     name = resolve_backend_name(name)
-    if name in _PLANNED:
-        raise BackendError(_PLANNED[name])
     if name not in _BACKENDS:
         raise BackendError(f"unknown backend {name!r}: use auto, local or kubernetes")
     module_name, class_name = _BACKENDS[name].split(":")
-    backend: Backend = getattr(importlib.import_module(module_name), class_name)(**options)
+    taken = {k: v for k, v in options.items() if k in _OPTIONS[name] and v is not None}
+    backend: Backend = getattr(importlib.import_module(module_name), class_name)(**taken)
     return backend

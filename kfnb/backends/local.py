@@ -77,6 +77,7 @@ def _has_module(python: str, module: str) -> bool:
 
 class LocalBackend:
     name = "local"
+    namespace = ""
 
     def __init__(self, storage: str | Path | None = None, python: str | None = None) -> None:
         config = settings()

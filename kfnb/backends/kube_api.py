@@ -1,0 +1,278 @@
+"""A thin layer over the official ``kubernetes`` client: config, requests, errors.
+
+Every request goes through `KubeApi.request`, which returns plain JSON dicts (the
+shape manifests are written in) and turns API server failures into one-line
+`BackendError`s that name the fix. The client is imported here, on first use, so
+``import kfnb`` never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfnb.backends import BackendError
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+RBAC_FIX = "ask your cluster admin to run `kubectl apply -f deploy/rbac.yaml` for this namespace"
+OPERATOR_INSTALL = (
+    'kubectl apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/'
+    'standalone?ref=v1.9.3"'
+)
+TFJOB_GROUP, TFJOB_VERSION, TFJOB_PLURAL = "kubeflow.org", "v1", "tfjobs"
+# Both wordings: "cannot create resource "tfjobs" in API group "kubeflow.org"" (1.11+)
+# and seed 000's older "cannot create tfjobs.kubeflow.org".
+_FORBIDDEN = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) '
+    r'(?:resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"|(?P<old>\S+))'
+    r'(?: in the namespace "(?P<namespace>[^"]+)")?'
+)
+
+
+class ApiError(BackendError):
+    """A request the API server refused; ``status`` is its HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def kubeconfig_paths() -> list[Path]:
+    """Kubeconfig files as kubectl finds them: $KUBECONFIG's list, else ~/.kube/config."""
+    listed = os.environ.get("KUBECONFIG")
+    if listed is not None:
+        return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
+    return [Path("~/.kube/config").expanduser()]
+
+
+def in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (SA_DIR / "token").exists()
+
+
+def cluster_configured() -> bool:
+    """Whether any cluster is configured, answered without importing the client."""
+    return in_cluster() or any(p.is_file() for p in kubeconfig_paths())
+
+
+def forbidden_message(message: str) -> str:
+    """The API server's 403 text as one line: who lacks which verb on what, and the fix."""
+    found = _FORBIDDEN.search(message)
+    if not found:
+        return f"the Kubernetes API server refused: {message}: {RBAC_FIX}"
+    resource = found["old"] or (
+        f"{found['resource']}.{found['group']}" if found["group"] else found["resource"]
+    )
+    where = f" in namespace {found['namespace']}" if found["namespace"] else ""
+    return (
+        f"{found['user']} may not {found['verb']} {resource}{where}, which kfnb needs: {RBAC_FIX}"
+    )
+
+
+def _parse_status(status: int, body: bytes | str) -> tuple[str, str]:
+    """(message, reason) from a Kubernetes Status body, or a note that it was not one."""
+    if isinstance(body, str):
+        body = body.encode()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("kind") == "Status":
+        return str(data.get("message", "")), str(data.get("reason", ""))
+    text = body.decode(errors="replace").strip().splitlines()
+    return (text[0][:200] if text else f"HTTP {status}"), ""
+
+
+def error_for(status: int, body: bytes | str, what: str) -> ApiError:
+    """The one-line error for an API server's refusal of ``what``."""
+    message, reason = _parse_status(status, body)
+    if status == 403:
+        return ApiError(forbidden_message(message), status, reason)
+    if status == 404 and reason == "" and "page not found" in message:
+        # No such API group at all: the TFJob CRD is not installed.
+        return ApiError(
+            f"this cluster has no TFJob resource ({what}): install the Kubeflow Training "
+            f"Operator 1.9 with {OPERATOR_INSTALL}",
+            status,
+            "NoCRD",
+        )
+    if status == 404 and message.startswith('namespaces "'):
+        name = message.split('"')[1]
+        return ApiError(
+            f"namespace {name!r} does not exist: set %config Kfnb.namespace (or --namespace) "
+            "to your Kubeflow profile's namespace",
+            status,
+            reason,
+        )
+    if status == 409 and reason == "AlreadyExists":
+        return ApiError(f"{message}: pick another --name, or delete it first", status, reason)
+    if status == 401:
+        return ApiError(
+            f"the Kubernetes API server does not accept kfnb's credentials ({message}): "
+            "refresh your kubeconfig (log in again)",
+            status,
+            reason,
+        )
+    return ApiError(
+        f"{what}: the Kubernetes API server answered {status}: {message}", status, reason
+    )
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    server: str
+    namespace: str
+    source: str  # "in-cluster" or the kubeconfig path
+
+
+def _default_namespace(config_file: Path | None) -> str:
+    """The pod's service-account namespace, else the kubeconfig context's, else default."""
+    try:
+        return (SA_DIR / "namespace").read_text().strip() or "default"
+    except OSError:
+        pass
+    if config_file is not None:
+        from kubernetes import config
+
+        try:
+            _, active = config.list_kube_config_contexts(config_file=str(config_file))
+        except Exception:
+            return "default"
+        namespace = (active or {}).get("context", {}).get("namespace")
+        if namespace:
+            return str(namespace)
+    return "default"
+
+
+class KubeApi:
+    """One connection to one cluster, configured in-cluster first, then from kubeconfig."""
+
+    def __init__(self, namespace: str | None = None, timeout: float = 10.0) -> None:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise BackendError(
+                "the Kubernetes backend needs the kubernetes client: pip install 'kfnb[kubernetes]'"
+            ) from None
+        configuration = client.Configuration()
+        config_file: Path | None = None
+        if in_cluster():
+            config.load_incluster_config(client_configuration=configuration)
+            source = "in-cluster"
+        else:
+            config_file = next((p for p in kubeconfig_paths() if p.is_file()), None)
+            if config_file is None:
+                raise BackendError(
+                    "no Kubernetes cluster is configured (no kubeconfig at "
+                    f"{os.pathsep.join(map(str, kubeconfig_paths()))} and not in a pod): set "
+                    "KUBECONFIG, or use --backend local, or --dry-run to print the TFJob manifest"
+                )
+            try:
+                config.load_kube_config(
+                    config_file=str(config_file), client_configuration=configuration
+                )
+            except Exception as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise BackendError(
+                    f"cannot use the kubeconfig {config_file}: {first}: fix it, or "
+                    "use --backend local"
+                ) from None
+            source = str(config_file)
+        configuration.retries = 0  # kfnb retries streams itself; a dead server fails at once
+        self.client = client.ApiClient(configuration)
+        self.timeout = timeout
+        self.info = ClusterInfo(
+            configuration.host, namespace or _default_namespace(config_file), source
+        )
+
+    @property
+    def namespace(self) -> str:
+        return self.info.namespace
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        body: Any,
+        timeout: float | tuple[float, float] | None,
+    ) -> Any:
+        try:
+            return self.client.call_api(
+                path,
+                method,
+                query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=timeout,
+            )
+        except Exception as err:
+            status = getattr(err, "status", None)
+            if isinstance(status, int) and status:
+                raise error_for(
+                    status, getattr(err, "body", b"") or b"", f"{method} {path}"
+                ) from None
+            raise ApiError(
+                f"cannot reach the Kubernetes API server at {self.info.server} "
+                f"({type(err).__name__}): check the cluster is up and the kubeconfig's server "
+                "address, or use --backend local",
+            ) from None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One request; the answer as a dict, or an `ApiError` in one line."""
+        response = self._send(method, path, query, body, timeout or self.timeout)
+        data = response.data
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or "kind" not in parsed and "apiVersion" not in parsed:
+            raise ApiError(
+                f"the Kubernetes API server at {self.info.server} answered {method} {path} with "
+                f"something that is not Kubernetes JSON ({bytes(data[:40])!r}): check the "
+                "kubeconfig's server address (a proxy or a wrong port?)",
+                response.status,
+                "Garbage",
+            )
+        return parsed
+
+    def text(self, path: str, query: dict[str, Any]) -> str:
+        """A plain-text answer, such as a pod's log."""
+        response = self._send("GET", path, query, None, self.timeout)
+        return bytes(response.data).decode(errors="replace")
+
+    def stream(
+        self, path: str, query: dict[str, Any], read_timeout: float | None = None
+    ) -> Iterator[bytes]:
+        """Lines of a streaming answer (a watch, a followed log) until the server ends it.
+
+        A dropped connection raises `ApiError` with status 0; callers resume.
+        """
+        response = self._send("GET", path, query, None, (self.timeout, read_timeout or 300.0))
+        try:
+            pending = b""
+            for chunk in response.stream(4096, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from lines
+            if pending:
+                yield pending
+        except Exception as err:
+            raise ApiError(f"the stream {path} was cut ({type(err).__name__})") from None
+        finally:
+            response.release_conn()

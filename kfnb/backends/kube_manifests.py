@@ -1,0 +1,148 @@
+"""What the Kubernetes backend adds to a TFJob manifest, and the objects beside it.
+
+Pure functions of plain dicts, so each is validated in the tests against the
+TFJob CRD schema and kubernetes-validate without a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kfnb.backends import BackendError
+from kfnb.bundle import Bundle
+from kfnb.spec import CONTAINER_NAME, MANAGED_BY, configmap_key
+
+# etcd's limit on one object; the ConfigMap's own metadata and keys need some of it.
+CONFIGMAP_LIMIT = 1024 * 1024
+CONFIGMAP_HEADROOM = 8 * 1024
+POD_ARTIFACTS = "/tmp/kfnb-artifacts"  # scratch in the pod when the store is not shared
+# Python of the official tensorflow/tensorflow images (Ubuntu 22.04 base, python3.11;
+# tensorflow/tensorflow#82529 shows 2.18's). Images not listed are not guessed at.
+_TF_IMAGE_PYTHON = [
+    (re.compile(r"^(docker\.io/)?tensorflow/tensorflow:2\.(1[6-9]|2[0-9])\b"), "3.11")
+]
+# Non-secret S3 settings the TF S3 filesystem and boto-style clients read.
+_S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how a job runs on the cluster; nothing secret, only a Secret's name."""
+
+    namespace: str
+    storage: str  # s3://bucket/prefix, or a local path the pods cannot see
+    s3_endpoint: str = ""
+    s3_secret: str = ""
+
+    @property
+    def shared_store(self) -> bool:
+        return self.storage.startswith("s3://")
+
+
+def image_python(image: str) -> str | None:
+    """The Python version inside a known official TensorFlow image, else None."""
+    return next((py for pattern, py in _TF_IMAGE_PYTHON if pattern.match(image)), None)
+
+
+def configmap_for(bundle: Bundle, job: str, namespace: str) -> dict[str, Any]:
+    """The bundle as a ConfigMap; keys are flat, the TFJob's volume maps them to paths."""
+    binary: dict[str, str] = {}
+    text: dict[str, str] = {}
+    import base64
+
+    for index, (path, data) in enumerate(bundle.files.items()):
+        key = configmap_key(index, path)
+        try:
+            text[key] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[key] = base64.b64encode(data).decode()
+    size = sum(len(v.encode()) for v in text.values()) + sum(len(v) for v in binary.values())
+    if size > CONFIGMAP_LIMIT - CONFIGMAP_HEADROOM:
+        # Seam for the artifact store (kfnb/storage.py): a large bundle will be uploaded
+        # there and fetched by the runtime instead of mounted. Until then: say so.
+        raise BackendError(
+            f"the job's code bundle is {size / 1e6:.1f} MB, over the 1 MiB a ConfigMap holds: "
+            "ship large files through the artifact store with --storage s3://bucket/prefix, "
+            "or --include less"
+        )
+    configmap: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{job}-code",
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, "kfnb/job": job},
+        },
+    }
+    if text:
+        configmap["data"] = text
+    if binary:
+        configmap["binaryData"] = binary
+    return configmap
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``owner`` as its controller, so deleting the owner deletes it."""
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return obj
+
+
+def _store_env(settings: ClusterSettings, job: str) -> list[dict[str, Any]]:
+    if not settings.shared_store:
+        return [{"name": "KFNB_ARTIFACTS", "value": f"{POD_ARTIFACTS}/{job}"}]
+    env: list[dict[str, Any]] = [
+        {"name": "KFNB_ARTIFACTS", "value": f"{settings.storage.rstrip('/')}/{job}"}
+    ]
+    if settings.s3_endpoint:
+        env.append({"name": "S3_ENDPOINT", "value": settings.s3_endpoint})
+    if settings.s3_secret:
+        # Keys only by reference: the manifest names the Secret, never its values.
+        env += [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": key}},
+            }
+            for key in _S3_SECRET_KEYS
+        ]
+    return env
+
+
+def for_cluster(manifest: dict[str, Any], settings: ClusterSettings) -> dict[str, Any]:
+    """The TFJob as submitted: namespace, where artifacts go, S3 keys by reference."""
+    manifest = copy.deepcopy(manifest)
+    job = manifest["metadata"]["name"]
+    manifest["metadata"]["namespace"] = settings.namespace
+    added = _store_env(settings, job)
+    names = {e["name"] for e in added}
+    for spec in manifest["spec"]["tfReplicaSpecs"].values():
+        for container in spec["template"]["spec"]["containers"]:
+            if container["name"] != CONTAINER_NAME:
+                continue
+            kept = [e for e in container.get("env", []) if e["name"] not in names]
+            container["env"] = kept + copy.deepcopy(added)
+    return manifest
+
+
+def check_volume(manifest: dict[str, Any], configmap: dict[str, Any]) -> None:
+    """Every key the TFJob's code volume mounts must be in the ConfigMap (a bug otherwise)."""
+    keys = set(configmap.get("data", {})) | set(configmap.get("binaryData", {}))
+    for spec in manifest["spec"]["tfReplicaSpecs"].values():
+        for volume in spec["template"]["spec"].get("volumes", []):
+            source = volume.get("configMap")
+            if source and source["name"] == configmap["metadata"]["name"]:
+                missing = {i["key"] for i in source.get("items", [])} - keys
+                if missing:
+                    raise BackendError(f"kfnb bug: the code volume mounts missing keys {missing}")

@@ -1,0 +1,727 @@
+"""A FAKE Kubernetes API server over real HTTP on 127.0.0.1, for tests and benchmarks.
+
+It is not Kubernetes and proves nothing about a real cluster. It serves what kfnb's
+Kubernetes backend asks of one, through the real ``kubernetes`` client:
+
+- a generic namespaced object store (any ``/api/v1`` or ``/apis/<group>/<version>``
+  plural: TFJobs, ConfigMaps, pods, events, and later InferenceServices, Deployments,
+  Services), with create/get/list/delete, label and field selectors, resourceVersions
+  and ``?watch=true`` streams of chunked JSON events;
+- a fake Training Operator: a TFJob gets pods labelled as the operator labels them,
+  which go Pending -> Running -> Succeeded/Failed, write timestamped log lines
+  (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
+  FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
+- SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them;
+- faults on demand: denied verbs, no TFJob CRD, dropped streams, garbage answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+CORE = "api/v1"
+TFJOBS = ("apis/kubeflow.org/v1", "tfjobs")
+KINDS = {
+    "tfjobs": "TFJob",
+    "configmaps": "ConfigMap",
+    "pods": "Pod",
+    "events": "Event",
+    "nodes": "Node",
+    "services": "Service",
+    "deployments": "Deployment",
+    "secrets": "Secret",
+    "inferenceservices": "InferenceService",
+}
+CLUSTER_SCOPED = {"nodes", "namespaces"}
+
+
+def stamp(ns: int) -> str:
+    """RFC 3339 with nanoseconds, as the kubelet writes log timestamps."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def _since(value: str) -> int:
+    import calendar
+
+    return calendar.timegm(time.strptime(value.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S")) * 10**9
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _matches(obj: dict[str, Any], labels: str | None, fields: str | None) -> bool:
+    for term in filter(None, (labels or "").split(",")):
+        key, _, value = term.partition("=")
+        if obj.get("metadata", {}).get("labels", {}).get(key) != value:
+            return False
+    for term in filter(None, (fields or "").split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if str(_get(obj, key)) == value:
+                return False
+        else:
+            key, _, value = term.partition("=")
+            if str(_get(obj, key)) != value:
+                return False
+    return True
+
+
+@dataclass
+class ReplicaScript:
+    """What a fake replica does once Running: print ``lines``, then exit."""
+
+    lines: list[str]
+    exit_code: int = 0
+    burst: int = 3  # lines sharing one timestamp, as fast prints do
+
+
+@dataclass
+class FakeKube:
+    """The fake API server; ``with FakeKube() as fake:`` starts and stops it."""
+
+    namespaces: set[str] = field(default_factory=lambda: {"default", "alice"})
+    user: str = "system:serviceaccount:alice:default-editor"
+    crd: bool = True
+    step: float = 0.05  # seconds between the fake operator's moves
+    gpu_nodes: dict[str, int] = field(default_factory=lambda: {"node-a": 2, "node-b": 0})
+    script: Callable[[str, str], ReplicaScript] = field(
+        default=lambda job, replica: ReplicaScript([f"{replica} says {i}" for i in range(6)])
+    )
+    deny: set[tuple[str, str, str]] = field(default_factory=set)  # (verb, group, resource)
+    legacy_forbidden: bool = False  # seed 000's pre-1.11 wording of a 403
+    garbage: bool = False  # answer everything with an HTML page, as a wrong proxy would
+
+    def __post_init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
+        self.history: list[tuple[int, str, str, str, dict[str, Any]]] = []
+        self.logs: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        self.running_at: dict[str, float] = {}  # job -> when the fake set Running
+        self.requests: list[tuple[str, str]] = []
+        self.version = 0
+        self.drops = 0
+        self.cond = threading.Condition()
+        self.stopping = False
+        for name, gpus in self.gpu_nodes.items():
+            self._put(CORE, "nodes", "", self._node(name, gpus))
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> FakeKube:
+        fake = self
+
+        class Handler(_Handler):
+            kube = fake
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, path: Path, namespace: str | None = "alice") -> Path:
+        context: dict[str, Any] = {"cluster": "fake", "user": "fake"}
+        if namespace:
+            context["namespace"] = namespace
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": context}],
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    def drop_streams(self) -> None:
+        """Cut every open watch and log stream mid-way, as a flaky network would."""
+        with self.cond:
+            self.drops += 1
+            self.cond.notify_all()
+
+    # -- the store -----------------------------------------------------------------
+
+    def _node(self, name: str, gpus: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {
+                "allocatable": {"cpu": "8", "nvidia.com/gpu": str(gpus)},
+                "addresses": [{"type": "InternalIP", "address": f"10.0.0.{len(name)}"}],
+            },
+        }
+
+    def _put(
+        self, prefix: str, plural: str, namespace: str, obj: dict[str, Any], kind: str = "ADDED"
+    ) -> dict[str, Any]:
+        with self.cond:
+            self.version += 1
+            meta = obj.setdefault("metadata", {})
+            meta["resourceVersion"] = str(self.version)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", stamp(time.time_ns())[:19] + "Z")
+            if namespace:
+                meta["namespace"] = namespace
+            store = self.objects.setdefault((prefix, plural), {})
+            if kind == "DELETED":
+                store.pop((namespace, meta["name"]), None)
+            else:
+                store[(namespace, meta["name"])] = obj
+            self.history.append(
+                (self.version, f"{prefix}/{plural}", namespace, kind, json.loads(json.dumps(obj)))
+            )
+            self.cond.notify_all()
+            return obj
+
+    def get(self, prefix: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.cond:
+            return self.objects.get((prefix, plural), {}).get((namespace, name))
+
+    def update(
+        self,
+        prefix: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any]], None],
+    ) -> None:
+        with self.cond:
+            obj = self.get(prefix, plural, namespace, name)
+            if obj is None:
+                return
+            change(obj)
+            self._put(prefix, plural, namespace, obj, "MODIFIED")
+
+    def delete(self, prefix: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.cond:
+            obj = self.get(prefix, plural, namespace, name)
+            if obj is None:
+                return None
+            self._put(prefix, plural, namespace, obj, "DELETED")
+            uid = obj["metadata"]["uid"]
+            # The garbage collector: whatever this object owned goes with it.
+            for (p, pl), store in list(self.objects.items()):
+                for (ns, n), child in list(store.items()):
+                    owners = child.get("metadata", {}).get("ownerReferences", [])
+                    if any(o.get("uid") == uid for o in owners):
+                        self.delete(p, pl, ns, n)
+            return obj
+
+    def event(
+        self, namespace: str, pod: str, reason: str, message: str, kind: str = "Warning"
+    ) -> None:
+        self._put(
+            CORE,
+            "events",
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{pod}.{uuid.uuid4().hex[:12]}"},
+                "involvedObject": {"kind": "Pod", "name": pod, "namespace": namespace},
+                "reason": reason,
+                "message": message,
+                "type": kind,
+            },
+        )
+
+    # -- the fake Training Operator ------------------------------------------------
+
+    def _operate(self, namespace: str, tfjob: dict[str, Any]) -> None:
+        job = tfjob["metadata"]["name"]
+        owner = {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "TFJob",
+            "name": job,
+            "uid": tfjob["metadata"]["uid"],
+            "controller": True,
+        }
+
+        def condition(kind: str, reason: str, message: str) -> Callable[[dict[str, Any]], None]:
+            def change(obj: dict[str, Any]) -> None:
+                status = obj.setdefault("status", {})
+                conditions = status.setdefault("conditions", [])
+                for c in conditions:
+                    if c["type"] == "Running" and kind in ("Succeeded", "Failed"):
+                        c["status"] = "False"
+                conditions.append(
+                    {"type": kind, "status": "True", "reason": reason, "message": message}
+                )
+                if kind == "Running":
+                    status["startTime"] = stamp(time.time_ns())[:19] + "Z"
+                if kind in ("Succeeded", "Failed"):
+                    status["completionTime"] = stamp(time.time_ns())[:19] + "Z"
+
+            return change
+
+        self.update(
+            *TFJOBS,
+            namespace,
+            job,
+            condition("Created", "TFJobCreated", f"TFJob {namespace}/{job} is created."),
+        )
+        pods: list[tuple[str, str, dict[str, Any]]] = []
+        for kind, spec in tfjob["spec"]["tfReplicaSpecs"].items():
+            for index in range(spec.get("replicas", 1)):
+                replica = f"{kind.lower()}-{index}"
+                container = spec["template"]["spec"]["containers"][0]
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{job}-{replica}",
+                        "ownerReferences": [owner],
+                        "labels": {
+                            "training.kubeflow.org/job-name": job,
+                            "training.kubeflow.org/replica-type": kind.lower(),
+                            "training.kubeflow.org/replica-index": str(index),
+                            "training.kubeflow.org/operator-name": "tfjob-controller",
+                        },
+                    },
+                    "spec": {"containers": [container]},
+                    "status": {"phase": "Pending"},
+                }
+                self._put(CORE, "pods", namespace, pod)
+                pods.append((replica, f"{job}-{replica}", container))
+        time.sleep(self.step)
+        blocked = False
+        for _, pod, container in pods:
+            gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+            if gpus > max(self.gpu_nodes.values(), default=0):
+                n = len(self.gpu_nodes)
+                short = sum(1 for g in self.gpu_nodes.values() if g < gpus)
+                message = (
+                    f"0/{n} nodes are available: {short} Insufficient nvidia.com/gpu. "
+                    f"preemption: 0/{n} nodes are available: {n} No preemption victims "
+                    "found for incoming pod."
+                )
+                self.update(
+                    CORE,
+                    "pods",
+                    namespace,
+                    pod,
+                    lambda o, m=message: o["status"].update(
+                        conditions=[
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": m,
+                            }
+                        ]
+                    ),
+                )
+                self.event(namespace, pod, "FailedScheduling", message)
+                blocked = True
+            elif "does-not-exist" in container["image"]:
+                image = container["image"]
+                message = (
+                    f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
+                    f'failed to pull and unpack image "{image}": not found'
+                )
+                self.update(
+                    CORE,
+                    "pods",
+                    namespace,
+                    pod,
+                    lambda o, m=message, i=image: o["status"].update(
+                        containerStatuses=[
+                            {
+                                "name": "tensorflow",
+                                "restartCount": 0,
+                                "ready": False,
+                                "image": i,
+                                "imageID": "",
+                                "state": {"waiting": {"reason": "ErrImagePull", "message": m}},
+                            }
+                        ]
+                    ),
+                )
+                self.event(namespace, pod, "Failed", message)
+                blocked = True
+        if blocked:
+            return
+        configmap = f"{job}-code"
+        while self.get(CORE, "configmaps", namespace, configmap) is None:  # the mount waits
+            if self.get(*TFJOBS, namespace, job) is None or self.stopping:
+                return
+            time.sleep(self.step / 5)
+        scripts = {replica: self.script(job, replica) for replica, _, _ in pods}
+        for _, pod, _ in pods:
+            self.update(
+                CORE,
+                "pods",
+                namespace,
+                pod,
+                lambda o: o["status"].update(
+                    phase="Running",
+                    containerStatuses=[
+                        {
+                            "name": "tensorflow",
+                            "restartCount": 0,
+                            "ready": True,
+                            "image": "",
+                            "imageID": "",
+                            "state": {"running": {}},
+                        }
+                    ],
+                ),
+            )
+        self.update(
+            *TFJOBS,
+            namespace,
+            job,
+            condition("Running", "TFJobRunning", f"TFJob {namespace}/{job} is running."),
+        )
+        self.running_at[job] = time.time()
+        longest = max(len(s.lines) for s in scripts.values())
+        for i in range(longest):
+            if self.get(*TFJOBS, namespace, job) is None or self.stopping:
+                return
+            for replica, pod, _ in pods:
+                script = scripts[replica]
+                if i < len(script.lines):
+                    with self.cond:
+                        if i % script.burst == 0:
+                            self._stamp = time.time_ns()
+                        self.logs.setdefault((namespace, pod), []).append(
+                            (self._stamp, script.lines[i])
+                        )
+                        self.cond.notify_all()
+            if (i + 1) % 3 == 0:
+                time.sleep(self.step)
+        failed = [r for r, s in scripts.items() if s.exit_code]
+        for replica, pod, _ in pods:
+            code = scripts[replica].exit_code
+            self.update(
+                CORE,
+                "pods",
+                namespace,
+                pod,
+                lambda o, c=code: o["status"].update(
+                    phase="Failed" if c else "Succeeded",
+                    containerStatuses=[
+                        {
+                            "name": "tensorflow",
+                            "restartCount": 0,
+                            "ready": False,
+                            "image": "",
+                            "imageID": "",
+                            "state": {
+                                "terminated": {
+                                    "exitCode": c,
+                                    "reason": "Error" if c else "Completed",
+                                }
+                            },
+                        }
+                    ],
+                ),
+            )
+        if failed:
+            kind = failed[0].split("-")[0].capitalize()
+            message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
+            self.update(*TFJOBS, namespace, job, condition("Failed", "TFJobFailed", message))
+        else:
+            self.update(
+                *TFJOBS,
+                namespace,
+                job,
+                condition(
+                    "Succeeded",
+                    "TFJobSucceeded",
+                    f"TFJob {namespace}/{job} successfully completed.",
+                ),
+            )
+
+    _stamp = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    kube: FakeKube
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    # -- answers -------------------------------------------------------------------
+
+    def _send(self, code: int, body: Any, content: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _status(self, code: int, reason: str, message: str, details: dict[str, Any]) -> None:
+        self._send(
+            code,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": reason,
+                "details": details,
+                "code": code,
+            },
+        )
+
+    def _forbidden(self, verb: str, group: str, resource: str, name: str, ns: str) -> None:
+        full = f"{resource.split('/')[0]}.{group}" if group else resource.split("/")[0]
+        subject = f'{full} "{name}"' if name else full
+        where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+        if self.kube.legacy_forbidden:
+            message = f'{subject} is forbidden: User "{self.kube.user}" cannot {verb} {full}{where}'
+        else:
+            message = (
+                f'{subject} is forbidden: User "{self.kube.user}" cannot {verb} resource '
+                f'"{resource}" in API group "{group}"{where}'
+            )
+        details: dict[str, Any] = {"kind": resource.split("/")[0]}
+        if group:
+            details["group"] = group
+        if name:
+            details["name"] = name
+        self._status(403, "Forbidden", message, details)
+
+    def _stream_start(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _cut(self) -> None:
+        """End a stream without its last chunk: the client sees a broken connection."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- routing -------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def _route(self, method: str) -> None:
+        kube = self.kube
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        kube.requests.append((method, url.path))
+        if kube.garbage:
+            self._send(200, b"<html><body>Welcome to nginx!</body></html>", "text/html")
+            return
+        parts = url.path.strip("/").split("/")
+        if parts[0] == "api":
+            prefix, group, rest = CORE, "", parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 3:
+            prefix, group, rest = "/".join(parts[:3]), parts[1], parts[3:]
+        else:
+            self._send(404, b"404 page not found", "text/plain")
+            return
+        if group == "kubeflow.org" and not kube.crd:
+            self._send(404, b"404 page not found\n", "text/plain")
+            return
+        if group == "authorization.k8s.io" and rest == ["selfsubjectaccessreviews"]:
+            attrs = (body or {}).get("spec", {}).get("resourceAttributes", {})
+            resource = attrs.get("resource", "")
+            if attrs.get("subresource"):
+                resource += "/" + attrs["subresource"]
+            allowed = (attrs.get("verb"), attrs.get("group", ""), resource) not in kube.deny
+            self._send(201, {**body, "status": {"allowed": allowed}})
+            return
+        if not rest:  # discovery
+            plurals = ["tfjobs"] if group == "kubeflow.org" else sorted(KINDS)
+            self._send(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": prefix.split("/", 1)[-1],
+                    "resources": [
+                        {"name": p, "namespaced": p not in CLUSTER_SCOPED, "kind": KINDS.get(p, p)}
+                        for p in plurals
+                    ],
+                },
+            )
+            return
+        ns = ""
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        plural, name, sub = rest[0], (rest[1] if len(rest) > 1 else ""), "/".join(rest[2:])
+        watch = query.get("watch") in ("true", "1")
+        verb = {"POST": "create", "DELETE": "delete"}.get(
+            method, "get" if name else ("watch" if watch else "list")
+        )
+        resource = f"{plural}/{sub}" if sub else plural
+        if (verb, group, resource) in kube.deny:
+            self._forbidden(verb, group, resource, name, ns)
+            return
+        full = f"{plural}.{group}" if group else plural
+        if method == "POST":
+            self._create(prefix, plural, full, ns, body or {})
+        elif sub == "log":
+            self._log(ns, name, query)
+        elif name and method == "GET":
+            obj = kube.get(prefix, plural, ns, name)
+            if obj is None:
+                self._not_found(full, name, group, plural)
+            else:
+                self._send(200, obj)
+        elif name and method == "DELETE":
+            obj = kube.delete(prefix, plural, ns, name)
+            if obj is None:
+                self._not_found(full, name, group, plural)
+            else:
+                self._send(200, obj)
+        elif watch:
+            self._watch(prefix, plural, ns, query)
+        else:
+            with kube.cond:
+                items = [
+                    o
+                    for (n, _), o in kube.objects.get((prefix, plural), {}).items()
+                    if (not ns or n == ns)
+                    and _matches(o, query.get("labelSelector"), query.get("fieldSelector"))
+                ]
+                version = str(kube.version)
+            self._send(
+                200,
+                {
+                    "kind": f"{KINDS.get(plural, plural)}List",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": version},
+                    "items": items,
+                },
+            )
+
+    def _not_found(self, full: str, name: str, group: str, plural: str) -> None:
+        details = {"name": name, "kind": plural, **({"group": group} if group else {})}
+        self._status(404, "NotFound", f'{full} "{name}" not found', details)
+
+    def _create(self, prefix: str, plural: str, full: str, ns: str, body: dict[str, Any]) -> None:
+        kube = self.kube
+        name = body.get("metadata", {}).get("name", "")
+        if ns and ns not in kube.namespaces:
+            self._status(
+                404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
+            )
+            return
+        with kube.cond:
+            if kube.get(prefix, plural, ns, name) is not None:
+                details = {"name": name, "kind": plural}
+                self._status(409, "AlreadyExists", f'{full} "{name}" already exists', details)
+                return
+            obj = kube._put(prefix, plural, ns, body)
+        self._send(201, obj)
+        if (prefix, plural) == TFJOBS:
+            threading.Thread(target=kube._operate, args=(ns, obj), daemon=True).start()
+
+    def _watch(self, prefix: str, plural: str, ns: str, query: dict[str, str]) -> None:
+        kube = self.kube
+        since = int(query.get("resourceVersion") or 0)
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 60)
+        drops = kube.drops
+        self._stream_start()
+        collection = f"{prefix}/{plural}"
+        sent = since
+        while True:
+            with kube.cond:
+                batch = [
+                    (v, kind, obj)
+                    for v, c, n, kind, obj in kube.history
+                    if v > sent and c == collection and (not ns or n == ns)
+                ]
+                if not batch:
+                    if kube.stopping or kube.drops != drops:
+                        break
+                    if time.monotonic() > deadline:
+                        self._chunk(b"")
+                        return
+                    kube.cond.wait(0.2)
+                    continue
+            for version, kind, obj in batch:
+                sent = version
+                if _matches(obj, query.get("labelSelector"), query.get("fieldSelector")):
+                    self._chunk(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+        self._cut()
+
+    def _log(self, ns: str, pod_name: str, query: dict[str, str]) -> None:
+        kube = self.kube
+        pod = kube.get(CORE, "pods", ns, pod_name)
+        if pod is None:
+            self._not_found("pods", pod_name, "", "pods")
+            return
+        state = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {})
+        if not ("running" in state or "terminated" in state):
+            self._status(
+                400,
+                "BadRequest",
+                f'container "tensorflow" in pod "{pod_name}" is '
+                "waiting to start: ContainerCreating",
+                {},
+            )
+            return
+        since = _since(query["sinceTime"]) if "sinceTime" in query else 0
+        with_time = query.get("timestamps") == "true"
+        follow = query.get("follow") == "true"
+        drops = kube.drops
+        self._stream_start()
+        sent = 0
+        while True:
+            with kube.cond:
+                lines = kube.logs.get((ns, pod_name), [])[sent:]
+                sent += len(lines)
+                current = kube.get(CORE, "pods", ns, pod_name)
+                done = current is None or current["status"]["phase"] in ("Succeeded", "Failed")
+                if not lines and follow and not done:
+                    if kube.stopping or kube.drops != drops:
+                        break
+                    kube.cond.wait(0.2)
+                    continue
+            data = b"".join(
+                ((stamp(t) + " ") if with_time else "").encode() + text.encode() + b"\n"
+                for t, text in lines
+                if t >= since
+            )
+            if data:
+                self._chunk(data)
+            if not follow or (done and not lines):
+                self._chunk(b"")
+                return
+        self._cut()

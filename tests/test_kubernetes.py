@@ -1,0 +1,329 @@
+"""The Kubernetes backend, end to end through the real `kubernetes` client against
+a FAKE API server on 127.0.0.1 (tests/fake_kube.py). Nothing here ran on Kubernetes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kfnb.backends import BackendError, get_backend
+from kfnb.backends.kube_api import forbidden_message
+from kfnb.backends.kube_manifests import ClusterSettings, configmap_for, for_cluster, owned_by
+from kfnb.backends.kube_watch import LogBuffer
+from kfnb.backends.kubernetes import KubernetesBackend, choose_auto
+from kfnb.bundle import build_bundle
+from kfnb.job import Job, JobFailed
+from kfnb.spec import JobSpec
+from tests.conftest import validate_tfjob
+from tests.fake_kube import FakeKube, ReplicaScript
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+SEED_000 = (
+    'tfjobs.kubeflow.org is forbidden: User "system:serviceaccount:kubeflow:default" cannot '
+    'create tfjobs.kubeflow.org in the namespace "kubeflow"'
+)
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """A fake API server and a kubeconfig pointing at it (context namespace alice)."""
+    with FakeKube() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        yield fake
+
+
+def submit(name: str = "mnist", workers: int = 2, **shape: Any) -> tuple[KubernetesBackend, str]:
+    backend = KubernetesBackend()
+    bundle = build_bundle("print('hi')\n", {}, job_name=name)
+    manifest = JobSpec(name=name, workers=workers, code_files=tuple(bundle.files), **shape)
+    backend.preflight(manifest.to_manifest())
+    backend.submit(manifest.to_manifest(), bundle)
+    return backend, name
+
+
+def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# -- manifests ---------------------------------------------------------------------
+
+
+def test_cluster_manifests_validate(tfjob_validators: list[Any]) -> None:
+    bundle = build_bundle("print(1)\n", {"x": 3}, job_name="mnist")
+    spec = JobSpec(name="mnist", workers=16, ps=2, chief=1, gpus=1, code_files=tuple(bundle.files))
+    store = ClusterSettings("alice", "s3://bucket/runs", "minio:9000", "s3-creds")
+    tfjob = for_cluster(spec.to_manifest(), store)
+    validate_tfjob(tfjob_validators, tfjob)
+    tfjob["metadata"]["uid"] = "1234"
+    configmap = owned_by(configmap_for(bundle, "mnist", "alice"), tfjob)
+    kubernetes_validate.validate(configmap, "1.30", strict=True)
+    for document in yaml.safe_load_all(Path("deploy/rbac.yaml").read_text()):
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    for document in yaml.safe_load_all(Path("deploy/rbac-nodes.yaml").read_text()):
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    misspelt = dict(configmap, dataz={})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, "1.30", strict=True)
+
+
+def test_s3_keys_reach_pods_only_by_secret_reference(
+    fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch, kfnb_home: Path
+) -> None:
+    from kfnb.config import settings
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    config = settings()
+    config.storage, config.s3_secret, config.s3_endpoint = "s3://runs/kfnb", "s3-creds", "m:9000"
+    backend, name = submit()
+    Job(name, backend).wait(timeout=20)
+    tfjob = fake_kube.get("apis/kubeflow.org/v1", "tfjobs", "alice", name)
+    assert tfjob is not None
+    env = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
+    assert {"name": "S3_ENDPOINT", "value": "m:9000"} in env
+    everything = json.dumps([fake_kube.history, list(fake_kube.logs.items())])
+    everything += "".join(p.read_text() for p in kfnb_home.rglob("*") if p.is_file())
+    assert "very-secret-value" not in everything
+
+
+# -- a job's life ------------------------------------------------------------------
+
+
+def test_job_runs_with_owned_configmap_and_all_logs(fake_kube: FakeKube) -> None:
+    backend, name = submit(workers=2)
+    configmap = fake_kube.get("api/v1", "configmaps", "alice", f"{name}-code")
+    tfjob = fake_kube.get("apis/kubeflow.org/v1", "tfjobs", "alice", name)
+    assert configmap is not None and tfjob is not None
+    assert configmap["metadata"]["ownerReferences"][0]["uid"] == tfjob["metadata"]["uid"]
+    job = Job(name, backend)
+    status = job.wait(timeout=20)
+    assert status.phase == "Succeeded" and [r.phase for r in status.replicas] == ["Succeeded"] * 2
+    for replica in ("worker-0", "worker-1"):
+        expected = "".join(f"{replica} says {i}\n" for i in range(6))
+        assert backend.read_log_since(name, replica, 0, True)[0] == expected
+        assert job.logs(replica) == expected
+    assert [s.name for s in backend.list_jobs()] == [name]
+    backend.delete(name, purge=True)
+    assert fake_kube.get("api/v1", "configmaps", "alice", f"{name}-code") is None  # owned
+    assert fake_kube.get("apis/kubeflow.org/v1", "tfjobs", "alice", name) is None
+
+
+def test_failed_job_raises_with_the_log_tail(fake_kube: FakeKube) -> None:
+    fake_kube.script = lambda job, replica: ReplicaScript(
+        ["Traceback (most recent call last):", "ValueError: bad shape"],
+        exit_code=1 if replica == "worker-1" else 0,
+    )
+    backend, name = submit(workers=2)
+    with pytest.raises(JobFailed) as failed:
+        Job(name, backend).wait(timeout=20)
+    assert failed.value.replica == "worker-1"
+    assert "ValueError: bad shape" in failed.value.log_tail
+    assert "1 Worker replica(s) failed" in str(failed.value)
+
+
+def test_dropped_streams_lose_and_repeat_no_line(fake_kube: FakeKube) -> None:
+    lines = [f"step {i}" for i in range(120)]
+    fake_kube.script = lambda job, replica: ReplicaScript(lines)
+    fake_kube.step = 0.02
+    backend, name = submit(workers=1)
+    job = Job(name, backend)
+    received = []
+    offset = 0
+    drops = 0
+    while True:
+        status = job.status()
+        text, offset = job.log_since("worker-0", offset, partial=status.finished)
+        received += text.splitlines()
+        if status.finished:
+            break
+        if received and drops < 5:
+            fake_kube.drop_streams()  # watches and the log stream, mid-job
+            drops += 1
+        time.sleep(0.03)
+    assert drops >= 3
+    assert received == lines
+
+
+def test_log_buffer_drops_repeats_with_the_same_timestamp() -> None:
+    buffer = LogBuffer()
+    first = [b"2025-01-01T00:00:01.5Z a", b"2025-01-01T00:00:01.5Z b"]
+    for line in first:
+        buffer.add(line)
+    buffer.restart()  # a resumed stream repeats from the second, then goes on
+    for line in [b"2025-01-01T00:00:01.2Z old", *first, b"2025-01-01T00:00:01.5Z c"]:
+        buffer.add(line)
+    assert buffer.since(0, True)[0] == "a\nb\nc\n"
+
+
+# -- faults, each one line ---------------------------------------------------------
+
+
+def test_no_kubeconfig_is_one_line() -> None:
+    with pytest.raises(BackendError) as error:
+        get_backend("kubernetes")
+    assert "no Kubernetes cluster is configured" in one_line(error)
+
+
+def test_unreachable_api_server_is_one_line_and_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeKube() as fake:
+        config = fake.kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(config))  # the fake is gone: nobody listens there
+    start = time.monotonic()
+    with pytest.raises(BackendError) as error:
+        submit()
+    assert "cannot reach the Kubernetes API server" in one_line(error)
+    assert time.monotonic() - start < 5
+
+
+def test_missing_tfjob_crd_names_the_training_operator(fake_kube: FakeKube) -> None:
+    fake_kube.crd = False
+    with pytest.raises(BackendError) as error:
+        submit()
+    assert "Training Operator" in one_line(error) and "overlays/standalone" in str(error.value)
+    assert choose_auto().name == "local" and "no TFJob" in choose_auto().reason
+
+
+def test_seed_000_forbidden_wording_names_the_fix() -> None:
+    message = forbidden_message(SEED_000)
+    assert message.startswith("system:serviceaccount:kubeflow:default may not create tfjobs")
+    assert "namespace kubeflow" in message and "deploy/rbac.yaml" in message
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_403_on_create_from_the_api_server(fake_kube: FakeKube, legacy: bool) -> None:
+    fake_kube.deny.add(("create", "kubeflow.org", "tfjobs"))
+    fake_kube.legacy_forbidden = legacy
+    backend = KubernetesBackend()
+    bundle = build_bundle("print(1)\n", {}, job_name="mnist")
+    manifest = JobSpec(name="mnist", code_files=tuple(bundle.files)).to_manifest()
+    with pytest.raises(BackendError) as error:
+        backend.submit(manifest, bundle)  # no access review first: the server's own 403
+    message = one_line(error)
+    assert "may not create tfjobs.kubeflow.org in namespace alice" in message
+    assert "kubectl apply -f deploy/rbac.yaml" in message
+
+
+@pytest.mark.parametrize(
+    ("verb", "group", "resource"),
+    [("create", "kubeflow.org", "tfjobs"), ("get", "", "pods/log"), ("watch", "", "events")],
+)
+def test_access_review_names_what_is_missing(
+    fake_kube: FakeKube, verb: str, group: str, resource: str
+) -> None:
+    fake_kube.deny.add((verb, group, resource))
+    with pytest.raises(BackendError) as error:
+        submit()
+    what = f"{resource}.{group}" if group else resource
+    assert f"may not {verb} {what} in namespace alice" in one_line(error)
+    assert "deploy/rbac.yaml" in str(error.value)
+    assert not any(m == "POST" and "tfjobs" in p for m, p in fake_kube.requests)
+
+
+def test_403_on_pods_log_and_events_after_submission(fake_kube: FakeKube) -> None:
+    backend, name = submit(workers=1)
+    fake_kube.deny |= {("get", "", "pods/log"), ("list", "", "events")}
+    job = Job(name, backend)
+    job.wait(timeout=20)
+    with pytest.raises(BackendError) as error:
+        job.logs("worker-0")
+    assert 'may not get pods/log in namespace alice' in one_line(error)
+
+
+def test_name_conflict_is_409(fake_kube: FakeKube) -> None:
+    submit(name="twice")
+    with pytest.raises(BackendError) as error:
+        submit(name="twice")
+    assert 'tfjobs.kubeflow.org "twice" already exists: pick another --name' in one_line(error)
+
+
+def test_missing_namespace(fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfnb.config import settings
+
+    settings().namespace = "nobody"
+    with pytest.raises(BackendError) as error:
+        submit()
+    assert "namespace 'nobody' does not exist" in one_line(error)
+
+
+def test_unschedulable_gpu_request_says_what_to_do(fake_kube: FakeKube) -> None:
+    backend, name = submit(workers=1, gpus=4)
+    deadline = time.monotonic() + 10
+    status = backend.status(name)
+    while "nvidia.com/gpu" not in status.message and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = backend.status(name)
+    assert status.phase == "Created"
+    assert status.message.startswith("worker-0 is Pending: no node has the GPUs it asks for")
+    assert "Insufficient nvidia.com/gpu" in status.message and "%kfnb nodes" in status.message
+
+
+def test_image_pull_error_says_what_to_do(fake_kube: FakeKube) -> None:
+    backend, name = submit(workers=1, image="registry.example/does-not-exist:1")
+    deadline = time.monotonic() + 10
+    status = backend.status(name)
+    while "cannot pull" not in status.message and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = backend.status(name)
+    assert "worker-0 cannot pull its image" in status.message and "--image" in status.message
+
+
+def test_garbage_from_the_api_server(fake_kube: FakeKube) -> None:
+    fake_kube.garbage = True
+    with pytest.raises(BackendError) as error:
+        submit()
+    assert "not Kubernetes JSON" in one_line(error)
+
+
+# -- choosing the backend, the magics ----------------------------------------------
+
+
+def test_auto_without_a_cluster_is_local_fast_and_imports_no_client() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from kfnb.backends import resolve_backend_name\n"
+        "name = resolve_backend_name('auto'); dt = time.perf_counter() - t\n"
+        "print(name, 'kubernetes' in sys.modules, dt)\n"
+    )
+    env = {"KUBECONFIG": "/nonexistent/kubeconfig", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    name, imported, seconds = out.stdout.split()
+    assert (name, imported) == ("local", "False") and float(seconds) < 0.5, out.stderr
+
+
+def test_auto_picks_the_fake_cluster(fake_kube: FakeKube) -> None:
+    choice = choose_auto()
+    assert choice.name == "kubernetes" and fake_kube.url in choice.reason
+
+
+def test_tfjob_magic_and_nodes_table(
+    fake_kube: FakeKube, shell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = shell.run_cell_magic("tfjob", "--workers 2 --name magic --namespace alice", "print(1)\n")
+    assert job.wait(timeout=20).phase == "Succeeded"
+    from kfnb.records import load_record
+
+    record = load_record("magic")
+    assert record is not None and (record.backend, record.namespace) == ("kubernetes", "alice")
+    assert Job.attach("magic").status().phase == "Succeeded"
+    assert "kubernetes backend: cluster http://127.0.0.1" in capsys.readouterr().out
+    shell.run_line_magic("kfnb", "nodes")
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)"]
+    assert table[1].split()[0] == "node-a" and table[1].split()[-2:] == ["2", "0"]
+    assert table[-1] == "Allocated/Total GPUs in cluster: 0/2 (0%)"
