@@ -424,6 +424,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         the URLs; ``%serve --list``, ``--stop NAME`` and ``--restart NAME``
         manage running servers.
         """
+        from kfnb.backends import BackendError
         from kfnb.serving.local import LocalServing, ServeError, model_base_path
 
         args = parse_argstring(self.serve, line)  # type: ignore[misc]
@@ -432,9 +433,7 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             if args.list:
                 return self._served_list(serving)
             if args.stop:
-                stopped = serving.stop(args.stop)
-                print(f"Model server {stopped.name} stopped.")
-                return None
+                return self._serve_stop(serving, args.stop)
             if args.restart:
                 served = serving.restart(args.restart)
                 print(f"Model server {served.name} restarted: {served.predict_url}")
@@ -442,13 +441,13 @@ class KfnbMagics(Magics):  # type: ignore[misc]
             if not args.source:
                 raise UsageError("%serve needs a job name or a SavedModel path, or --list/--stop")
             if args.dry_run or args.backend == "kubernetes":
-                return self._serve_on_cluster(args)
+                return self._serve_on_cluster(args, serving)
             _check_serve_flags(args)
             base = model_base_path(args.source, args.name, serving.root.parent)
             served = serving.start(
                 args.name, base, args.source, args.port, args.grpc_port, host=args.host
             )
-        except ServeError as err:
+        except (ServeError, BackendError) as err:
             raise UsageError(str(err)) from None
         grpc = f"; gRPC {served.grpc}" if served.grpc else ""
         print(
@@ -459,8 +458,23 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         return served
 
     @staticmethod
-    def _serve_on_cluster(args: Any) -> None:
-        from kfnb.serving.cluster import cluster_manifests
+    def _serve_stop(serving: Any, name: str) -> None:
+        served = serving.get(name)
+        if served is not None and served.backend == "kubernetes":
+            from kfnb.serving.kubernetes import ClusterServing
+
+            ClusterServing(served.namespace).delete(name, served.runtime)
+            serving.forget(name)
+            print(f"{served.runtime} serving {name} deleted from namespace {served.namespace}.")
+            return
+        stopped = serving.stop(name)
+        print(f"Model server {stopped.name} stopped.")
+
+    @staticmethod
+    def _serve_on_cluster(args: Any, serving: Any) -> Any:
+        from kfnb.backends import BackendError
+        from kfnb.serving.cluster import cluster_manifests, storage_uri
+        from kfnb.serving.local import ServedModel
         from kfnb.spec import to_yaml
 
         manifests = cluster_manifests(
@@ -475,15 +489,46 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         if args.dry_run:
             print("---\n".join(to_yaml(m) for m in manifests), end="")
             return None
-        raise UsageError(
-            "serving on Kubernetes is not part of this version yet: print the manifests with "
-            "--dry-run and apply them with kubectl"
+        from kfnb.serving.kubernetes import ClusterServing
+
+        try:
+            cluster = ClusterServing()
+            cluster.apply(manifests)
+            rollout = cluster.wait(args.name, args.runtime)
+        except BackendError as err:  # no cluster, no kubeconfig: the backend's own words
+            raise UsageError(str(err)) from None
+        served = ServedModel(
+            name=args.name,
+            url=rollout.url,
+            grpc="",
+            source=args.canary or args.source,
+            model_base_path=storage_uri(args.canary or args.source),
+            version=0,
+            pid=0,
+            argv=(),
+            log="",
+            backend="kubernetes",
+            namespace=rollout.namespace,
+            runtime=args.runtime,
         )
+        serving.save(served)
+        split = ", ".join(f"{rev} {pct}%" for rev, pct in rollout.traffic.items())
+        print(
+            f"Serving {args.name} with {args.runtime} in namespace {rollout.namespace}: "
+            f"{served.predict_url}" + (f" (traffic: {split})" if len(rollout.traffic) > 1 else "")
+        )
+        return served
 
     @staticmethod
     def _served_list(serving: Any) -> None:
         rows = [
-            (s.name, "serving" if s.alive() else "stopped", s.url, s.grpc or "-", s.source)
+            (
+                s.name,
+                ("serving" if s.alive() else "stopped") if s.backend == "local" else s.runtime,
+                s.url,
+                s.grpc or "-",
+                s.source,
+            )
             for s in serving.list()
         ]
         if not rows:

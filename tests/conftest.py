@@ -72,7 +72,8 @@ def _stop_leftover_servers(home: Path) -> None:
 
     serving = LocalServing(home)
     for served in serving.list():
-        serving.stop(served.name)
+        if served.backend == "local":
+            serving.stop(served.name)
 def _forget_clusters() -> None:
     """Watches of one test's fake cluster must not outlive it; auto chooses afresh."""
     import kfnb.backends.kubernetes as kube

@@ -12,7 +12,10 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
 - SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them;
-- faults on demand: denied verbs, no TFJob CRD, dropped streams, garbage answers.
+- a fake KServe controller: an InferenceService (created or replaced) becomes Ready
+  with a URL and the traffic split its ``canaryTrafficPercent`` asks for; a
+  Deployment becomes available;
+- faults on demand: denied verbs, no TFJob CRD, no KServe, dropped streams, garbage answers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from urllib.parse import parse_qs, urlparse
 
 CORE = "api/v1"
 TFJOBS = ("apis/kubeflow.org/v1", "tfjobs")
+ISVCS = ("apis/serving.kserve.io/v1beta1", "inferenceservices")
+DEPLOYMENTS = ("apis/apps/v1", "deployments")
 KINDS = {
     "tfjobs": "TFJob",
     "configmaps": "ConfigMap",
@@ -41,6 +46,7 @@ KINDS = {
     "deployments": "Deployment",
     "secrets": "Secret",
     "inferenceservices": "InferenceService",
+    "serviceaccounts": "ServiceAccount",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 
@@ -95,6 +101,7 @@ class FakeKube:
     namespaces: set[str] = field(default_factory=lambda: {"default", "alice"})
     user: str = "system:serviceaccount:alice:default-editor"
     crd: bool = True
+    kserve: bool = True  # the InferenceService CRD is installed
     step: float = 0.05  # seconds between the fake operator's moves
     gpu_nodes: dict[str, int] = field(default_factory=lambda: {"node-a": 2, "node-b": 0})
     script: Callable[[str, str], ReplicaScript] = field(
@@ -181,6 +188,7 @@ class FakeKube:
             meta["resourceVersion"] = str(self.version)
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", stamp(time.time_ns())[:19] + "Z")
+            meta.setdefault("generation", 1)
             if namespace:
                 meta["namespace"] = namespace
             store = self.objects.setdefault((prefix, plural), {})
@@ -245,6 +253,61 @@ class FakeKube:
                 "type": kind,
             },
         )
+
+    # -- controllers -----------------------------------------------------------------
+
+    def _react(self, prefix: str, plural: str, namespace: str, obj: dict[str, Any]) -> None:
+        """What the cluster's controllers would do with a new or changed object."""
+        targets = {TFJOBS: self._operate, ISVCS: self._serve, DEPLOYMENTS: self._roll_out}
+        target = targets.get((prefix, plural))
+        if target is not None:
+            threading.Thread(target=target, args=(namespace, obj), daemon=True).start()
+
+    def _serve(self, namespace: str, isvc: dict[str, Any]) -> None:
+        """The fake KServe controller: the new revision serves, canaries take their share."""
+        time.sleep(self.step)
+        name = isvc["metadata"]["name"]
+        predictor = isvc["spec"]["predictor"]
+
+        def ready(obj: dict[str, Any]) -> None:
+            status = obj.setdefault("status", {})
+            if status.get("observedGeneration") == obj["metadata"]["generation"]:
+                return  # the same spec again: no new revision
+            revisions = status.get("revisions", 0) + 1
+            latest = f"{name}-predictor-{revisions:05d}"
+            canary = predictor.get("canaryTrafficPercent")
+            traffic = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
+            if canary is not None and revisions > 1:
+                previous = f"{name}-predictor-{revisions - 1:05d}"
+                traffic = [
+                    {"revisionName": latest, "percent": canary, "latestRevision": True},
+                    {"revisionName": previous, "percent": 100 - canary, "latestRevision": False},
+                ]
+            status.update(
+                observedGeneration=obj["metadata"]["generation"],
+                revisions=revisions,
+                url=f"http://{name}.{namespace}.example.com",
+                conditions=[
+                    {"type": "PredictorReady", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ],
+                components={"predictor": {"latestReadyRevision": latest, "traffic": traffic}},
+            )
+
+        self.update(*ISVCS, namespace, name, ready)
+
+    def _roll_out(self, namespace: str, deployment: dict[str, Any]) -> None:
+        time.sleep(self.step)
+        replicas = deployment.get("spec", {}).get("replicas", 1)
+
+        def available(obj: dict[str, Any]) -> None:
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "replicas": replicas,
+                "availableReplicas": replicas,
+            }
+
+        self.update(*DEPLOYMENTS, namespace, deployment["metadata"]["name"], available)
 
     # -- the fake Training Operator ------------------------------------------------
 
@@ -536,6 +599,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._route("DELETE")
 
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
     def _route(self, method: str) -> None:
         kube = self.kube
         url = urlparse(self.path)
@@ -554,7 +620,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"404 page not found", "text/plain")
             return
-        if group == "kubeflow.org" and not kube.crd:
+        if (group == "kubeflow.org" and not kube.crd) or (
+            group == "serving.kserve.io" and not kube.kserve
+        ):
             self._send(404, b"404 page not found\n", "text/plain")
             return
         if group == "authorization.k8s.io" and rest == ["selfsubjectaccessreviews"]:
@@ -585,7 +653,7 @@ class _Handler(BaseHTTPRequestHandler):
             ns, rest = rest[1], rest[2:]
         plural, name, sub = rest[0], (rest[1] if len(rest) > 1 else ""), "/".join(rest[2:])
         watch = query.get("watch") in ("true", "1")
-        verb = {"POST": "create", "DELETE": "delete"}.get(
+        verb = {"POST": "create", "DELETE": "delete", "PUT": "update"}.get(
             method, "get" if name else ("watch" if watch else "list")
         )
         resource = f"{plural}/{sub}" if sub else plural
@@ -595,6 +663,8 @@ class _Handler(BaseHTTPRequestHandler):
         full = f"{plural}.{group}" if group else plural
         if method == "POST":
             self._create(prefix, plural, full, ns, body or {})
+        elif method == "PUT":
+            self._replace(prefix, plural, full, ns, name, body or {})
         elif sub == "log":
             self._log(ns, name, query)
         elif name and method == "GET":
@@ -649,8 +719,38 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             obj = kube._put(prefix, plural, ns, body)
         self._send(201, obj)
-        if (prefix, plural) == TFJOBS:
-            threading.Thread(target=kube._operate, args=(ns, obj), daemon=True).start()
+        kube._react(prefix, plural, ns, obj)
+
+    def _replace(
+        self, prefix: str, plural: str, full: str, ns: str, name: str, body: dict[str, Any]
+    ) -> None:
+        """PUT: optimistic concurrency on resourceVersion, as the API server checks it."""
+        kube = self.kube
+        with kube.cond:
+            current = kube.get(prefix, plural, ns, name)
+            if current is None:
+                self._not_found(full, name, prefix.split("/")[1] if "/" in prefix else "", plural)
+                return
+            given = body.get("metadata", {}).get("resourceVersion")
+            if given != current["metadata"]["resourceVersion"]:
+                self._status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {full} "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                    {"name": name, "kind": plural},
+                )
+                return
+            body["metadata"]["uid"] = current["metadata"]["uid"]
+            # As the API server does: a new spec is a new generation; the status stays
+            # until a controller has seen it (status.observedGeneration).
+            generation = current["metadata"].get("generation", 1)
+            changed = body.get("spec") != current.get("spec")
+            body["metadata"]["generation"] = generation + 1 if changed else generation
+            body.setdefault("status", current.get("status", {}))
+            obj = kube._put(prefix, plural, ns, body, "MODIFIED")
+        self._send(200, obj)
+        kube._react(prefix, plural, ns, obj)
 
     def _watch(self, prefix: str, plural: str, ns: str, query: dict[str, str]) -> None:
         kube = self.kube

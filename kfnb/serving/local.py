@@ -48,8 +48,10 @@ class ServedModel:
     pid: int
     argv: tuple[str, ...]
     log: str
-    backend: str = "local"
+    backend: str = "local"  # or "kubernetes": then namespace and runtime say where
     started: float = field(default_factory=time.time)
+    namespace: str = ""
+    runtime: str = ""
 
     @property
     def predict_url(self) -> str:
@@ -62,8 +64,11 @@ class ServedModel:
         return Predictor(self.url, self.name, timeout=timeout)
 
     def alive(self) -> bool:
-        """Whether the server process still runs (it may still be loading)."""
-        return _alive(self.pid, self.name)
+        """Whether the local server process still runs (it may still be loading).
+
+        A cluster keeps its servers itself: True for them (ask the cluster for more).
+        """
+        return self.backend != "local" or _alive(self.pid, self.name)
 
     def to_json(self) -> dict[str, Any]:
         return {"version_": RECORD_VERSION, **asdict(self)}
@@ -80,6 +85,9 @@ class ServedModel:
         printer.text(str(self))
 
     def __str__(self) -> str:
+        if self.backend != "local":
+            where = f"{self.runtime} in namespace {self.namespace}"
+            return f"{self.name} ({where}, from {self.source}): {self.predict_url}"
         state = "serving" if self.alive() else "stopped"
         grpc = f", gRPC {self.grpc}" if self.grpc else ""
         return f"{self.name} ({state}, from {self.source}): {self.predict_url}{grpc}"
@@ -198,6 +206,14 @@ class LocalServing:
                 _signal(served.pid, signal.SIGKILL)
         (self.root / f"{name}.json").unlink(missing_ok=True)
         return served
+
+    def save(self, served: ServedModel) -> None:
+        """Keep ``served``'s record (a cluster's servers are recorded here too)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._save(served)
+
+    def forget(self, name: str) -> None:
+        (self.root / f"{name}.json").unlink(missing_ok=True)
 
     def _save(self, served: ServedModel) -> None:
         path = self.root / f"{served.name}.json"
