@@ -2,11 +2,18 @@
 whose context has the Training Operator 1.9 and kfnb's Role (deploy/rbac.yaml).
 
     KFNB_E2E_KUBECONFIG=~/.kube/config .venv/bin/pytest tests/test_e2e_kubernetes.py
+
+The MNIST notebook also runs there when KFNB_E2E_STORAGE names an s3:// store the
+cluster's pods and this machine both reach (keys in AWS_ACCESS_KEY_ID/..., and the
+Secret named by KFNB_S3_SECRET in the namespace), since the notebook serves the
+model the cluster trained.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +36,28 @@ def test_two_worker_job_on_a_real_cluster(cluster: None, shell: Any) -> None:
         assert "workers 2" in job.logs("worker-0")
     finally:
         job.backend.delete(job.name, purge=True)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KFNB_E2E_STORAGE"), reason="KFNB_E2E_STORAGE (s3://...) is not set"
+)
+def test_mnist_notebook_on_a_real_cluster(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(Path(KUBECONFIG).expanduser()),
+        "KFNB_BACKEND": "kubernetes",
+        "KFNB_STORAGE": os.environ["KFNB_E2E_STORAGE"],
+        "KFNB_HOME": str(tmp_path / "home"),
+    }
+    run = subprocess.run(
+        [sys.executable, "notebooks/run_demo.py", "notebooks/mnist.ipynb", "-p", "epochs=2"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "(kubernetes): Succeeded" in run.stdout
+    assert "Your model says the above number is..." in run.stdout
