@@ -6,8 +6,10 @@ so the source must be a job whose storage is ``s3://…`` or an ``s3://`` URL.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from kfnb.artifact_sync import S3Config
 from kfnb.config import settings
 from kfnb.serving.local import ServeError
 from kfnb.serving.manifests import ServingSpec, inference_service, service_account, tf_serving
@@ -59,6 +61,8 @@ def cluster_manifests(
     if percent is not None and not 1 <= percent <= 99:
         raise ServeError(f"--percent {percent}: give the canary's share of requests, 1-99")
     config = settings()
+    # The notebook's S3 settings, as the store reads them; the keys stay out.
+    s3 = S3Config.from_env(os.environ, endpoint=config.s3_endpoint or None)
     spec = ServingSpec(
         name=name,
         storage_uri=storage_uri(source),
@@ -66,8 +70,9 @@ def cluster_manifests(
         replicas=replicas,
         gpus=gpus,
         s3_secret=config.s3_secret,
-        s3_endpoint=config.s3_endpoint,
-        s3_use_https=_use_https(),
+        s3_endpoint=s3.endpoint,
+        s3_use_https=s3.secure,
+        s3_region=s3.region or "us-east-1",
         source=source,
     )
     if runtime == "tfserving":
@@ -81,9 +86,3 @@ def cluster_manifests(
         rollout = replace(spec, storage_uri=storage_uri(canary), canary_percent=percent)
         objects.append(inference_service(rollout))
     return objects
-
-
-def _use_https() -> bool:
-    import os
-
-    return os.environ.get("S3_USE_HTTPS", "1").lower() not in ("0", "false", "no")
