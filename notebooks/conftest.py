@@ -2,8 +2,11 @@
 
 nbval starts a notebook's kernel from this process's environment, outside any fixture: the
 kernel gets a kfnb home of its own, and `!kfnb ...` cells find this environment's commands,
-as in an activated environment (`.venv/bin/pytest` does not put them on PATH). Here rather
-than in tests/conftest.py so that `pytest notebooks/mnist.ipynb` alone works the same.
+as in an activated environment (`.venv/bin/pytest` does not put them on PATH). The kernels
+see no Kubernetes cluster and no S3 settings, whatever the developer's machine has: the saved
+outputs of notebooks/kubeflow.ipynb are those of the local backend, and a test run must never
+submit jobs to a real cluster or write to a real bucket. Here rather than in
+tests/conftest.py so that `pytest notebooks/mnist.ipynb` alone works the same.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     _home = Path(tempfile.mkdtemp(prefix="kfnb-notebooks-"))
     os.environ["KFNB_HOME"] = str(_home)
-    os.environ.pop("KFNB_STORAGE", None)
-    os.environ.pop("KFNB_BACKEND", None)
+    for name in ("KFNB_STORAGE", "KFNB_BACKEND", "KFNB_NAMESPACE", "KUBERNETES_SERVICE_HOST",
+                 "S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.pop(name, None)
+    os.environ["KUBECONFIG"] = ""  # an empty list of kubeconfig files: no cluster configured
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 

@@ -1,9 +1,10 @@
-"""The demo notebook as the test suite runs it.
+"""The demo notebooks as the test suite runs them.
 
-`pytest` itself runs notebooks/mnist.ipynb end to end under nbval (`--nbval-lax`, set in
-pyproject.toml): a cell that raises fails (`%%tfjob --wait` raises JobFailed when the job
-fails), and the cells tagged `nbval-check-output` must print what the saved notebook
-shows, after tests/nbval_sanitize.cfg. These tests check that set-up: that it can fail.
+`pytest` itself runs notebooks/mnist.ipynb and notebooks/kubeflow.ipynb end to end under
+nbval (`--nbval-lax`, set in pyproject.toml): a cell that raises fails (`%%tfjob --wait`
+raises JobFailed when the job fails), and the cells tagged `nbval-check-output` must print
+what the saved notebook shows, after tests/nbval_sanitize.cfg. These tests check that
+set-up: that it can fail.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbval.plugin import get_sanitize_patterns
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "mnist.ipynb"
+KUBEFLOW = REPO / "notebooks" / "kubeflow.ipynb"
+# Each demo notebook and how many of its cells nbval checks at least.
+NOTEBOOKS = {NOTEBOOK: 5, KUBEFLOW: 3}
 SANITIZE = REPO / "tests" / "nbval_sanitize.cfg"
 sys.path.insert(0, str(REPO / "notebooks"))
 
@@ -29,31 +34,54 @@ def sanitize(text: str) -> str:
     return text
 
 
-def checked_cells() -> list[nbformat.NotebookNode]:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+def checked_cells(path: Path = NOTEBOOK) -> list[nbformat.NotebookNode]:
+    notebook = nbformat.read(path, as_version=4)
     return [c for c in notebook.cells if "nbval-check-output" in c.metadata.get("tags", [])]
 
 
-def saved_text(source_start: str) -> str:
-    cell = next(c for c in checked_cells() if c.source.startswith(source_start))
+def saved_text(source_start: str, path: Path = NOTEBOOK) -> str:
+    cell = next(c for c in checked_cells(path) if c.source.startswith(source_start))
     return "".join(o.text for o in cell.outputs)
 
 
-def test_checked_cells_carry_their_saved_outputs() -> None:
+def test_pytest_runs_every_demo_notebook() -> None:
+    # tomllib is Python 3.11+; kfnb supports 3.10.
+    testpaths = re.search(r"^testpaths = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M)
+    assert testpaths is not None
+    demos = sorted(p for p in (REPO / "notebooks").glob("*.ipynb") if ".out." not in p.name)
+    assert demos == sorted(NOTEBOOKS)
+    assert {f'"{p.relative_to(REPO)}"' for p in demos} <= set(testpaths[1].split(", "))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_checked_cells_carry_their_saved_outputs(path: Path) -> None:
     """nbval compares nothing for a cell saved without an execution count: a notebook
     whose outputs were cleared would pass. Every checked cell must carry its outputs."""
-    cells = checked_cells()
-    assert len(cells) >= 5
+    cells = checked_cells(path)
+    assert len(cells) >= NOTEBOOKS[path]
     for cell in cells:
         assert cell.execution_count is not None and cell.outputs, cell.source
         assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs)
 
 
-def test_the_saved_notebook_keeps_only_checked_outputs() -> None:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    unchecked = [c for c in notebook.cells if c.cell_type == "code" and c not in checked_cells()]
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_saved_notebook_keeps_only_checked_outputs(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    checked = checked_cells(path)
+    unchecked = [c for c in notebook.cells if c.cell_type == "code" and c not in checked]
     assert unchecked and not any(c.outputs for c in unchecked)
     assert "widgets" not in notebook.metadata
+
+
+def test_kubeflow_notebook_is_checked_as_run_without_a_cluster() -> None:
+    """Its saved outputs are the local backend's, which notebooks/conftest.py guarantees
+    (no kubeconfig, no service account, no S3 settings): they must say so, and claim no
+    cluster, namespace or permission review."""
+    backend = saved_text("from kfnb.backends import", KUBEFLOW)
+    assert backend.startswith("backend: local (no Kubernetes cluster is configured)\n")
+    assert "namespace:" not in backend
+    assert saved_text("from IPython.core.error", KUBEFLOW).startswith("Nothing to check")
+    assert saved_text("canary = _", KUBEFLOW).startswith("No canary here")
 
 
 def test_sanitizers_let_a_good_run_through_and_not_a_worse_model() -> None:
