@@ -1,16 +1,16 @@
-"""Serving trained models: a local TF Serving compatible REST server.
+"""Serving trained models: a TF Serving compatible server, its clients and cluster manifests.
 
-``kfnb.serving.server`` is the server process (``python -m kfnb.serving.server``).
-What it serves is in four small modules, each importing only those before it:
+The server process (``python -m kfnb.serving.server``) is built from small modules,
+each importing only those before it: ``codec`` (signatures, JSON <-> tensors),
+``loader`` (SavedModel loading), ``versions`` (numbered versions, ``ModelManager``),
+``batcher`` (the micro-batching worker), and ``grpc_api`` (TF Serving's gRPC
+``PredictionService``, imported once TensorFlow is loaded).
 
-- ``kfnb.serving.codec``: signatures and the JSON <-> tensor codec;
-- ``kfnb.serving.loader``: SavedModel loading (``LoadedModel``);
-- ``kfnb.serving.versions``: model versions on disk and the ``ModelManager``;
-- ``kfnb.serving.batcher``: the micro-batching worker (uses codec and loader only).
-
-Importing this package is cheap: it imports neither TensorFlow nor aiohttp, so
-the kernel (``%serve``, the ``Predictor`` client, widgets) can use the names
-below without paying for the server's dependencies.
+The kernel side never imports TensorFlow or aiohttp: ``config`` (``ServerConfig``),
+``local`` (``%serve``'s server processes and their records), ``client``
+(``Predictor``), ``feed`` and ``digits`` (what ``PredictionView`` shows),
+``predict_cli`` (``kfnb predict``), and for clusters ``manifests``, ``cluster``
+and ``kubernetes`` (KServe InferenceService or TF Serving through the API server).
 """
 
 from __future__ import annotations
