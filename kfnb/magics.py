@@ -376,11 +376,9 @@ class KfnbMagics(Magics):  # type: ignore[misc]
         if rest.strip():
             raise UsageError("%kfnb nodes takes no arguments")
         rows = gpu_nodes(get_backend("kubernetes").api)  # type: ignore[attr-defined]
-        table = [("NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)")]
-        table += [(r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        header = ("NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)")
+        table = [(r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in rows]
+        print(_table(header, table))
         total, used = sum(r.allocatable for r in rows), sum(r.allocated for r in rows)
         share = f" ({100 * used / total:.0f}%)" if total else ""
         print(f"Allocated/Total GPUs in cluster: {used}/{total}{share}")
