@@ -9,7 +9,10 @@ called in this process on batches as large as the number of clients (what
 perfect batching could reach). For scale, a ~20-line aiohttp server that parses
 the same JSON into numpy and answers without any model (the HTTP + JSON ceiling)
 is measured too. Servers are measured interleaved, so noise hits them alike.
-Last, server start to first answer, beyond ``python -c "import tensorflow"``.
+Then the CPU budget at the most clients: the model's CPU per image (in-process)
+plus the CPU the ceiling server and the load generator spend per request bound
+what any server can answer with these cores. Last, server start to first
+answer, beyond ``python -c "import tensorflow"``.
 
 The load generator is autocannon (``npm install`` in ``bench/``; Node's HTTP
 client costs far less CPU than a Python one, which matters with 2 cores shared
@@ -29,6 +32,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,19 +91,21 @@ def digit() -> tuple[np.ndarray, str]:
         return np.random.default_rng(0).random((1, 28, 28), dtype=np.float32), "random pixels"
 
 
-def in_process(base: Path, batch: int, seconds: float) -> float:
-    """Images/s of the signature called in this process on batches of ``batch`` images."""
+def in_process(base: Path, batch: int, seconds: float) -> tuple[float, float]:
+    """Images/s of the signature called in this process on batches of ``batch`` images,
+    and the CPU seconds (all of TensorFlow's threads) each image costs."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
     images = np.random.default_rng(batch).random((batch, 28, 28), dtype=np.float32)
     for _ in range(5):
         signature(x=tf.constant(images))
-    calls, started = 0, time.perf_counter()
+    calls, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         {k: v.numpy() for k, v in signature(x=tf.constant(images)).items()}
         calls += 1
-    return calls * batch / (time.perf_counter() - started)
+    images_done = calls * batch
+    return images_done / (time.perf_counter() - started), (time.process_time() - cpu) / images_done
 
 
 SERVER_ARGS: list[str] = []  # --server-args, e.g. "--intra-op-threads 1"
@@ -184,13 +190,14 @@ def autocannon(url: str, body: bytes, clients: int, seconds: float) -> dict[str,
         file.flush()
         common = ["-m", "POST", "-H", "content-type=application/json", "-i", file.name]
         predict = f"{url}/v1/models/mnist:predict"
-        warm = [str(AUTOCANNON), "-c", str(clients), "-d", "1", "-n", *common, predict]
-        subprocess.run(warm, capture_output=True, check=True)
+        warm = [str(AUTOCANNON), "-c", str(clients), "-d", "1", "-j", *common, predict]
+        warmed = subprocess.run(warm, capture_output=True, text=True, check=True)
         command = [str(AUTOCANNON), "-c", str(clients), "-d", str(seconds), "-j", *common]
         done = subprocess.run([*command, predict], capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
     elapsed = result["duration"]  # seconds
     return {
+        "requests": json.loads(warmed.stdout)["2xx"] + result["2xx"],  # warm-up included
         "rps": result["2xx"] / elapsed,
         "p50": float(result["latency"]["p50"]),
         "p99": float(result["latency"]["p99"]),
@@ -331,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 for clients in levels:
                     before = asyncio.run(counters(url)) if name == "kfnb" else (0.0, 0.0)
+                    cpu = _cpu_seconds(proc.pid)
                     result = measure(url, body, clients, args.seconds, args.max_requests)
+                    if name == "ceiling" and "requests" in result:  # server + client
+                        result["cpu"] = (_cpu_seconds(proc.pid) - cpu) / result["requests"]
                     if name == "kfnb":
                         after = asyncio.run(counters(url))
                         calls, answered = after[0] - before[0], after[1] - before[1]
@@ -346,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     served, ceiling = median["kfnb"], median["ceiling"]
     kserve = {name: median[name] for name in ("kserve-1w", "kserve-2w") if name in median}
-    limits = {c: in_process(base, c, min(args.seconds, 2.0)) for c in levels}
+    in_proc = {c: in_process(base, c, min(args.seconds, 2.0)) for c in levels}
+    limits = {c: rate for c, (rate, _) in in_proc.items()}
 
     print(
         f"  {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6}"
@@ -387,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("\n  KServe peer skipped: no Python with kserve (make bench-env, or --kserve-python)")
 
+    budget(in_proc, ceiling[max(levels)], served[max(levels)], kserve, max(levels))
+
     if args.starts < 1:
         return
     imports, starts = [], []
@@ -398,6 +411,42 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  python -c 'import tensorflow'   median {tf_import:.2f} s  {_fmt(imports)}")
     print(f"  server start to first answer    median {start:.2f} s  {_fmt(starts)}")
     print(f"  beyond import tensorflow: {start - tf_import:+.2f} s")
+
+
+def budget(
+    in_proc: dict[int, tuple[float, float]],
+    ceiling: dict[str, Any],
+    served: dict[str, Any],
+    kserve: dict[str, dict[int, dict[str, Any]]],
+    clients: int,
+) -> None:
+    """What the cores allow at ``clients``: model CPU per image plus HTTP CPU per request.
+
+    The model's share is measured in-process on batches of ``clients`` images; the
+    HTTP share is what the no-model ceiling server and the load generator together
+    spent per request. No server on this machine can exceed cores / (sum).
+    """
+    if "cpu" not in ceiling:
+        return  # the aiohttp client measured: its CPU is not counted
+    cores = os.cpu_count() or 1
+    model_cpu, http_cpu = in_proc[clients][1], ceiling["cpu"]
+    bound = cores / (model_cpu + http_cpu)
+    print(f"\n== CPU budget at {clients} clients ({cores} cores for server and load generator)")
+    print(f"  model, in-process at batch {clients}:     {model_cpu * 1e3:6.3f} ms CPU per image")
+    print(f"  HTTP + JSON + client (ceiling run): {http_cpu * 1e3:6.3f} ms CPU per request")
+    print(f"  bound: {cores} cores / their sum = {bound:.0f} req/s")
+    print(f"  kfnb: {served['rps']:.0f} req/s = {served['rps'] / bound:.0%} of the bound")
+    if kserve:
+        best = max(kserve[name][clients]["rps"] for name in kserve)
+        print(f"  4x the best KServe = {4 * best:.0f} req/s = {4 * best / bound:.0%} of the bound")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of this process's finished children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks + children.ru_utime + children.ru_stime
 
 
 def _kserve_python(path: str) -> str:

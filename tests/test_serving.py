@@ -1041,3 +1041,46 @@ def test_tensorflow_threads_leave_a_core_to_the_http_side() -> None:
     assert thread_counts(ServerConfig(Path(".")), cores=1) == (1, 1)
     asked = ServerConfig(Path("."), intra_op_threads=4, inter_op_threads=3)
     assert thread_counts(asked, cores=2) == (4, 3)
+
+
+def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
+    threads: list[str] = []
+    delay = 0.0
+
+    def add(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        time.sleep(delay)
+        if (b < 0).any():
+            raise ValueError("negative b")
+        return {"sum": a.sum(axis=1) + b, "b": b}
+
+    model = LoadedModel(1, Path("."), {"serving_default": TWO_IN_TWO_OUT}, {"serving_default": add})
+    batches: list[int] = []
+    batcher = Batcher(on_batch=lambda m, n, rows, s: batches.append(n), inline_seconds=0.005)
+
+    def inputs(b: int) -> dict[str, np.ndarray]:
+        return {"a": np.ones((1, 2), np.float32), "b": np.array([b], np.int64)}
+
+    async def main() -> None:
+        nonlocal delay
+        run = batcher.run
+        # The first call's time is unknown, so it goes to the worker; then a lone
+        # request runs here, and one that others may join goes to the worker.
+        assert (await run(model, "serving_default", inputs(1), 1, alone=True))["sum"] == [3]
+        assert (await run(model, "serving_default", inputs(2), 1, alone=True))["sum"] == [4]
+        assert (await run(model, "serving_default", inputs(3), 1))["sum"] == [5]
+        # A failure inline is the same exception the worker would give.
+        with pytest.raises(ValueError, match="negative b"):
+            await run(model, "serving_default", inputs(-1), 1, alone=True)
+        # A signature slower than inline_seconds stays on the worker, lone or not.
+        delay = 0.01
+        await run(model, "serving_default", inputs(4), 1, alone=True)
+        await run(model, "serving_default", inputs(5), 1, alone=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    worker, here = "kfnb-batcher", threading.current_thread().name
+    assert threads == [worker, here, worker, here, here, worker]
+    assert batches == [1] * 6  # every call counted in the metrics, wherever it ran

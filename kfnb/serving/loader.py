@@ -56,8 +56,9 @@ class ModelLoadError(Exception):
 class LoadedModel:
     """One loaded version: its signatures and the functions that run them.
 
-    ``functions`` take and return numpy arrays; ``run`` is only called from the
-    batching worker thread. Kept TensorFlow-free so tests can serve a fake model.
+    ``functions`` take and return numpy arrays; ``run`` is called by the batcher,
+    from its worker thread or, for a lone request, from the event loop's thread.
+    Kept TensorFlow-free so tests can serve a fake model.
     """
 
     def __init__(
@@ -82,6 +83,9 @@ class LoadedModel:
         self._handle = handle  # keeps the loaded SavedModel (and its variables) alive
         # The MetaGraph's SignatureDef protos, for gRPC's GetModelMetadata (None in fakes).
         self.signature_protos = signature_protos
+        # Seconds of the last call made for a single request, per signature (the
+        # batcher's, to decide whether a lone request may skip the worker thread).
+        self.single_call_seconds: dict[str, float] = {}
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._functions[signature](**inputs).items()}

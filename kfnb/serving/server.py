@@ -222,6 +222,9 @@ class ModelServer:
         )
         self.batcher = Batcher(config.max_batch_size, on_batch=self._batch_done)
         self.metrics.queued.set_function(lambda: self.batcher.pending)
+        # Open HTTP connections, once a runner serves the app (see ``serve``): with
+        # one, no other request can join a batch, so the batcher may skip its thread.
+        self.open_connections: Callable[[], int] | None = None
         self.ready = False
         self.app = self._make_app()
 
@@ -282,7 +285,7 @@ class ModelServer:
         )
 
     async def predict(self, request: web.Request) -> web.Response:
-        """Check the request in the event loop, then queue it for the batching worker."""
+        """Check the request in the event loop, then hand it to the batcher."""
         verb = request.match_info["verb"]
         if verb != "predict":
             if verb in ("classify", "regress"):
@@ -299,7 +302,10 @@ class ModelServer:
             checked = await loop.run_in_executor(None, _decode, body, model)
         else:
             checked = _decode(body, model)
-        outputs = await self.batcher.run(model, checked.signature, checked.inputs, checked.rows)
+        alone = self.open_connections is not None and self.open_connections() <= 1
+        outputs = await self.batcher.run(
+            model, checked.signature, checked.inputs, checked.rows, alone=alone
+        )
         return _json(200, encode_predict(outputs, checked))
 
     async def health(self, request: web.Request) -> web.Response:
@@ -481,6 +487,9 @@ async def serve(
     server.manager.preload()
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
+    if runner.server is not None:
+        connections = runner.server
+        server.open_connections = lambda: len(connections.connections)
     watcher: asyncio.Task[None] | None = None
     grpc_server: Any = None
     try:
