@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -157,15 +157,27 @@ class Job:
         """
         from kfnb.metrics import ScalarReader
 
+        source = self.tensorboard_source()
+        if source is None:
+            return None
+        logdir, refresh = source
+        return ScalarReader(logdir, refresh=refresh)
+
+    def tensorboard_source(self) -> tuple[Path, Callable[[], int] | None] | None:
+        """A local directory of the job's TensorBoard events, and what keeps it current.
+
+        The local store's own directory (nothing to refresh), or for a remote store
+        this kernel's mirror of ``<job>/tensorboard/`` with its ``pull``, which
+        fetches only the bytes added since. None when the job has no store here.
+        """
         store = self._store()
         if store.local_root is None:
             from kfnb.storage import StoreMirror
 
             local = self._cache() / "tensorboard"
-            mirror = StoreMirror(store, f"{self.name}/tensorboard", local)
-            return ScalarReader(local, refresh=mirror.pull)
+            return local, StoreMirror(store, f"{self.name}/tensorboard", local).pull
         root = self.artifacts
-        return ScalarReader(root / "tensorboard") if root is not None else None
+        return (root / "tensorboard", None) if root is not None else None
 
     @property
     def artifacts(self) -> Path | None:

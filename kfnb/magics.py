@@ -349,20 +349,25 @@ class KfnbMagics(Magics):  # type: ignore[misc]
     def _tensorboard(self, rest: str) -> None:
         from IPython.display import display
 
+        from kfnb.storage import StoreError
         from kfnb.tensorboard import TensorBoardError, start_tensorboard, stop_tensorboard
 
         args = parse_argstring(self._tensorboard_args, rest)
         job = self._job(args.name)
-        if job.artifacts is None:
+        try:
+            source = job.tensorboard_source()
+        except StoreError as err:
+            raise UsageError(str(err)) from None
+        if source is None:
             raise UsageError(f"job {args.name} keeps no TensorBoard events on this machine")
-        logdir = job.artifacts / "tensorboard"
+        logdir, refresh = source
         if args.stop:
             stopped = stop_tensorboard(logdir)
             print(f"TensorBoard of {args.name} {'stopped' if stopped else 'was not running'}.")
             return
         try:
-            server = start_tensorboard(logdir)
-        except TensorBoardError as err:
+            server = start_tensorboard(logdir, refresh=refresh)
+        except (TensorBoardError, StoreError) as err:
             raise UsageError(str(err)) from None
         text = f"TensorBoard of {args.name}: {server.url}"
         link = f'<a href="{server.url}" target="_blank">TensorBoard of {args.name}</a>'

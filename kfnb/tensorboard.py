@@ -2,20 +2,28 @@
 
 Bound to 127.0.0.1 on a free port. Behind JupyterHub the browser cannot reach
 that port, but jupyter-server-proxy forwards ``<hub prefix>/proxy/<port>/`` to
-it, so that is the link shown there.
+it, so that is the link shown there. TensorBoard reads a local directory: a job
+whose events are in S3 is read from the kernel's mirror of them, kept current
+while TensorBoard runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("kfnb.tensorboard")
+
+SYNC_SECONDS = 2.0  # how often a remote store's events are fetched for TensorBoard
 _servers: dict[str, TensorBoard] = {}  # by logdir, for this kernel
 
 
@@ -35,11 +43,7 @@ class TensorBoard:
         return f"http://127.0.0.1:{self.port}/"
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        return _answers(self.local_url)
+        return _running(self.pid) and _answers(self.local_url)
 
     def stop(self) -> None:
         try:
@@ -57,6 +61,14 @@ def browser_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/"
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -65,8 +77,16 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start_tensorboard(logdir: Path, timeout: float = 90) -> TensorBoard:
-    """Start TensorBoard on ``logdir`` (or return the one already serving it)."""
+def start_tensorboard(
+    logdir: Path, timeout: float = 90, refresh: Callable[[], object] | None = None
+) -> TensorBoard:
+    """Start TensorBoard on ``logdir`` (or return the one already serving it).
+
+    ``refresh`` brings ``logdir`` up to date (a mirror of a job's events in S3):
+    it is called once before TensorBoard starts, then every ``SYNC_SECONDS`` in a
+    background thread for as long as this kernel's TensorBoard runs, so runs still
+    training show their new points.
+    """
     from kfnb.backends.supervisor import free_port
 
     key = str(logdir)
@@ -76,6 +96,8 @@ def start_tensorboard(logdir: Path, timeout: float = 90) -> TensorBoard:
     if importlib.util.find_spec("tensorboard") is None:
         raise TensorBoardError("TensorBoard is not installed: pip install tensorboard")
     logdir.mkdir(parents=True, exist_ok=True)
+    if refresh is not None:
+        refresh()
     port = free_port()
     log = open(logdir.parent / "tensorboard-server.log", "ab")
     process = subprocess.Popen(
@@ -111,7 +133,23 @@ def start_tensorboard(logdir: Path, timeout: float = 90) -> TensorBoard:
             raise TensorBoardError(f"TensorBoard did not answer within {timeout:.0f} s")
         time.sleep(0.2)
     _servers[key] = server
+    if refresh is not None:
+        threading.Thread(
+            target=_keep_fresh, args=(server, refresh), name="kfnb-tensorboard-sync", daemon=True
+        ).start()
     return server
+
+
+def _keep_fresh(server: TensorBoard, refresh: Callable[[], object]) -> None:
+    """Refresh the logdir until this TensorBoard is stopped or exits."""
+    while True:
+        time.sleep(SYNC_SECONDS)
+        if _servers.get(server.logdir) is not server or not _running(server.pid):
+            return
+        try:
+            refresh()
+        except Exception as exc:  # a network blip: the next round tries again
+            log.debug("refreshing %s failed: %s", server.logdir, exc)
 
 
 def stop_tensorboard(logdir: Path) -> bool:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,38 @@ def test_deploy_minio_yaml_is_valid() -> None:
     validator = pytest.importorskip("kubernetes_validate")
     for document in documents:
         validator.validate(document, "1.30", strict=True)
+
+
+def test_kfnb_tensorboard_serves_an_s3_jobs_events_and_follows_new_ones(
+    shell: Any, s3: str, kfnb_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tests.test_metrics import event, scalar_value, write_records
+
+    line = f"--name tb-s3 --wait --storage s3://{s3}/jobs"
+    assert shell.run_cell_magic("tfjob", line, "print('trained')\n").status().phase == "Succeeded"
+    store = open_store(f"s3://{s3}/jobs")
+
+    def upload(run: str) -> None:  # what a replica's sync thread does
+        local = tmp_path / run / "events.out.tfevents.1.test"
+        write_records(local, [event(s, scalar_value("epoch_loss", 1 / (s + 1))) for s in range(3)])
+        store.write(f"tb-s3/tensorboard/{run}/{local.name}", local.read_bytes())
+
+    def runs(url: str) -> set[str]:
+        with urllib.request.urlopen(url + "data/runs", timeout=10) as response:
+            return set(json.loads(response.read()))
+
+    upload("train")
+    shutil.rmtree(kfnb_home / "scratch", ignore_errors=True)  # only the bucket has the events
+    shell.run_line_magic("kfnb", "tensorboard tb-s3")
+    url = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    try:
+        assert runs(url) == {"train"}
+        upload("validation")  # the job goes on writing: TensorBoard shows it without a restart
+        deadline = time.monotonic() + 30
+        while "validation" not in runs(url) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert runs(url) == {"train", "validation"}
+    finally:
+        shell.run_line_magic("kfnb", "tensorboard tb-s3 --stop")
+    assert "stopped" in capsys.readouterr().out
