@@ -10,6 +10,7 @@ stock TensorFlow image can run it with nothing installed.
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import json
 import linecache
@@ -163,6 +164,9 @@ def _keras_path(obj: Any) -> str | None:
     return None
 
 
+_ANONYMOUS_CODE = "<dynamic-code>"  # the co_filename cloudpickle gives shipped code
+
+
 def _pickler_class() -> Any:
     import cloudpickle
 
@@ -178,6 +182,11 @@ def _pickler_class() -> Any:
             keras = _keras_path(obj)
             if keras is not None:
                 return operator.attrgetter(keras), (sys.modules["tensorflow"],)
+            if isinstance(obj, types.CodeType) and obj.co_filename != _ANONYMOUS_CODE:
+                # cloudpickle >= 3.1.3 ships code as "<dynamic-code>"; the replica's
+                # tracebacks find the cell's lines (sources.json) by the real name.
+                restore = functools.partial(types.CodeType.replace, co_filename=obj.co_filename)
+                return restore, (obj.replace(co_filename=_ANONYMOUS_CODE),)
             if isinstance(obj, types.ModuleType):
                 self.modules.add(obj.__name__)
             elif isinstance(obj, types.FunctionType):
