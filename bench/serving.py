@@ -8,7 +8,8 @@ the comparison. The physical limit is the same SavedModel's ``serving_default``
 called in this process on batches as large as the number of clients (what
 perfect batching could reach). For scale, a ~20-line aiohttp server that parses
 the same JSON into numpy and answers without any model (the HTTP + JSON ceiling)
-is measured too. Servers are measured interleaved, so noise hits them alike.
+is measured too. All servers run at once and are loaded in turn, a few seconds
+each, round after round, so the machine's drift hits them alike.
 Then the CPU budget at the most clients: the model's CPU per image (in-process)
 plus the CPU the ceiling server and the load generator spend per request bound
 what any server can answer with these cores. Last, server start to first
@@ -332,23 +333,22 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {
         name: {c: [] for c in levels} for name, _, _ in servers
     }
-    for _ in range(args.rounds):  # servers interleaved, round after round: noise hits all
+    # All servers up at once (idle ones cost nothing) and measured in turn, a few
+    # seconds each, round after round: a shared VM's speed drifts by 2x within a
+    # minute, so only load phases close in time compare fairly.
+    started: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    try:
         for name, model, peer in servers:
-            proc, url = start_server(model, kserve=peer)
-            try:
-                for clients in levels:
-                    before = asyncio.run(counters(url)) if name == "kfnb" else (0.0, 0.0)
-                    cpu = _cpu_seconds(proc.pid)
-                    result = measure(url, body, clients, args.seconds, args.max_requests)
-                    if name == "ceiling" and "requests" in result:  # server + client
-                        result["cpu"] = (_cpu_seconds(proc.pid) - cpu) / result["requests"]
-                    if name == "kfnb":
-                        after = asyncio.run(counters(url))
-                        calls, answered = after[0] - before[0], after[1] - before[1]
-                        result["batch"] = answered / calls if calls else float("nan")
-                    runs[name][clients].append(result)
-            finally:
-                stop(proc)
+            started[name] = start_server(model, kserve=peer)
+        for clients in levels:
+            for _ in range(args.rounds):
+                for name, (proc, url) in started.items():
+                    runs[name][clients].append(
+                        _load_phase(name, proc, url, body, clients, args)
+                    )
+    finally:
+        for proc, _ in started.values():
+            stop(proc)
     # Each figure is the round with the median requests/s.
     median = {
         name: {c: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for c, r in by_level.items()}
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             f"   {c['rps']:>6.0f} req/s, p50 {c['p50']:.2f} ms  ({r['client']})"
             + (f"  FAILED REQUESTS: {failed}" if failed else "")
         )
-    print(f"  medians of {args.rounds} interleaved rounds")
+    print(f"  medians of {args.rounds} interleaved rounds of {args.seconds:g} s per server")
     print("  batch: requests per signature call, from the server's metrics")
     print("  ratio: server requests/s over in-process images/s at batch = clients (the limit)")
     print("  ceiling: aiohttp + orjson + numpy, no model and no batching")
@@ -411,6 +411,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  python -c 'import tensorflow'   median {tf_import:.2f} s  {_fmt(imports)}")
     print(f"  server start to first answer    median {start:.2f} s  {_fmt(starts)}")
     print(f"  beyond import tensorflow: {start - tf_import:+.2f} s")
+
+
+def _load_phase(
+    name: str,
+    proc: subprocess.Popen[str],
+    url: str,
+    body: bytes,
+    clients: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One load phase on one server, with the ceiling's CPU per request and kfnb's batch size."""
+    before = asyncio.run(counters(url)) if name == "kfnb" else (0.0, 0.0)
+    cpu = _cpu_seconds(proc.pid)
+    result = measure(url, body, clients, args.seconds, args.max_requests)
+    if name == "ceiling" and "requests" in result:  # server + client
+        result["cpu"] = (_cpu_seconds(proc.pid) - cpu) / result["requests"]
+    if name == "kfnb":
+        after = asyncio.run(counters(url))
+        calls, answered = after[0] - before[0], after[1] - before[1]
+        result["batch"] = answered / calls if calls else float("nan")
+    return result
 
 
 def budget(
