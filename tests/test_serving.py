@@ -39,7 +39,7 @@ from kfnb.serving.codec import (
     encode_predict,
     parse_json,
 )
-from kfnb.serving.loader import LoadedModel
+from kfnb.serving.loader import LoadedModel, _same_answers
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
@@ -1084,3 +1084,66 @@ def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
     worker, here = "kfnb-batcher", threading.current_thread().name
     assert threads == [worker, here, worker, here, here, worker]
     assert batches == [1] * 6  # every call counted in the metrics, wherever it ran
+
+
+FLAT_CALL = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+from kfnb.serving.loader import load_saved_model
+
+class Diff(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="minuend"),
+                                  tf.TensorSpec([None, 3], tf.float32, name="a_subtrahend")])
+    def serve(self, minuend, a_subtrahend):
+        return {"diff": minuend - a_subtrahend, "sum": tf.reduce_sum(minuend, axis=1)}
+
+path = Path(sys.argv[1]) / "1"
+module = Diff()
+tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+model = load_saved_model(path, 1)
+m = np.array([[5.0, 6.0, 7.0]], np.float32)
+s = np.array([[1.0, 1.0, 2.0]], np.float32)
+out = model.run("serving_default", {"minuend": m, "a_subtrahend": s})
+print(model._functions["serving_default"].__name__, out["diff"].tolist(), out["sum"].tolist())
+"""
+
+
+@needs_tf
+def test_signatures_are_called_by_the_flat_call_with_inputs_in_order(tmp_path: Path) -> None:
+    """Inputs whose order matters (named so that sorted order differs from the
+    function's): the quick flat call is chosen and gets each input in its place."""
+    done = subprocess.run(
+        [sys.executable, "-c", FLAT_CALL, str(tmp_path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[0] == "flat"
+    assert done.stdout.strip().endswith("[[4.0, 5.0, 5.0]] [18.0]")
+
+
+def test_a_flat_call_that_answers_differently_is_not_used() -> None:
+    info = SignatureInfo(
+        "serving_default",
+        {"a": TensorInfo("a", "DT_FLOAT", (-1, 2)), "b": TensorInfo("b", "DT_FLOAT", (-1, 2))},
+        {"diff": TensorInfo("diff", "DT_FLOAT", (-1, 2))},
+    )
+
+    def public(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        return {"diff": a - b}
+
+    def swapped(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        return {"diff": b - a}
+
+    def failing(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        raise TypeError("no such call")
+
+    assert _same_answers(public, public, info)
+    assert not _same_answers(public, swapped, info)
+    assert not _same_answers(public, failing, info)
+    unknown = SignatureInfo("s", {"a": TensorInfo("a", "DT_FLOAT", (-1, -1))}, info.outputs)
+    assert not _same_answers(public, public, unknown)  # nothing to compare on
