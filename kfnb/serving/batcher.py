@@ -56,7 +56,7 @@ class Batcher:
     ``run(..., alone=True)`` says the caller knows no other request can join
     this one (one client connected): then, if the worker is idle and the
     signature's last call took under ``inline_seconds``, the call is made in
-    the caller's thread, as KServe's and TF Serving's one-client path does.
+    the caller's thread, as KServe calls its model.
     The hop to the worker and back costs two thread wake-ups (0.2 ms on a
     quiet machine, milliseconds on a busy VM); nobody else is waiting on the
     event loop meanwhile, except a new connection (a probe, a scrape), which

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -674,13 +674,14 @@ def thread_counts(config: ServerConfig, cores: int) -> tuple[int, int]:
     return intra, inter
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed: it cuts the event loop's CPU per request by about a fifth."""
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """``main`` on uvloop where installed: it cuts the event loop's CPU per request by
+    about a fifth (measured with one image per request)."""
     try:
         import uvloop
     except ImportError:
-        return None
-    return uvloop.new_event_loop
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -718,8 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ERROR_PREFIX + str(exc), file=sys.stderr, flush=True)
         return exc.exit_code
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(serve(config, sock))
+        return _run(serve(config, sock))
     except KeyboardInterrupt:
         return 0
     finally:
