@@ -110,6 +110,7 @@ class FakeKube:
     deny: set[tuple[str, str, str]] = field(default_factory=set)  # (verb, group, resource)
     legacy_forbidden: bool = False  # seed 000's pre-1.11 wording of a 403
     garbage: bool = False  # answer everything with an HTML page, as a wrong proxy would
+    lag: dict[str, float] = field(default_factory=dict)  # plural -> seconds its watches lag
 
     def __post_init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
@@ -775,6 +776,8 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                     kube.cond.wait(0.2)
                     continue
+            # Separate watches are separate streams: one can fall behind another.
+            time.sleep(kube.lag.get(plural, 0.0))
             for version, kind, obj in batch:
                 sent = version
                 if _matches(obj, query.get("labelSelector"), query.get("fieldSelector")):

@@ -135,6 +135,20 @@ def test_failed_job_raises_with_the_log_tail(fake_kube: FakeKube) -> None:
     assert "1 Worker replica(s) failed" in str(failed.value)
 
 
+def test_a_failure_names_its_replica_when_the_pod_watch_lags(fake_kube: FakeKube) -> None:
+    # The TFJob's Failed condition arrives before the pod that failed: wait for the pod.
+    fake_kube.script = lambda job, replica: ReplicaScript(
+        ["Traceback (most recent call last):", "ValueError: bad shape"],
+        exit_code=1 if replica == "worker-1" else 0,
+    )
+    fake_kube.lag = {"pods": 0.4}
+    backend, name = submit(workers=2)
+    with pytest.raises(JobFailed) as failed:
+        Job(name, backend).wait(timeout=20)
+    assert failed.value.replica == "worker-1"
+    assert "ValueError: bad shape" in failed.value.log_tail
+
+
 def test_dropped_streams_lose_and_repeat_no_line(fake_kube: FakeKube) -> None:
     lines = [f"step {i}" for i in range(120)]
     fake_kube.script = lambda job, replica: ReplicaScript(lines)

@@ -283,6 +283,14 @@ class JobWatcher:
     def logs_done(self) -> bool:
         return all(not t.is_alive() for t in list(self._log_threads.values()))
 
+    def pods_caught_up(self, phase: str) -> bool:
+        """Whether every pod of a finished TFJob has ended too. The job and its pods
+        come on separate watches, so the operator's verdict can arrive before the pod
+        it is about; until then the failed replica (and its log) would be unknown."""
+        if phase not in ("Succeeded", "Failed"):
+            return True
+        return all(self._pod_done(replica) for replica in self.replica_names())
+
     # -- state ---------------------------------------------------------------------
 
     def replica_names(self) -> list[str]:

@@ -249,12 +249,17 @@ class KubernetesBackend:
     def status(self, name: str) -> JobStatus:
         watcher = self._watcher(name)
         status = watcher.snapshot(self.name)
-        if status.finished and not watcher.logs_done():
-            # The last lines are still on their way: hold the verdict briefly, so a
-            # reader that checks the phase before reading the log misses none.
+
+        def settled() -> bool:
+            return watcher.pods_caught_up(status.phase) and watcher.logs_done()
+
+        if status.finished and not watcher.stop.is_set() and not settled():
+            # The failed pod or the last lines are still on their way: hold the verdict
+            # briefly, so a reader that checks the phase before reading the log misses
+            # none, and a failure names its replica.
             deadline = time.monotonic() + FINAL_LOG_WAIT
             with watcher.changed:
-                while not watcher.logs_done() and time.monotonic() < deadline:
+                while not settled() and time.monotonic() < deadline:
                     watcher.changed.wait(0.05)
             status = watcher.snapshot(self.name)
         if status.finished and watcher.logs_done():
