@@ -55,7 +55,7 @@ NEEDED = (
     ("list", "", "events"),
     ("watch", "", "events"),
 )
-FINAL_LOG_WAIT = 5.0  # seconds a finished job waits for its last log lines
+FINAL_LOG_WAIT = 5.0  # seconds a finished job waits for its pods and last log lines
 _checked: set[tuple[str, str]] = set()  # (server, namespace) whose access was reviewed
 _watchers: dict[tuple[str, str, str], JobWatcher] = {}
 _watchers_lock = threading.Lock()
