@@ -206,7 +206,9 @@ def test_refresh_follows_new_versions_until_the_job_ends(
         shutil.copytree(mnist_models / "2", base / ".staging-2")
         (base / ".staging-2").rename(base / "2")
         wait_for(lambda: "mnist version 2" in view.header.value, timeout=60)
-        assert [p for *_, p in tiles(view)] == refs["v2_classes"][:16].tolist()
+        # The refresh thread sets the header, then the grid: wait for the grid too.
+        v2 = refs["v2_classes"][:16].tolist()
+        wait_for(lambda: [p for *_, p in tiles(view)] == v2, timeout=10)
         right = int((refs["v2_classes"][:16] == refs["labels"][:16]).sum())
         assert f"({right} of 16 digits)" in view.header.value  # counted for version 2 only
         assert view.following

@@ -582,6 +582,84 @@ def test_port_in_use_second_server_refuses_first_keeps_serving(
     assert server.proc.poll() is None
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True  # exited and reaped
+        if state == "Z":
+            return True  # exited, waiting for its new parent to reap it
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+@needs_tf
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_model_process_dies_and_the_server_says_so(
+    models: Path, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    import signal
+
+    base = tmp_path / "model"
+    shutil.copytree(models / "1", base / "1")
+    server = Server(base, tmp_path / "server.log").wait_ready()
+    try:
+        # 256 images: a batch far larger than a socket's buffer, both ways.
+        images = np.resize(refs["images"], (256, *refs["images"].shape[1:]))
+        status, doc = http(
+            "POST", f"{server.url}/v1/models/mnist:predict", {"instances": images.tolist()}
+        )
+        assert status == 200, doc
+        assert [p["classes"] for p in doc["predictions"][:2]] == refs["v1_classes"][:2].tolist()
+        assert len(doc["predictions"]) == 256
+        # TensorFlow lives in the model process only, not in the HTTP process.
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+        assert "libtensorflow" not in maps
+        (host,) = _children(server.proc.pid)
+        assert "libtensorflow" in Path(f"/proc/{host}/maps").read_text()
+        os.kill(host, signal.SIGKILL)
+        code, stderr = server.finish(30)
+    finally:
+        server.stop()
+    assert code == EXIT_MODEL_ERROR
+    assert (
+        f"{ERROR_PREFIX}the model process (TensorFlow) was killed by signal 9: restart the server"
+        in stderr.splitlines()
+    )
+
+
+@needs_tf
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_server_leaves_no_model_process_behind(models: Path, tmp_path: Path) -> None:
+    import signal
+
+    base = tmp_path / "model"
+    shutil.copytree(models / "1", base / "1")
+    server = Server(base, tmp_path / "server.log").wait_ready()
+    try:
+        (host,) = _children(server.proc.pid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    assert _gone(host, 30), "the model process outlived its server"
+
+
 # ------------------------------------------------------------ model versions
 
 
@@ -687,7 +765,7 @@ def test_corrupt_model_at_start_names_the_path(tmp_path: Path) -> None:
 def test_the_server_module_imports_no_tensorflow() -> None:
     code = (
         "import sys, kfnb.serving.server, kfnb.serving.codec, kfnb.serving.loader, "
-        "kfnb.serving.versions, kfnb.serving.batcher; "
+        "kfnb.serving.versions, kfnb.serving.batcher, kfnb.serving.model_host; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
@@ -1081,8 +1159,9 @@ def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
         asyncio.run(main())
     finally:
         batcher.close()
-    worker, here = "kfnb-batcher", threading.current_thread().name
-    assert threads == [worker, here, worker, here, here, worker]
+    here = threading.current_thread().name
+    where = ["here" if t == here else t.rstrip("_0123456789") for t in threads]
+    assert where == ["kfnb-batcher", "here", "kfnb-batcher", "here", "here", "kfnb-batcher"]
     assert batches == [1] * 6  # every call counted in the metrics, wherever it ran
 
 

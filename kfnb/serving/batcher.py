@@ -1,20 +1,21 @@
-"""The micro-batching worker: model calls in one background thread.
+"""Micro-batching: the model calls, merging the requests that queue meanwhile.
 
-Requests queue from the event loop; the worker merges what queued meanwhile into
-one signature call and hands each request its rows back (a lone request to a
-quick model is answered in the caller's thread). TensorFlow is only used through
-``LoadedModel.run``, never imported here. Depends on the codec (``RequestError``)
-and on ``LoadedModel``, not on the version manager.
+Requests queue in the event loop; whenever no call is running, everything queued
+goes into the next one. A version in the model process (``LoadedModel.remote``)
+is awaited over its socket, so the event loop keeps reading requests while
+TensorFlow runs; an in-process one (tests, other runtimes) runs in one worker
+thread. TensorFlow is never imported here. Depends on the codec
+(``RequestError``) and on ``LoadedModel``, not on the version manager.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ __all__ = ["Batcher"]
 
 log = logging.getLogger("kfnb.serving")
 
+Outcome = dict[str, np.ndarray] | BaseException
+
 
 @dataclass
 class _Job:
@@ -35,32 +38,30 @@ class _Job:
     inputs: dict[str, np.ndarray]
     rows: int | None
     future: asyncio.Future[dict[str, np.ndarray]]
-    loop: asyncio.AbstractEventLoop
 
 
 BatchListener = Callable[[LoadedModel, int, int, float], None]
 
 
 class Batcher:
-    """Runs model calls in one background thread, merging what queued meanwhile.
+    """Makes the model calls of one event loop, merging what queued meanwhile.
 
-    Requests queue; the worker takes everything that queued while the previous
-    call ran (up to ``max_batch_rows`` rows), makes one signature call on the
-    concatenation and splits the results back. At one client this is batch size
-    1 with no added wait; under load batches grow with the load. Waiting a fixed
-    time to fill a batch was measured to cost latency at low load and gain nothing.
-    A merged call that fails is retried request by request, so one bad request
-    cannot fail its neighbours. ``on_batch(model, requests, rows, seconds)`` is
-    called after each signature call, from the thread that made it.
+    The first request starts a call at the loop's next turn (so the requests read
+    in this turn join it); while a call runs, requests queue, and the next call
+    takes all of them (up to ``max_batch_rows`` rows) on their concatenation and
+    splits the results back. At one client this is batch size 1 with no added
+    wait; under load batches grow with the load. Waiting a fixed time to fill a
+    batch was measured to cost latency at low load and gain nothing. A merged
+    call that fails is retried request by request, so one bad request cannot fail
+    its neighbours. ``on_batch(model, requests, rows, seconds)`` is called after
+    each signature call.
 
     ``run(..., alone=True)`` says the caller knows no other request can join
-    this one (one client connected): then, if the worker is idle and the
-    signature's last call took under ``inline_seconds``, the call is made in
-    the caller's thread, as KServe calls its model.
-    The hop to the worker and back costs two thread wake-ups (0.2 ms on a
-    quiet machine, milliseconds on a busy VM); nobody else is waiting on the
-    event loop meanwhile, except a new connection (a probe, a scrape), which
-    waits at most ``inline_seconds``. A slower model still goes to the worker.
+    this one (one client connected): then, for an in-process model whose last
+    call for one request took under ``inline_seconds``, the call is made right
+    here, as KServe calls its model: the hop to the worker thread and back costs
+    two thread wake-ups (milliseconds on a busy VM). Nobody else waits on the
+    event loop meanwhile, except a new connection (a probe, a scrape).
     """
 
     def __init__(
@@ -74,20 +75,14 @@ class Batcher:
         self.max_batch_rows = max_batch_rows
         self.inline_seconds = inline_seconds
         self._on_batch = on_batch
-        self._working = False  # set by the worker thread around each batch
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="kfnb-batcher", daemon=True)
-        self._started = False
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
+        self._queue: deque[_Job] = deque()
+        self._calling: asyncio.Task[None] | None = None
+        self._worker: ThreadPoolExecutor | None = None  # for in-process models
 
     @property
     def pending(self) -> int:
-        """Requests queued and not yet taken by the worker (approximate)."""
-        return self._queue.qsize()
+        """Requests queued for the next call."""
+        return len(self._queue)
 
     async def run(
         self,
@@ -97,97 +92,85 @@ class Batcher:
         rows: int | None,
         alone: bool = False,
     ) -> dict[str, np.ndarray]:
-        """The signature's outputs for these inputs, computed in the worker thread
-        (or, for a lone request to a quick signature, in this one)."""
-        self.start()
+        """The signature's outputs for these inputs, from a call shared with the
+        requests queued alongside (or, for a lone request, a call of its own)."""
         if alone and self._may_inline(model, signature):
-            outcome = self._call(model, signature, inputs, 1)
+            outcome = self._timed(model, signature, inputs, 1, model.run)
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        self._queue.put(_Job(model, signature, inputs, rows, future, loop))
+        self._queue.append(_Job(model, signature, inputs, rows, future))
+        if self._calling is None:
+            self._calling = loop.create_task(self._drain())
         return await future
 
     def _may_inline(self, model: LoadedModel, signature: str) -> bool:
         last = model.single_call_seconds.get(signature)
         return (
-            last is not None
+            model.remote is None
+            and last is not None
             and last < self.inline_seconds
-            and not self._working
-            and self._queue.empty()
+            and self._calling is None
         )
 
-    def close(self, timeout: float = 5.0) -> None:
-        if self._started:
-            self._queue.put(None)
-            self._thread.join(timeout)
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
-    # -- the worker thread
+    # -- the calls
 
-    def _work(self) -> None:
-        held: _Job | None = None
-        while True:
-            job = held if held is not None else self._queue.get()
-            held = None
-            if job is None:
-                return
-            jobs, rows, stop = [job], job.rows or 1, False
-            while rows < self.max_batch_rows:
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                jobs = self._take()
                 try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if following is None:
-                    stop = True
-                    break
-                if rows + (following.rows or 1) > self.max_batch_rows:
-                    held = following
-                    break
-                jobs.append(following)
-                rows += following.rows or 1
-            self._working = True
-            try:
-                self._process(jobs)
-            finally:
-                self._working = False
-            if stop:
-                return
+                    await self._process(jobs)
+                except Exception as exc:  # a bug here must fail these requests, not hang them
+                    log.exception("a batch of %d requests failed", len(jobs))
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+        finally:
+            self._calling = None
 
-    def _process(self, jobs: Sequence[_Job]) -> None:
+    def _take(self) -> list[_Job]:
+        """The queued requests, oldest first, up to ``max_batch_rows`` rows (at least one)."""
+        jobs = [self._queue.popleft()]
+        rows = jobs[0].rows or 1
+        while self._queue and rows + (self._queue[0].rows or 1) <= self.max_batch_rows:
+            job = self._queue.popleft()
+            jobs.append(job)
+            rows += job.rows or 1
+        return jobs
+
+    async def _process(self, jobs: Sequence[_Job]) -> None:
         groups: dict[Any, list[_Job]] = {}
         for job in jobs:
             batchable = job.rows is not None and job.model.signatures[job.signature].batchable
             key = (id(job.model), job.signature) if batchable else id(job)
             groups.setdefault(key, []).append(job)
-        done: list[tuple[_Job, dict[str, np.ndarray] | BaseException]] = []
         for group in groups.values():
-            done.extend(self._run_group(group))
-        # Idle before the answers go out, so a request sent in reply finds it so.
-        self._working = False
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for job, outcome in done:
-            by_loop.setdefault(job.loop, []).append((job.future, outcome))
-        for loop, results in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, results)
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                pass
+            for job, outcome in await self._run_group(group):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
 
-    def _run_group(
-        self, jobs: list[_Job]
-    ) -> list[tuple[_Job, dict[str, np.ndarray] | BaseException]]:
-        if len(jobs) == 1:
-            return [(jobs[0], self._call(jobs[0].model, jobs[0].signature, jobs[0].inputs, 1))]
+    async def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, Outcome]]:
         first = jobs[0]
+        if len(jobs) == 1:
+            return [(first, await self._call(first.model, first.signature, first.inputs, 1))]
         merged = {k: np.concatenate([j.inputs[k] for j in jobs]) for k in first.inputs}
         total = sum(j.rows or 0 for j in jobs)
-        outcome = self._call(first.model, first.signature, merged, len(jobs))
+        outcome = await self._call(first.model, first.signature, merged, len(jobs))
         if isinstance(outcome, dict) and all(
             v.ndim and v.shape[0] == total for v in outcome.values()
         ):
-            results: list[tuple[_Job, dict[str, np.ndarray] | BaseException]] = []
+            results: list[tuple[_Job, Outcome]] = []
             start = 0
             for job in jobs:
                 end = start + (job.rows or 0)
@@ -195,17 +178,53 @@ class Batcher:
                 start = end
             return results
         # The merged call failed (or did not keep rows apart): each request on its own.
-        return [(j, self._call(j.model, j.signature, j.inputs, 1)) for j in jobs]
+        return [(j, await self._call(j.model, j.signature, j.inputs, 1)) for j in jobs]
 
-    def _call(
+    async def _call(
         self, model: LoadedModel, signature: str, inputs: dict[str, np.ndarray], requests: int
-    ) -> dict[str, np.ndarray] | BaseException:
+    ) -> Outcome:
         started = time.perf_counter()
+        outcome: Outcome
         try:
-            outcome: dict[str, np.ndarray] | BaseException = model.run(signature, inputs)
+            if model.remote is not None:
+                outcome = {
+                    k: np.asarray(v) for k, v in (await model.remote(signature, inputs)).items()
+                }
+            else:
+                if self._worker is None:
+                    self._worker = ThreadPoolExecutor(1, thread_name_prefix="kfnb-batcher")
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self._worker, model.run, signature, inputs)
         except Exception as exc:
             outcome = _prediction_error(exc)
-        seconds = time.perf_counter() - started
+        self._record(model, signature, inputs, requests, time.perf_counter() - started)
+        return outcome
+
+    def _timed(
+        self,
+        model: LoadedModel,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        requests: int,
+        call: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
+    ) -> Outcome:
+        started = time.perf_counter()
+        outcome: Outcome
+        try:
+            outcome = call(signature, inputs)
+        except Exception as exc:
+            outcome = _prediction_error(exc)
+        self._record(model, signature, inputs, requests, time.perf_counter() - started)
+        return outcome
+
+    def _record(
+        self,
+        model: LoadedModel,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        requests: int,
+        seconds: float,
+    ) -> None:
         if requests == 1:
             model.single_call_seconds[signature] = seconds
         if self._on_batch is not None:
@@ -214,7 +233,6 @@ class Batcher:
                 self._on_batch(model, requests, rows, seconds)
             except Exception:  # metrics must never break serving
                 log.exception("batch listener failed")
-        return outcome
 
 
 def _prediction_error(exc: Exception) -> BaseException:
@@ -223,13 +241,3 @@ def _prediction_error(exc: Exception) -> BaseException:
     if "InvalidArgumentError" in names:
         return RequestError(_first_line(exc), 400)
     return exc
-
-
-def _deliver(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, outcome in results:
-        if future.done():  # the client went away
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)

@@ -87,7 +87,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             raise RequestError("this model has no SignatureDef protos to describe", 501)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, proto in model.signature_protos.items():
-            signature_map.signature_def[key].CopyFrom(proto)
+            if isinstance(proto, bytes):  # as the model process sends them
+                signature_map.signature_def[key].ParseFromString(proto)
+            else:
+                signature_map.signature_def[key].CopyFrom(proto)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = self.server.name
         response.model_spec.version.value = model.version

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,9 @@ class LoadedModel:
 
     ``functions`` take and return numpy arrays; ``run`` is called by the batcher,
     from its worker thread or, for a lone request, from the event loop's thread.
-    Kept TensorFlow-free so tests can serve a fake model.
+    A version loaded in the model process (``model_host``) has ``remote`` instead,
+    a coroutine function the batcher awaits in the event loop. Kept
+    TensorFlow-free so tests can serve a fake model.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class LoadedModel:
         signature_defs: Mapping[str, Any] | None = None,
         handle: Any = None,
         signature_protos: Any = None,
+        remote: Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.version = version
         self.path = path
@@ -81,8 +84,10 @@ class LoadedModel:
             signature_defs or {name: info.to_json() for name, info in self.signatures.items()}
         )
         self._handle = handle  # keeps the loaded SavedModel (and its variables) alive
-        # The MetaGraph's SignatureDef protos, for gRPC's GetModelMetadata (None in fakes).
+        # The MetaGraph's SignatureDef protos (serialized, from the model process), for
+        # gRPC's GetModelMetadata (None in fakes).
         self.signature_protos = signature_protos
+        self.remote = remote
         # Seconds of the last call made for a single request, per signature (the
         # batcher's, to decide whether a lone request may skip the worker thread).
         self.single_call_seconds: dict[str, float] = {}

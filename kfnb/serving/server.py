@@ -14,8 +14,10 @@ snippets, KServe's TF predictor clients) work unchanged against a laptop:
 
 It runs in its own process, never in the kernel: TensorFlow's threads, memory and
 crashes stay out of the notebook, and the same command runs in a container.
-TensorFlow is imported in a background thread only once a model is loaded, so
-a wrong path or a port in use is reported in a fraction of a second.
+TensorFlow itself runs in a second process (``model_host``), started once the
+port is bound, so a wrong path or a port in use is reported in a fraction of a
+second, and this process's one thread, the event loop, parses requests while
+TensorFlow answers the previous batch.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from kfnb.serving.codec import (
 )
 from kfnb.serving.config import DEFAULT_MAX_BODY, DEFAULT_PORT, ServerConfig
 from kfnb.serving.loader import LoadedModel, load_saved_model
+from kfnb.serving.model_host import ModelHost
 from kfnb.serving.versions import ModelManager, VersionStatus, check_base_path
 
 __all__ = ["ModelServer", "ServerConfig", "main", "serve"]
@@ -483,8 +486,17 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    server = ModelServer(config)
-    server.manager.preload()
+    exit_code = 0
+
+    def host_exited(message: str) -> None:
+        nonlocal exit_code
+        print(ERROR_PREFIX + message, file=sys.stderr, flush=True)
+        exit_code = EXIT_MODEL_ERROR
+        stop.set()
+
+    host = ModelHost(loop, on_exit=host_exited)
+    await host.start()
+    server = ModelServer(config, loader=host.load)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     if runner.server is not None:
@@ -500,7 +512,7 @@ async def serve(
             print(ERROR_PREFIX + _no_version(config, server.manager), file=sys.stderr, flush=True)
             return EXIT_MODEL_ERROR
         if config.grpc_port is not None:
-            # Imported now: the protos import TensorFlow, which the first load brought in.
+            # Imported only now and only for gRPC: its protos import TensorFlow here too.
             from kfnb.serving.grpc_api import start_grpc
 
             try:
@@ -519,7 +531,7 @@ async def serve(
         watcher = asyncio.create_task(server.manager.watch(config.poll_seconds))
         await stop.wait()
         log.info("stopping")
-        return 0
+        return exit_code
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -529,6 +541,7 @@ async def serve(
             await grpc_server.stop(grace=2.0)
         await runner.cleanup()
         server.close()
+        host.close()
 
 
 def _check_grpc(host: str, port: int) -> None:
