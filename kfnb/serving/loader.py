@@ -84,7 +84,7 @@ class LoadedModel:
             signature_defs or {name: info.to_json() for name, info in self.signatures.items()}
         )
         self._handle = handle  # keeps the loaded SavedModel (and its variables) alive
-        # The MetaGraph's SignatureDef protos (serialized, from the model process), for
+        # The MetaGraph's SignatureDef protos (their bytes, from the model process), for
         # gRPC's GetModelMetadata (None in fakes).
         self.signature_protos = signature_protos
         self.remote = remote

