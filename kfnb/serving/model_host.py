@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import pickle
 import select
@@ -42,8 +41,6 @@ from kfnb.serving.codec import RequestError
 from kfnb.serving.loader import LoadedModel, ModelLoadError, _first_line, load_saved_model
 
 __all__ = ["HostDied", "ModelHost"]
-
-log = logging.getLogger("kfnb.serving")
 
 _HEADER = 8  # bytes of a message's length, big-endian
 _SPIN_SECONDS = 0.001  # how long the host stays awake for the next request
