@@ -95,7 +95,7 @@ class Batcher:
         """The signature's outputs for these inputs, from a call shared with the
         requests queued alongside (or, for a lone request, a call of its own)."""
         if alone and self._may_inline(model, signature):
-            outcome = self._timed(model, signature, inputs, 1, model.run)
+            outcome = await self._call(model, signature, inputs, 1, here=True)
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
@@ -181,12 +181,21 @@ class Batcher:
         return [(j, await self._call(j.model, j.signature, j.inputs, 1)) for j in jobs]
 
     async def _call(
-        self, model: LoadedModel, signature: str, inputs: dict[str, np.ndarray], requests: int
+        self,
+        model: LoadedModel,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        requests: int,
+        here: bool = False,
     ) -> Outcome:
+        """One signature call, timed and counted: in this thread (``here``, for an
+        in-process model), in the model process, or in the worker thread."""
         started = time.perf_counter()
         outcome: Outcome
         try:
-            if model.remote is not None:
+            if here:
+                outcome = model.run(signature, inputs)
+            elif model.remote is not None:
                 outcome = {
                     k: np.asarray(v) for k, v in (await model.remote(signature, inputs)).items()
                 }
@@ -195,23 +204,6 @@ class Batcher:
                     self._worker = ThreadPoolExecutor(1, thread_name_prefix="kfnb-batcher")
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(self._worker, model.run, signature, inputs)
-        except Exception as exc:
-            outcome = _prediction_error(exc)
-        self._record(model, signature, inputs, requests, time.perf_counter() - started)
-        return outcome
-
-    def _timed(
-        self,
-        model: LoadedModel,
-        signature: str,
-        inputs: dict[str, np.ndarray],
-        requests: int,
-        call: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-    ) -> Outcome:
-        started = time.perf_counter()
-        outcome: Outcome
-        try:
-            outcome = call(signature, inputs)
         except Exception as exc:
             outcome = _prediction_error(exc)
         self._record(model, signature, inputs, requests, time.perf_counter() - started)
