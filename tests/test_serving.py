@@ -30,8 +30,10 @@ import numpy as np
 import pytest
 
 from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE, READY_PATTERN
+from kfnb.serving.batch import run_batch
 from kfnb.serving.batcher import Batcher
 from kfnb.serving.codec import (
+    PredictRequest,
     RequestError,
     SignatureInfo,
     TensorInfo,
@@ -46,7 +48,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
 TOLERANCE = 1e-5
 
 _HAVE_SERVING = all(
-    importlib.util.find_spec(name) is not None for name in ("aiohttp", "prometheus_client")
+    importlib.util.find_spec(name) is not None
+    for name in ("uvicorn", "aiohttp", "prometheus_client")
 )
 needs_serving = pytest.mark.skipif(
     not _HAVE_SERVING, reason="needs the serving extra: pip install 'kfnb[serving]'"
@@ -114,7 +117,7 @@ class Server:
     def __init__(self, base: Path, log: Path, *args: str, name: str = "mnist") -> None:
         self.log = log
         self.base = base
-        from kfnb.serving.server import ServerConfig  # aiohttp: only where the extra is
+        from kfnb.serving.server import ServerConfig  # uvicorn: only where the extra is
 
         # Later flags win, so ``args`` can override what the config gives (e.g. --port).
         command = [*ServerConfig(base, model_name=name).to_argv(), *args]
@@ -829,7 +832,7 @@ def test_batcher_merges_queued_requests_and_isolates_a_failing_one() -> None:
         for i in range(20):
             b = np.array([-1 if i == 13 else i], np.int64)
             inputs = {"a": np.full((1, 2), i, np.float32), "b": b}
-            jobs.append(batcher.run(model, "serving_default", inputs, 1))
+            jobs.append(batcher.run(model, PredictRequest("serving_default", inputs, 1, True)))
         return list(await asyncio.gather(*jobs, return_exceptions=True))
 
     try:
@@ -840,11 +843,85 @@ def test_batcher_merges_queued_requests_and_isolates_a_failing_one() -> None:
         if i == 13:
             assert isinstance(result, ValueError)
         else:
-            assert isinstance(result, dict), result
-            assert result["sum"].tolist() == [3 * i] and result["b"].tolist() == [i]
+            assert isinstance(result, tuple), result
+            outputs = result[1]
+            assert outputs["sum"].tolist() == [3 * i] and outputs["b"].tolist() == [i]
     assert max(calls) <= 8  # the cap
     assert len(calls) < 20 + 8  # merged calls, plus the retries of the failing batch
     assert any(n > 1 for n, _ in batches)
+
+
+def test_run_batch_checks_json_bodies_and_merges_them_with_checked_requests() -> None:
+    calls: list[int] = []
+
+    def add(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(len(a))
+        return {"sum": a.sum(axis=1) + b, "b": b}
+
+    model = LoadedModel(1, Path("."), {"serving_default": TWO_IN_TWO_OUT}, {"serving_default": add})
+    checked = PredictRequest(
+        "serving_default", {"a": np.ones((2, 2), np.float32), "b": np.array([1, 2])}, 2, False
+    )
+    requests: list[Any] = [
+        b'{"instances": [{"a": [1, 2], "b": 10}]}',
+        b'{"instances": [{"a": [1, 2]}]}',  # no b: refused alone
+        checked,
+        b"not json",
+        b'{"inputs": {"a": [[5, 5], [6, 6], [7, 7]], "b": [0, 0, 0]}}',
+    ]
+    done = run_batch(model, requests, max_rows=4)
+    for bad, words in ((1, "Missing named input: b"), (3, "JSON Parse error")):
+        with pytest.raises(RequestError, match=words):
+            done.answer(bad, requests[bad])
+    first, third, fifth = (done.answer(i, requests[i]) for i in (0, 2, 4))
+    assert first[0].row_format and first[0].rows == 1 and first[0].inputs == {}
+    assert first[1]["sum"].tolist() == [13.0]
+    assert third[0] is checked and third[1]["sum"].tolist() == [3.0, 4.0]
+    assert fifth[1]["sum"].tolist() == [10.0, 12.0, 14.0] and not fifth[0].row_format
+    # 6 rows in calls of at most 4: the first two requests (3 rows), then the last (3).
+    assert calls == [3, 3]
+    assert [(c.requests, c.rows) for c in done.calls] == [((0, 2), 3), ((4,), 3)]
+
+
+def test_batcher_checks_queued_bodies_while_the_model_runs() -> None:
+    """With an idle event loop, every body queued behind a running batch is checked
+    here; the model gets them as one merged request, and bad ones never reach it."""
+    seen: list[list[Any]] = []
+    release = threading.Event()
+
+    def add(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        release.wait(5)
+        return {"sum": a.sum(axis=1) + b, "b": b}
+
+    model = LoadedModel(1, Path("."), {"serving_default": TWO_IN_TWO_OUT}, {"serving_default": add})
+    batcher = Batcher()
+
+    async def remote(requests: list[Any], max_rows: int) -> Any:
+        seen.append([r if isinstance(r, bytes) else r.rows for r in requests])
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, run_batch, model, requests, max_rows)
+
+    model.remote = remote  # as if in the model process: bodies may travel unchecked
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[1, 1]], "b": [0]}}'))
+        await asyncio.sleep(0.05)  # the first batch is running
+        later = [
+            asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[%d, 0]], "b": [0]}}' % i))
+            for i in range(5)
+        ]
+        bad = asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[1, 1]]}}'))
+        await asyncio.sleep(0.05)  # time for the loop to check them all
+        release.set()
+        return list(await asyncio.gather(first, *later, bad, return_exceptions=True))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert seen == [[b'{"inputs": {"a": [[1, 1]], "b": [0]}}'], [5]]
+    assert [r[1]["sum"].tolist() for r in results[1:6]] == [[float(i)] for i in range(5)]
+    assert isinstance(results[6], RequestError) and "Missing named input: b" in str(results[6])
 
 
 # ----------------------------------------------------------------------- gRPC
@@ -1136,24 +1213,28 @@ def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
     batches: list[int] = []
     batcher = Batcher(on_batch=lambda m, n, rows, s: batches.append(n), inline_seconds=0.005)
 
-    def inputs(b: int) -> dict[str, np.ndarray]:
-        return {"a": np.ones((1, 2), np.float32), "b": np.array([b], np.int64)}
+    def inputs(b: int) -> PredictRequest:
+        arrays = {"a": np.ones((1, 2), np.float32), "b": np.array([b], np.int64)}
+        return PredictRequest("serving_default", arrays, 1, True)
 
     async def main() -> None:
         nonlocal delay
-        run = batcher.run
+
+        async def run(request: PredictRequest, alone: bool = False) -> dict[str, np.ndarray]:
+            return (await batcher.run(model, request, alone=alone))[1]
+
         # The first call's time is unknown, so it goes to the worker; then a lone
         # request runs here, and one that others may join goes to the worker.
-        assert (await run(model, "serving_default", inputs(1), 1, alone=True))["sum"] == [3]
-        assert (await run(model, "serving_default", inputs(2), 1, alone=True))["sum"] == [4]
-        assert (await run(model, "serving_default", inputs(3), 1))["sum"] == [5]
+        assert (await run(inputs(1), alone=True))["sum"] == [3]
+        assert (await run(inputs(2), alone=True))["sum"] == [4]
+        assert (await run(inputs(3)))["sum"] == [5]
         # A failure inline is the same exception the worker would give.
         with pytest.raises(ValueError, match="negative b"):
-            await run(model, "serving_default", inputs(-1), 1, alone=True)
+            await run(inputs(-1), alone=True)
         # A signature slower than inline_seconds stays on the worker, lone or not.
         delay = 0.01
-        await run(model, "serving_default", inputs(4), 1, alone=True)
-        await run(model, "serving_default", inputs(5), 1, alone=True)
+        await run(inputs(4), alone=True)
+        await run(inputs(5), alone=True)
 
     try:
         asyncio.run(main())

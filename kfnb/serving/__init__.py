@@ -6,7 +6,7 @@ each importing only those before it: ``codec`` (signatures, JSON <-> tensors),
 ``batcher`` (the micro-batching worker), and ``grpc_api`` (TF Serving's gRPC
 ``PredictionService``, imported once TensorFlow is loaded).
 
-The kernel side never imports TensorFlow or aiohttp: ``config`` (``ServerConfig``),
+The kernel side never imports TensorFlow or uvicorn: ``config`` (``ServerConfig``),
 ``local`` (``%serve``'s server processes and their records), ``client``
 (``Predictor``), ``feed`` and ``digits`` (what ``PredictionView`` shows),
 ``predict_cli`` (``kfnb predict``), and for clusters ``manifests``, ``cluster``

@@ -8,7 +8,7 @@ It speaks only the public REST API (``/v1/models/NAME[/versions/V]:predict``), s
 it works the same against kfnb's local server, TF Serving and KServe's TF
 predictor. Every failure is a `PredictorError` with one line that says what
 happened and what to do. Importing this module is cheap: ``requests`` is
-imported when the first `Predictor` is made, TensorFlow and aiohttp never.
+imported when the first `Predictor` is made, TensorFlow and the HTTP server never.
 
 ``python -m kfnb.serving.client`` is ``kfnb predict`` (see `kfnb.serving.predict_cli`).
 """

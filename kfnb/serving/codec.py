@@ -1,6 +1,6 @@
 """The JSON <-> tensor codec: signatures, request checking, answers in TF Serving's JSON.
 
-Pure numpy: no TensorFlow, no aiohttp, no model. A request is checked against its
+Pure numpy: no TensorFlow, no HTTP server, no model. A request is checked against its
 signature's dtypes and shapes here, in the event loop, so a bad one is refused with
 a 400 before it is queued and without touching TensorFlow. Kept apart from the
 loader and the batcher so clients and tests can check and build requests alone.
@@ -9,6 +9,7 @@ loader and the batcher so clients and tests can check and build requests alone.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "RequestError",
     "SignatureInfo",
     "TensorInfo",
+    "decode_body",
     "decode_predict",
     "decode_tensors",
     "encode_predict",
@@ -93,7 +95,7 @@ class SignatureInfo:
     outputs: Mapping[str, TensorInfo]
     method_name: str = PREDICT_METHOD
 
-    @property
+    @functools.cached_property
     def batchable(self) -> bool:
         """Whether requests can be concatenated: every tensor's 0-th dimension is the batch."""
         tensors = [*self.inputs.values(), *self.outputs.values()]
@@ -147,6 +149,11 @@ def parse_json(body: bytes) -> Any:
         raise RequestError("JSON Parse error: the document is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise RequestError(f"JSON Parse error: {exc}") from None
+
+
+def decode_body(body: bytes, signatures: Mapping[str, SignatureInfo]) -> PredictRequest:
+    """A ``:predict`` request's JSON body, parsed and checked (see ``decode_predict``)."""
+    return decode_predict(parse_json(body), signatures)
 
 
 def decode_predict(doc: Any, signatures: Mapping[str, SignatureInfo]) -> PredictRequest:

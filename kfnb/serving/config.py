@@ -1,7 +1,7 @@
 """``ServerConfig``: how a model server process is started, without importing the server.
 
 The kernel builds a server's command line from it (``%serve``) without paying
-for aiohttp or TensorFlow; the server process parses the same flags back.
+for uvicorn or TensorFlow; the server process parses the same flags back.
 """
 
 from __future__ import annotations

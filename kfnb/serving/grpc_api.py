@@ -65,7 +65,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             raise RequestError(f"cannot read the request's tensors: {exc}") from None
         dtypes = {key: types_pb2.DataType.Name(p.dtype) for key, p in request.inputs.items()}
         checked = decode_tensors(inputs, signature, dtypes)
-        outputs = await self.server.batcher.run(model, name, checked.inputs, checked.rows)
+        _, outputs = await self.server.batcher.run(model, checked)
         wanted = list(request.output_filter) or sorted(outputs)
         unknown = [key for key in wanted if key not in outputs]
         if unknown:

@@ -12,11 +12,14 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kfnb.serving.codec import SignatureInfo, TensorInfo
+
+if TYPE_CHECKING:
+    from kfnb.serving.batch import Batch, Request
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_saved_model"]
 
@@ -56,11 +59,13 @@ class ModelLoadError(Exception):
 class LoadedModel:
     """One loaded version: its signatures and the functions that run them.
 
-    ``functions`` take and return numpy arrays; ``run`` is called by the batcher,
-    from its worker thread or, for a lone request, from the event loop's thread.
-    A version loaded in the model process (``model_host``) has ``remote`` instead,
-    a coroutine function the batcher awaits in the event loop. Kept
-    TensorFlow-free so tests can serve a fake model.
+    ``functions`` take and return numpy arrays; ``run`` is called by
+    ``batch.run_batch``, in the batcher's worker thread or, for a lone request,
+    in the event loop's thread. A version loaded in the model process
+    (``model_host``) has ``remote`` instead: a coroutine function that runs a
+    batch there (``remote(requests, max_rows) -> batch.Batch``), which the
+    batcher awaits in the event loop. Kept TensorFlow-free so tests can serve a
+    fake model.
     """
 
     def __init__(
@@ -72,7 +77,7 @@ class LoadedModel:
         signature_defs: Mapping[str, Any] | None = None,
         handle: Any = None,
         signature_protos: Any = None,
-        remote: Callable[[str, Mapping[str, np.ndarray]], Awaitable[dict[str, Any]]] | None = None,
+        remote: Callable[[list[Request], int], Awaitable[Batch]] | None = None,
     ) -> None:
         self.version = version
         self.path = path

@@ -4,7 +4,7 @@ Each server is ``python -m kfnb.serving.server`` in its own session (it survives
 kernel restart, like a job's supervisor) with its output in
 ``<home>/servers/<name>.log`` and a record in ``<home>/servers/<name>.json``, so
 ``%serve --list`` and ``%serve --stop`` work from any kernel. The kernel never
-imports TensorFlow or aiohttp for this.
+imports TensorFlow or uvicorn for this.
 """
 
 from __future__ import annotations
