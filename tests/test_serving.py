@@ -896,7 +896,7 @@ def test_batcher_checks_queued_bodies_while_the_model_runs() -> None:
     model = LoadedModel(1, Path("."), {"serving_default": TWO_IN_TWO_OUT}, {"serving_default": add})
     batcher = Batcher()
 
-    async def remote(requests: list[Any], max_rows: int) -> Any:
+    async def remote(requests: list[Any], max_rows: int, awake: bool) -> Any:
         seen.append([r if isinstance(r, bytes) else r.rows for r in requests])
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, run_batch, model, requests, max_rows)

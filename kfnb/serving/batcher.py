@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: deque[_Job] = deque()
         self._unchecked: deque[_Job] = deque()  # queued JSON bodies, oldest first
-        self._calling: asyncio.Task[None] | None = None
+        self._calling: asyncio.Task[Any] | None = None
         self._checking: asyncio.Task[None] | None = None
         self._worker: ThreadPoolExecutor | None = None  # for in-process models
         self._balance = _Balance()
@@ -111,6 +112,8 @@ class Batcher:
             self._record(model, done.calls, [1])
             return done.answer(0, request)
         loop = asyncio.get_running_loop()
+        if alone and model.remote is not None and self._calling is None:
+            return await self._run_alone(model, request)
         job = _Job(model, request, loop.create_future())
         self._queue.append(job)
         if self._calling is None:
@@ -120,6 +123,19 @@ class Batcher:
             if self._checking is None:
                 self._checking = loop.create_task(self._check_while_the_model_runs())
         return await job.future
+
+    async def _run_alone(
+        self, model: LoadedModel, request: Request
+    ) -> tuple[PredictRequest, dict[str, np.ndarray]]:
+        """A lone client's request, straight to the model process, waiting awake."""
+        self._calling = asyncio.current_task()
+        try:
+            done = await self._execute(model, [request], [1], awake=True)
+        finally:
+            self._calling = None
+            if self._queue:  # someone came meanwhile
+                self._calling = asyncio.get_running_loop().create_task(self._drain())
+        return done.answer(0, request)
 
     def _may_inline(self, model: LoadedModel, request: Request) -> bool:
         if model.remote is not None or not isinstance(request, PredictRequest):
@@ -213,14 +229,14 @@ class Batcher:
                 _settle(job, exc)
 
     async def _execute(
-        self, model: LoadedModel, requests: list[Request], sizes: list[int]
+        self, model: LoadedModel, requests: list[Request], sizes: list[int], awake: bool = False
     ) -> Batch:
         """``run_batch`` in the model process, or in the worker thread; ``sizes`` are
         how many clients' requests each of ``requests`` merges."""
         done: Batch
         if model.remote is not None:
             try:
-                done = await model.remote(requests, self.max_batch_rows)
+                done = await model.remote(requests, self.max_batch_rows, awake)
             except Exception as exc:  # the model process died: every request fails with it
                 return Batch([exc] * len(requests), [], [], 0.0)
             self._balance.model_was_busy(done.seconds)

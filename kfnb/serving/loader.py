@@ -77,7 +77,7 @@ class LoadedModel:
         signature_defs: Mapping[str, Any] | None = None,
         handle: Any = None,
         signature_protos: Any = None,
-        remote: Callable[[list[Request], int], Awaitable[Batch]] | None = None,
+        remote: Callable[[list[Request], int, bool], Awaitable[Batch]] | None = None,
     ) -> None:
         self.version = version
         self.path = path

