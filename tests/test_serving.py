@@ -16,6 +16,7 @@ import random
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -661,6 +662,46 @@ def test_a_killed_server_leaves_no_model_process_behind(models: Path, tmp_path: 
     finally:
         server.stop()
     assert _gone(host, 30), "the model process outlived its server"
+
+
+def test_an_answer_read_awake_may_come_in_pieces() -> None:
+    """The lone-client path reads the model process's socket itself: an answer
+    larger than the socket's buffer arrives in pieces, and each piece goes through
+    the same framing as the transport's reads; what is not there in time is left
+    to the transport (here, the test's own reads)."""
+    from kfnb.serving import model_host
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    host = model_host.ModelHost(asyncio.new_event_loop())
+    host._sock = ours
+    big = np.arange(150_000, dtype=np.float32)  # 600 kB: several socket buffers
+    frame = model_host._frame((0, ("ok", big)))
+    first = theirs.send(frame[:100_000])  # in the socket before the wait starts
+    sender = threading.Thread(target=theirs.sendall, args=(frame[first:],))
+    try:
+        future: asyncio.Future[Any] = host.loop.create_future()
+        host._waiting[0] = future
+        sender.start()
+        host._wait_awake(future)
+        assert future.done() or len(host._buffer) >= first  # it read, at least the first piece
+        while not future.done():  # a slow machine: the rest, as the transport reads it
+            select.select([ours], [], [], 5)
+            host.data_received(ours.recv(1 << 20))
+        kind, value = future.result()
+        assert kind == "ok" and np.array_equal(value, big)
+        # Nothing comes: the wait gives up after AWAKE_SECONDS, the future still open.
+        late = host.loop.create_future()
+        host._waiting[1] = late
+        started = time.perf_counter()
+        host._wait_awake(late)
+        assert not late.done()
+        assert model_host.AWAKE_SECONDS <= time.perf_counter() - started < 1.0
+    finally:
+        sender.join(10)
+        host.loop.close()
+        ours.close()
+        theirs.close()
 
 
 # ------------------------------------------------------------ model versions
