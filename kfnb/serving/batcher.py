@@ -68,10 +68,12 @@ class Batcher:
     signature call.
 
     ``run(..., alone=True)`` says the caller knows no other request can join
-    this one (one client connected): then, for an in-process model whose last
-    call for one request took under ``inline_seconds``, the call is made right
-    here, as KServe calls its model: the hop to the worker thread and back costs
-    two thread wake-ups (milliseconds on a busy VM).
+    this one (one client connected). Then a request for the model process goes
+    there at once and its answer is read awake (``ModelHost._wait_awake``); for
+    an in-process model whose last call for one request took under
+    ``inline_seconds``, the call is made right here, as KServe calls its model:
+    the hop to the worker thread and back costs two thread wake-ups
+    (milliseconds on a busy VM).
     """
 
     def __init__(

@@ -124,6 +124,8 @@ class _Disconnected(Exception):
 
 @dataclass(frozen=True)
 class Answer:
+    """An HTTP answer: status, body, content type (JSON unless said otherwise)."""
+
     status: int
     body: bytes
     content_type: bytes = _JSON
@@ -159,7 +161,8 @@ class ModelServer:
         self.batcher = Batcher(config.max_batch_size, on_batch=self._batch_done)
         self.metrics.queued.set_function(lambda: self.batcher.pending)
         # Open HTTP connections, once a server serves the app (see ``serve``): with
-        # one, no other request can join a batch, so the batcher may skip its thread.
+        # one, no other request can join a batch, so the batcher sends it at once
+        # and waits for its answer awake.
         self.open_connections: Callable[[], int] | None = None
         self.ready = False
 
