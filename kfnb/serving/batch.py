@@ -42,6 +42,7 @@ class Rows(NamedTuple):
 
 # A request's answer, or why it failed (a RequestError is the client's fault).
 Outcome = Rows | BaseException
+Checked = tuple[int, PredictRequest, bool]  # index in the batch, request, checked here
 
 
 class Call(NamedTuple):
@@ -88,7 +89,7 @@ def run_batch(model: LoadedModel, requests: Sequence[Request], max_rows: int) ->
     started = time.perf_counter()
     done = Batch([], [], [], 0.0)
     outcomes: dict[int, Outcome] = {}
-    groups: dict[Any, list[tuple[int, PredictRequest, bool]]] = {}
+    groups: dict[Any, list[Checked]] = {}
     for index, request in enumerate(requests):
         checked_here = isinstance(request, bytes)
         if isinstance(request, bytes):
@@ -107,9 +108,6 @@ def run_batch(model: LoadedModel, requests: Sequence[Request], max_rows: int) ->
     done.outcomes.extend(outcomes[index] for index in range(len(requests)))
     done.seconds = time.perf_counter() - started
     return done
-
-
-Checked = tuple[int, PredictRequest, bool]  # index in the batch, request, checked here
 
 
 def _chunks(group: list[Checked], max_rows: int) -> list[list[Checked]]:
