@@ -3,8 +3,10 @@
 The server process (``python -m kfnb.serving.server``) is built from small modules,
 each importing only those before it: ``codec`` (signatures, JSON <-> tensors),
 ``loader`` (SavedModel loading), ``versions`` (numbered versions, ``ModelManager``),
-``batcher`` (the micro-batching worker), and ``grpc_api`` (TF Serving's gRPC
-``PredictionService``, imported once TensorFlow is loaded).
+``batch`` (one batch: check, merge, call, split), ``model_host`` (the process
+TensorFlow runs in), ``batcher`` (micro-batching in the event loop), ``metrics``
+(Prometheus), and ``grpc_api`` (TF Serving's gRPC ``PredictionService``, imported
+once TensorFlow is loaded).
 
 The kernel side never imports TensorFlow or uvicorn: ``config`` (``ServerConfig``),
 ``local`` (``%serve``'s server processes and their records), ``client``
