@@ -24,7 +24,7 @@ import numpy as np
 from kfnb.serving.codec import PredictRequest, RequestError, decode_body
 from kfnb.serving.loader import LoadedModel, _first_line
 
-__all__ = ["Batch", "Call", "Rows", "Request", "run_batch"]
+__all__ = ["Batch", "Call", "Rows", "Request", "prediction_error", "run_batch"]
 
 Request = PredictRequest | bytes  # checked, or a JSON body to check here
 
@@ -173,13 +173,13 @@ def _call(
         done.results.append(model.run(signature, inputs))
         result = len(done.results) - 1
     except Exception as exc:
-        result = _prediction_error(exc)
+        result = prediction_error(exc)
     rows = max((len(v) if v.ndim else 1 for v in inputs.values()), default=0)
     done.calls.append(Call(signature, requests, rows, time.perf_counter() - started))
     return result
 
 
-def _prediction_error(exc: Exception) -> BaseException:
+def prediction_error(exc: BaseException) -> BaseException:
     """TensorFlow's INVALID_ARGUMENT is the request's fault (400); anything else is ours."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "InvalidArgumentError" in names:

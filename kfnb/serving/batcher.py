@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class Batcher:
     ) -> tuple[PredictRequest, dict[str, np.ndarray]]:
         """The request as checked and the signature's outputs for it, from a batch
         shared with the requests queued alongside. A bad request raises RequestError."""
-        if isinstance(request, bytes) and len(request) <= CHECK_HERE_BYTES:
+        if _checkable_here(request):
             # An in-process model shares this process's time anyway; a model process
             # busier than this one had better spend its time on the model alone.
             if model.remote is None or self._balance.model_is_busier:
@@ -120,7 +120,7 @@ class Batcher:
         self._queue.append(job)
         if self._calling is None:
             self._calling = loop.create_task(self._drain())
-        elif isinstance(request, bytes) and len(request) <= CHECK_HERE_BYTES:
+        elif _checkable_here(request):
             self._unchecked.append(job)
             if self._checking is None:
                 self._checking = loop.create_task(self._check_while_the_model_runs())
@@ -164,8 +164,7 @@ class Batcher:
                     except Exception as exc:  # a bug here must fail these requests, not hang them
                         log.exception("a batch of %d requests failed", len(group))
                         for job in group:
-                            if not job.future.done():
-                                job.future.set_exception(exc)
+                            _settle(job, exc)
         finally:
             self._calling = None
 
@@ -282,6 +281,11 @@ class Batcher:
                     self._on_batch(model, requests, call.rows, call.seconds)
                 except Exception:  # metrics must never break serving
                     log.exception("batch listener failed")
+
+
+def _checkable_here(request: Request) -> TypeGuard[bytes]:
+    """A JSON body small enough to check in the event loop."""
+    return isinstance(request, bytes) and len(request) <= CHECK_HERE_BYTES
 
 
 def _batchable(model: LoadedModel, request: PredictRequest) -> bool:

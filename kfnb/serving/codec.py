@@ -1,8 +1,8 @@
 """The JSON <-> tensor codec: signatures, request checking, answers in TF Serving's JSON.
 
 Pure numpy: no TensorFlow, no HTTP server, no model. A request is checked against its
-signature's dtypes and shapes here, in the event loop, so a bad one is refused with
-a 400 before it is queued and without touching TensorFlow. Kept apart from the
+signature's dtypes and shapes here (in the event loop or in the model process, see
+``batcher``), so a bad one is refused with a 400 without touching TensorFlow. Kept apart from the
 loader and the batcher so clients and tests can check and build requests alone.
 """
 

@@ -63,7 +63,7 @@ class LoadedModel:
     ``batch.run_batch``, in the batcher's worker thread or, for a lone request,
     in the event loop's thread. A version loaded in the model process
     (``model_host``) has ``remote`` instead: a coroutine function that runs a
-    batch there (``remote(requests, max_rows) -> batch.Batch``), which the
+    batch there (``remote(requests, max_rows, awake) -> batch.Batch``), which the
     batcher awaits in the event loop. Kept TensorFlow-free so tests can serve a
     fake model.
     """

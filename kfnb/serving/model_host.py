@@ -1,7 +1,7 @@
 """TensorFlow in a process of its own, beside the model server's HTTP process.
 
     ModelHost(loop).load(path, version) -> LoadedModel          (from any thread)
-    await loaded_model.remote(requests, max_rows)                (from the event loop)
+    await loaded_model.remote(requests, max_rows, awake)         (from the event loop)
 
 The HTTP process then runs one Python thread, the event loop, which reads
 requests and hands each batch to the host over a socket pair; the host checks
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from kfnb.serving.batch import Batch, Request, Rows, run_batch
+from kfnb.serving.batch import Batch, Request, Rows, prediction_error, run_batch
 from kfnb.serving.codec import RequestError
 from kfnb.serving.loader import LoadedModel, ModelLoadError, _first_line, load_saved_model
 
@@ -206,11 +206,9 @@ def _outcome_of(exc: BaseException) -> tuple[str, Any]:
     (TensorFlow's own exceptions need not unpickle there)."""
     if isinstance(exc, ModelLoadError):
         return "load", (exc.error_code, exc.message)
+    exc = prediction_error(exc)
     if isinstance(exc, RequestError):
         return "request", (exc.message, exc.status)
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "InvalidArgumentError" in names:  # the request's fault: TF Serving's 400
-        return "request", (_first_line(exc), 400)
     return "error", f"{type(exc).__name__}: {_first_line(exc)}"
 
 
