@@ -75,17 +75,13 @@ def _dropped_streams() -> tuple[int, int, bool]:
 
 
 def _render_and_validate(runs: int = 20) -> float:
-    import json
-
-    import jsonschema
     import kubernetes_validate
 
     from kfnb.backends.kube_manifests import ClusterSettings, configmap_for, for_cluster, owned_by
     from kfnb.bundle import build_bundle
-    from tests.conftest import SHARED, _strict
+    from tests.conftest import schema_validators
 
-    schema = json.loads((SHARED / "schemas" / "tfjob-v1.json").read_text())
-    validators = [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+    validators = schema_validators("TFJob")
     bundle = build_bundle("print(1)\n", {"x": 1}, job_name="big")
     from kfnb.spec import JobSpec
 

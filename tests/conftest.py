@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -12,9 +13,7 @@ import pytest
 
 from kfnb.config import reset_settings, settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"  # copies with their sources: README.md
 
 
 @pytest.fixture(autouse=True)
@@ -96,15 +95,43 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
+# kind -> (file, the root the manifest is checked against); see tests/schemas/README.md.
+_SCHEMA_ROOTS = {
+    "TFJob": ("tfjob-v1.json", None),
+    "InferenceService": ("inferenceservice-v1beta1.json", None),
+    "InferenceGraph": ("inferencegraph-v1alpha1.json", None),
+    "Workflow": ("argo-workflows-jsonschema.json", "io.argoproj.workflow.v1alpha1.Workflow"),
+    "Experiment": ("katib-v1beta1-openapi.json", "v1beta1.Experiment"),
+}
+
+
+@functools.cache
+def schema_validators(kind: str) -> list[Any]:
+    """Validators for the real schema of ``kind``, as given and strict."""
+    jsonschema = pytest.importorskip("jsonschema")
+    file, root = _SCHEMA_ROOTS[kind]
+    schema = json.loads((SCHEMAS / file).read_text())
+    if "components" in schema:  # OpenAPI 3 (Katib): its types, referred to as definitions
+        text = json.dumps(schema["components"]["schemas"])
+        text = text.replace("#/components/schemas/", "#/definitions/")
+        schema = {"definitions": json.loads(text)}
+    if root is not None:
+        schema = {"$ref": f"#/definitions/{root}", "definitions": schema["definitions"]}
+    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+
+
+def schema_errors(manifest: dict[str, Any]) -> list[str]:
+    """Every message the schema of the manifest's kind has against it, as given or strict."""
+    return [
+        error.message
+        for validator in schema_validators(manifest["kind"])
+        for error in sorted(validator.iter_errors(manifest), key=str)
+    ]
+
+
 @pytest.fixture(scope="session")
 def tfjob_validators() -> list[Any]:
-    """Validators for the real TFJob CRD schema, as given and strict."""
-    jsonschema = pytest.importorskip("jsonschema")
-    path = SHARED / "schemas" / "tfjob-v1.json"
-    if not path.exists():
-        pytest.fail(f"the TFJob schema is missing at {path}: ../shared must sit beside the repo")
-    schema = json.loads(path.read_text())
-    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+    return schema_validators("TFJob")
 
 
 def validate_tfjob(validators: list[Any], manifest: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SHARED, _strict
+from tests.conftest import schema_validators
 from tests.fake_kube import DEPLOYMENTS, ISVCS, FakeKube
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -33,9 +33,7 @@ def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeK
 
 @pytest.fixture(scope="module")
 def isvc_validators() -> list[Any]:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((SHARED / "schemas" / "inferenceservice-v1beta1.json").read_text())
-    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+    return schema_validators("InferenceService")
 
 
 def created(fake: FakeKube, prefix: str, plural: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from kfnb.serving.manifests import (
     service_account,
     tf_serving,
 )
-from tests.conftest import SHARED, _strict
+from tests.conftest import schema_validators
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 SPEC = ServingSpec(
@@ -31,9 +31,7 @@ SPEC = ServingSpec(
 
 @pytest.fixture(scope="module")
 def isvc_validators() -> list[Any]:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((SHARED / "schemas" / "inferenceservice-v1beta1.json").read_text())
-    return [jsonschema.Draft7Validator(schema), jsonschema.Draft7Validator(_strict(schema))]
+    return schema_validators("InferenceService")
 
 
 def check_isvc(validators: list[Any], manifest: dict[str, Any]) -> None:
