@@ -562,13 +562,14 @@ def test_a_job_that_finishes_while_status_is_read_is_not_lost(
 def test_follow_log_yields_lines_while_running_and_stops_at_the_end() -> None:
     cell = """
     print("first line", flush=True)
-    time.sleep(1)
+    await_note("go")  # the test's, once it has the first line
     print("second line", flush=True)
     """
     job = submit("follow", cell)
     seen: list[tuple[str, bool]] = []
     for line in job.logs("worker-0", follow=True):
         seen.append((line, job.status().finished))
+        (job_dir(job) / "go").touch()
     lines = [line for line, _ in seen]
     assert lines == ["first line\n", "second line\n"]
     assert seen[0][1] is False  # the first line came while the job still ran

@@ -102,19 +102,27 @@ def test_config_changes_settings(
 
 
 def test_cell_runs_as_a_job_and_returns_a_handle_at_once(
-    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     shell.run_cell("def helper(x):\n    return x * 2\nfactor = 21")
-    started = time.monotonic()
+    go = tmp_path / "go"
     job = tfjob(
         shell,
         "--name quick --workers 2",
-        "import time\nprint('answer', helper(factor), tfjob.replica)\n"
-        # worker-0 decides success; worker-1 ends first so it is not stopped
-        "time.sleep(1.5 if tfjob.task_index == 0 else 0.5)\n",
+        "import pathlib, time\nprint('answer', helper(factor), tfjob.replica, flush=True)\n"
+        # worker-0 decides success: it waits (up to a minute) for the test's `go`
+        "deadline = time.monotonic() + 60\n"
+        f"while tfjob.task_index == 0 and not pathlib.Path({str(go)!r}).exists():\n"
+        "    assert time.monotonic() < deadline, 'no go'\n"
+        "    time.sleep(0.02)\n",
     )
-    assert time.monotonic() - started < 1.0  # returned before the cell's own sleep ended
+    assert not job.status().finished  # returned at once: the job cannot end before `go`
     assert isinstance(job, Job) and "quick" in repr(job)
+    deadline = time.monotonic() + 30  # worker-1 ends first, so that it is not stopped
+    while getattr(job.status().replica("worker-1"), "phase", None) != "Succeeded":
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.02)
+    go.touch()
     status = job.wait(timeout=30)
     assert status.phase == "Succeeded"
     assert "answer 42 worker-0" in job.logs()

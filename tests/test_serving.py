@@ -23,8 +23,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -570,7 +571,11 @@ def test_port_in_use_second_server_refuses_first_keeps_serving(
         second = Server(server.base, tmp_path / "second.log", "--port", str(server.port))
         code, stderr = second.finish(60)
         elapsed = time.monotonic() - started
-        time.sleep(0.3)
+        refused_at = len(answers)
+        deadline = time.monotonic() + 30  # then a few more answers, after the refusal
+        while len(answers) < refused_at + 3:
+            assert asker.is_alive() and time.monotonic() < deadline, "no answers after that"
+            time.sleep(0.01)
     finally:
         stop.set()
         asker.join(60)
@@ -944,15 +949,25 @@ def test_batcher_checks_queued_bodies_while_the_model_runs() -> None:
 
     model.remote = remote  # as if in the model process: bodies may travel unchecked
 
+    async def until(condition: Callable[[], bool]) -> None:
+        """Turns of the loop until ``condition``: its own work, never a clock, decides."""
+        for _ in range(10_000):
+            if condition():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the event loop never got there")
+
     async def main() -> list[Any]:
         first = asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[1, 1]], "b": [0]}}'))
-        await asyncio.sleep(0.05)  # the first batch is running
+        await until(lambda: len(seen) == 1)  # the first batch is out, its model call blocked
         later = [
             asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[%d, 0]], "b": [0]}}' % i))
             for i in range(5)
         ]
         bad = asyncio.ensure_future(batcher.run(model, b'{"inputs": {"a": [[1, 1]]}}'))
-        await asyncio.sleep(0.05)  # time for the loop to check them all
+        # Bodies are checked oldest first: once the last one is refused, all are checked.
+        await until(bad.done)
+        assert len(seen) == 1 and not first.done()  # all of it while the first batch ran
         release.set()
         return list(await asyncio.gather(first, *later, bad, return_exceptions=True))
 
@@ -1239,13 +1254,24 @@ def test_tensorflow_threads_leave_a_core_to_the_http_side() -> None:
     assert thread_counts(asked, cores=2) == (4, 3)
 
 
-def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
+def test_batcher_runs_a_lone_quick_request_in_the_callers_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a call runs follows from how long the signature's last lone call took.
+    That time is read from a fake clock that only the model moves, by ``cost``: a
+    quick call costs nothing, a slow one twice ``inline_seconds``, however busy the
+    machine is."""
+    from kfnb.serving import batch
+
+    now = 0.0
+    monkeypatch.setattr(batch, "time", SimpleNamespace(perf_counter=lambda: now))
     threads: list[str] = []
-    delay = 0.0
+    cost = 0.0
 
     def add(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal now
         threads.append(threading.current_thread().name)
-        time.sleep(delay)
+        now += cost
         if (b < 0).any():
             raise ValueError("negative b")
         return {"sum": a.sum(axis=1) + b, "b": b}
@@ -1259,7 +1285,7 @@ def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
         return PredictRequest("serving_default", arrays, 1, True)
 
     async def main() -> None:
-        nonlocal delay
+        nonlocal cost
 
         async def run(request: PredictRequest, alone: bool = False) -> dict[str, np.ndarray]:
             return (await batcher.run(model, request, alone=alone))[1]
@@ -1273,9 +1299,10 @@ def test_batcher_runs_a_lone_quick_request_in_the_callers_thread() -> None:
         with pytest.raises(ValueError, match="negative b"):
             await run(inputs(-1), alone=True)
         # A signature slower than inline_seconds stays on the worker, lone or not.
-        delay = 0.01
-        await run(inputs(4), alone=True)
+        cost = 2 * batcher.inline_seconds
+        await run(inputs(4), alone=True)  # still here: the last call was quick
         await run(inputs(5), alone=True)
+        assert model.single_call_seconds["serving_default"] == cost
 
     try:
         asyncio.run(main())

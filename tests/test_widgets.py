@@ -7,6 +7,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,17 +46,32 @@ def watched_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("kfnb-view-")]
 
 
-def test_view_follows_logs_and_phase_until_the_job_ends() -> None:
-    job = submit("live", """
-        import time
-        for i in range(3):
-            print(f"{tfjob.replica} line {i}", flush=True)
-            time.sleep(0.3)
-    """, workers=2)
+def wait_for_file(path: Path) -> str:
+    """Cell lines that wait (up to a minute) for ``path``, which the test creates
+    once it has seen what it came for: the job cannot end before that."""
+    return textwrap.dedent(f"""
+        import pathlib, time
+        deadline = time.monotonic() + 60
+        while not pathlib.Path({str(path)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    """)
+
+
+def test_view_follows_logs_and_phase_until_the_job_ends(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    job = submit(
+        "live",
+        "for i in range(2):\n    print(f'{tfjob.replica} line {i}', flush=True)\n"
+        + wait_for_file(go)
+        + "print(f'{tfjob.replica} line 2', flush=True)\n",
+        workers=2,
+    )
     view = JobView(job, interval=0.05)
     assert view.tabs.titles == ("worker-0", "worker-1")
     wait_for(lambda: "worker-0 line 1" in log_text(view, "worker-0"))
-    assert "Running" in view.header.value  # seen live, before the end
+    wait_for(lambda: "Running" in view.header.value)  # seen live: the job waits for `go`
+    assert "worker-0 line 2" not in log_text(view, "worker-0")
+    go.touch()
     wait_for(lambda: view.status is not None and view.status.finished)
     wait_for(lambda: view._thread is not None and not view._thread.is_alive())
     assert "Succeeded" in view.header.value
@@ -138,7 +154,17 @@ def test_missing_log_and_removed_job_are_reported_not_raised() -> None:
     wait_for(lambda: "hi" in log_text(view, "worker-0"))
     assert job.artifacts is not None
     (job.artifacts / "logs" / "worker-0.log").unlink()  # e.g. cleaned up underneath
-    time.sleep(0.3)
+    reads_since: list[int] = []  # the view's log reads, from now on: after the unlink
+    log_since = job.log_since
+
+    def counted(replica: str, offset: int, partial: bool = False) -> tuple[str, int]:
+        reads_since.append(offset)
+        return log_since(replica, offset, partial)
+
+    job.log_since = counted  # type: ignore[method-assign]
+    # One pane, one read per refresh: at the second read, a whole refresh has read
+    # the missing log and shown what it found.
+    wait_for(lambda: len(reads_since) >= 2)
     assert view._thread is not None and view._thread.is_alive()
     assert view.notice.value == "" and "Running" in view.header.value
     view.close()
@@ -148,11 +174,25 @@ def test_missing_log_and_removed_job_are_reported_not_raised() -> None:
     assert orphan._thread is None
 
 
-def test_terminal_progress_prints_phases_and_the_chiefs_lines() -> None:
-    job = submit("text", "import time\nprint('epoch 1', flush=True)\ntime.sleep(0.5)\n"
-                         "print('epoch 2')\n", workers=2)
+def test_terminal_progress_prints_phases_and_the_chiefs_lines(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    job = submit("text", "print('epoch 1', flush=True)\n" + wait_for_file(go)
+                 + "print('epoch 2')\n", workers=2)
     out = io.StringIO()
-    status = print_progress(job, stream=out, poll=0.05)
+
+    def release_once_running_is_printed() -> None:  # the job waits for `go` until then
+        deadline = time.monotonic() + 60
+        while "[text] Running" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        go.touch()
+
+    releaser = threading.Thread(target=release_once_running_is_printed)
+    releaser.start()
+    try:
+        status = print_progress(job, stream=out, poll=0.05)
+    finally:
+        go.touch()
+        releaser.join(60)
     lines = out.getvalue().splitlines()
     assert status.phase == "Succeeded"
     assert "[worker-0] epoch 1" in lines and "[worker-0] epoch 2" in lines
