@@ -7,10 +7,11 @@ runs, so each poll must read only what was appended since the last one: one
 tensorboard ``EventFileLoader`` per event file keeps the file's offset, and a
 record that is still being written is left for the next poll.
 
-tensorboard imports TensorFlow (~5 s) as soon as its reader resolves
-``tensorboard.compat.tf``, unless told otherwise. When TensorFlow is not already
-imported, the reader module is pointed at tensorboard's own pure-Python stub
-instead (see ``_event_file_loader``); when it is, TensorFlow's reader is used.
+tensorboard imports TensorFlow (slow: what ``import kfnb`` must not do) as soon as
+its reader resolves ``tensorboard.compat.tf``, unless told otherwise. When
+TensorFlow is not already imported, the reader module is pointed at tensorboard's
+own pure-Python stub instead (see ``_event_file_loader``); when it is,
+TensorFlow's reader is used.
 ``import kfnb.metrics`` imports neither.
 """
 

@@ -8,15 +8,15 @@ socket, so the event loop keeps reading requests meanwhile; an in-process one
 imported here.
 
 JSON bodies are checked (parsed, converted to arrays, compared with the
-signature) by whichever process has time: at one image per request that is
-about a third of a request's cost. Checked in the HTTP process, a light model's
-server is bound by this process's one core while the model's sits half idle;
-checked in the model process, a heavy model waits on it. Measured at 64 clients
-on 2 cores, requests/s with everything checked here / there: dense model 2.9k /
-4.1k, the demo's CNN 2.4k / 1.7k. So a body is checked as it arrives while the
-model process is the busier one (``_Balance``); otherwise it is queued as it
-came, and the event loop checks queued bodies one per turn while a batch runs,
-so that only what it had no time for is left to the model's side.
+signature) by whichever process has time: at one image per request checking is
+a large share of a request's cost. Checked in the HTTP process, a light model's
+server is bound by this process's one core while the model's sits partly idle;
+checked in the model process, a heavy model waits on it. So neither place is
+right for every model (the README's serving benchmarks have the figures), and a
+body is checked as it arrives while the model process is the busier one
+(``_Balance``); otherwise it is queued as it came, and the event loop checks
+queued bodies one per turn while a batch runs, so that only what it had no time
+for is left to the model's side.
 """
 
 from __future__ import annotations
@@ -187,8 +187,9 @@ class Batcher:
 
     async def _run(self, jobs: list[_Job]) -> None:
         """One batch for one model. Checked requests for the same signature are merged
-        here into one request (one array pickles in a fifth of the time of 32 small
-        ones, measured), JSON bodies go as they are; the model's side merges them all."""
+        here into one request (pickling costs per object, so one array goes over far
+        quicker than many small ones), JSON bodies go as they are; the model's side
+        merges them all."""
         model = jobs[0].model
         parts: list[list[_Job]] = []
         by_signature: dict[str, list[_Job]] = {}

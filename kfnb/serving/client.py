@@ -138,7 +138,7 @@ def to_pixels(images: Any) -> np.ndarray:
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    """orjson writes float32 arrays directly and shortest (3x smaller than json's repr)."""
+    """orjson writes float32 arrays directly and shortest (json writes each as a float64's repr)."""
     try:
         import orjson
     except ImportError:

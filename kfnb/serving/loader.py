@@ -188,9 +188,9 @@ def _numpy_function(
     """The signature as a function of numpy arrays, by its quickest call that gives
     the same answers.
 
-    The public call binds and checks its arguments in Python every time: 0.1-0.3 ms
-    per call on 2 cores, half a batch-1 call of a small model, all of it holding
-    the GIL the event loop needs. Requests are already checked against the
+    The public call binds and checks its arguments in Python every time, a large
+    part of a batch-1 call of a small model, all of it holding the GIL the event
+    loop needs. Requests are already checked against the
     signature (codec.py), so where this TensorFlow has the flat call of its
     ``ConcreteFunction`` (inputs in sorted key order, as the public call flattens
     them) it is used, once it has answered random inputs as the public call does.

@@ -6,9 +6,10 @@
 The HTTP process then runs one Python thread, the event loop, which reads
 requests and hands each batch to the host over a socket pair; the host checks
 the JSON bodies the loop had no time for (``batch.run_batch``) and runs
-TensorFlow in parallel with the loop, under another GIL. Measured with the light dense model
-at 64 clients, this answered 1.2-1.4x the requests of TensorFlow in a thread of
-the HTTP process, whose GIL the event loop then shared.
+TensorFlow in parallel with the loop, under another GIL. TensorFlow in a thread of
+the HTTP process shared the event loop's GIL, so under load this answers more
+requests even for the light dense model (the README's serving benchmarks have the
+figures).
 
 The host is ``python -m kfnb.serving.model_host FD``: it loads versions in a
 thread (requests to loaded versions keep being answered meanwhile), runs
@@ -124,9 +125,9 @@ class ModelHost(asyncio.Protocol):
         """Read the answer right here, in a busy loop, for up to ``AWAKE_SECONDS``.
 
         For a lone client: this blocks the event loop, but nothing else waits on
-        it, and the answer is read without this process sleeping and being woken
-        (measured at 1 client, dense model: p50 1.2 instead of 1.9 ms, 750 instead
-        of 517 requests/s). Whatever is read goes through ``data_received``, as
+        it, and the answer is read without this process sleeping and being woken,
+        a wake-up that costs a light model's lone client a large part of its
+        latency. Whatever is read goes through ``data_received``, as
         the transport's own reads do; they find the socket empty afterwards, which
         asyncio's and uvloop's transports take in their stride.
         """
@@ -248,8 +249,8 @@ class _NextMessage:
 
     A client that sends again as soon as it is answered (one client in a loop, a
     widget's next batch) is then caught without the host sleeping and being
-    woken. Measured at 1 client with the benchmark's aiohttp client (dense
-    model): p50 3.6 instead of 4.6 ms, staying awake up to 5 ms instead of 1 ms.
+    woken, a wake-up that at one client is a large part of a light model's
+    latency.
     The host stays awake twice the recent gap between its answer and the next
     message, and not at all when that gap is longer than ``_AWAKE_AT_MOST``
     (sporadic requests), where staying awake would only burn a core. Under load

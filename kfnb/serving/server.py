@@ -21,9 +21,9 @@ TensorFlow answers the previous batch.
 
 The HTTP side is uvicorn (httptools' parser) calling ``ModelServer`` as a bare
 ASGI app. With one image per request this process's own work per request is
-what limits the light models, and without a model, at 64 clients, this stack
-answered 1.4x the requests of an aiohttp ``Application`` doing the same parsing
-(1.3x of aiohttp's low-level server).
+what limits the light models, and this stack does less of it than aiohttp (its
+``Application`` or its low-level server) doing the same parsing: the README's
+serving benchmarks have the figures.
 """
 
 from __future__ import annotations
@@ -620,10 +620,10 @@ def _positive(text: str) -> int:
 def thread_counts(config: ServerConfig, cores: int) -> tuple[int, int]:
     """TensorFlow's (intra-op, inter-op) threads: the flags, else one core left to HTTP.
 
-    Measured on 2 cores (one image per request): TensorFlow's default of a thread
-    per core for both made a batch-1 call 0.82 ms and p50 1.7 ms; one thread each,
-    0.64 ms and p50 1.2 ms, at the same throughput under load, since the event loop
-    parsing requests needs a core of its own.
+    TensorFlow's default, a thread per core for both, competes for the cores with
+    the event loop parsing requests, which needs a core of its own: on 2 cores one
+    thread each made a batch-1 call and the median latency quicker, at the same
+    throughput under load (the README's serving benchmarks have the figures).
     """
     intra = config.intra_op_threads or max(1, cores - 1)
     inter = config.inter_op_threads or min(intra, 2)
@@ -631,8 +631,8 @@ def thread_counts(config: ServerConfig, cores: int) -> tuple[int, int]:
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
-    """``main`` on uvloop where installed: it cuts the event loop's CPU per request by
-    about a fifth (measured with one image per request)."""
+    """``main`` on uvloop where installed: its loop, libuv's in C, spends less CPU per
+    request than asyncio's own, CPU this one busy thread has little of."""
     try:
         import uvloop
     except ImportError:

@@ -1,7 +1,7 @@
 """Small SVG line plots of TensorBoard scalars: one per tag, one line per run.
 
-SVG in an HTML widget needs no plotting library in the kernel (matplotlib
-costs ~1 s to import and re-sends a PNG per update) and no front-end extension,
+SVG in an HTML widget needs no plotting library in the kernel (matplotlib is
+slow to import and re-sends a PNG per update) and no front-end extension,
 and a saved notebook still shows it.
 """
 
