@@ -3,7 +3,8 @@
 Like ``runtime.py`` this file is shipped in every job's bundle and runs in a stock
 TensorFlow container, so it imports only the standard library and the ``minio``
 client (installed, or the copy the bundle ships under ``vendor/``). It never
-imports the rest of kfnb.
+imports the rest of kfnb, so the helpers it shares with kfnb (an atomic write, the
+numbered-version test, a message's first line; see ``kfnb/_util.py``) are copies.
 
 Settings come from the variables TensorFlow and the Kubeflow MNIST examples use:
 ``S3_ENDPOINT`` (host:port, empty for AWS), ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``,
@@ -124,7 +125,7 @@ def make_client(config: S3Config) -> Any:
     except ImportError as exc:
         raise StoreError(
             f"s3:// storage needs the minio client ({exc}): pip install kfnb[s3]"
-        ) from None
+        ) from exc
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
         maxsize=16,
@@ -148,22 +149,57 @@ def make_client(config: S3Config) -> Any:
     )
 
 
+_storage_errors: tuple[type[BaseException], ...] | None = None
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What the S3 client raises when storage fails: the exceptions to catch, and no others.
+
+    minio's own (an S3 error reply, a reply it cannot read), urllib3's (the HTTP
+    connection: refused, reset, retries used up) and OSError (sockets, and the local
+    file of an upload or download). Anything else (a TypeError, a KeyError) is a bug
+    in kfnb and must surface as itself, never dressed as a storage error.
+    """
+    global _storage_errors
+    if _storage_errors is None:
+        found: list[type[BaseException]] = [OSError]
+        try:
+            from minio.error import MinioException
+
+            found.append(MinioException)
+        except ImportError:  # make_client says so in its own words
+            pass
+        try:
+            from urllib3.exceptions import HTTPError
+
+            found.append(HTTPError)
+        except ImportError:
+            pass
+        _storage_errors = tuple(found)
+    return _storage_errors
+
+
 def describe_error(exc: BaseException, config: S3Config, what: str) -> str:
     """One line saying what failed and what to do; the secret key never appears."""
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code:  # minio.error.S3Error
-        hint = _HINTS.get(code) or (getattr(exc, "message", "") or "").splitlines()[0][:200]
+        hint = _HINTS.get(code) or _first_line(getattr(exc, "message", "") or "", 200)
         text = f"{what}: {config.display} answered {code}: {hint}"
     elif _is_connection_error(exc):
-        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:160]
+        reason = _first_line(getattr(exc, "reason", "") or exc, 160)
         text = (
             f"{what}: cannot reach the S3 endpoint {config.display} ({reason}): check "
             "S3_ENDPOINT (or %config Kfnb.s3_endpoint) and S3_USE_HTTPS"
         )
     else:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        detail = _first_line(exc, 200)
         text = f"{what}: {type(exc).__name__}{': ' + detail if detail else ''}"
     return scrub(text, config)
+
+
+def _first_line(message: object, limit: int) -> str:
+    """kfnb._util.first_line's copy (this file runs where the rest of kfnb is not)."""
+    return next((ln.strip() for ln in str(message).splitlines() if ln.strip()), "")[:limit]
 
 
 def scrub(text: str, config: S3Config) -> str:
@@ -187,7 +223,7 @@ def model_versions(client: Any, bucket: str, prefix: str) -> list[int]:
     found = []
     for item in client.list_objects(bucket, prefix=base):
         name = item.object_name[len(base) :].strip("/")
-        if name.isdigit():
+        if name.isascii() and name.isdigit():  # kfnb._util.version_number's test
             found.append(int(name))
     return found
 
@@ -288,7 +324,7 @@ class Syncer:
         try:
             data = path.read_bytes()  # one consistent snapshot of a file still being written
             self.client.put_object(self.bucket, self.key(relative), io.BytesIO(data), len(data))
-        except Exception as exc:  # every failure is recorded, none stops training
+        except storage_errors() as exc:  # every failure is recorded, none stops training
             self.failed[relative] = describe_error(exc, self.config, f"upload of {relative}")
             return False
         if signature is None:
@@ -335,7 +371,10 @@ class Syncer:
 
 
 def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
-    """Download one object to ``dest`` (atomically: a reader never sees half a file)."""
+    """Download one object to ``dest`` (atomically: a reader never sees half a file).
+
+    kfnb._util.write_atomic's copy, for a download (this file runs where kfnb is not).
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
     client.fget_object(bucket, key, str(tmp))

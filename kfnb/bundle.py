@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kfnb._util import first_line
+
 BUNDLE_FORMAT = 1
 RUNTIME_NAME = "tfjob"  # the name the runtime gives the cell for its role and paths
 _RESERVED = frozenset({RUNTIME_NAME, "__builtins__", "__name__", "__doc__"})
@@ -83,10 +85,10 @@ def compile_cell(source: str, filename: str = "<tfjob cell>") -> types.CodeType:
             raise BundleError(
                 f"line {err.lineno} of the cell is IPython syntax ({line[:40]}), which a job "
                 "cannot run: move it to another cell or use plain Python"
-            ) from None
+            ) from err
         raise BundleError(
             f"syntax error in the cell, line {err.lineno}: {err.msg}: {line[:60]}"
-        ) from None
+        ) from err
 
 
 def referenced_names(source: str) -> tuple[set[str], set[str]]:
@@ -244,8 +246,8 @@ def _vendored_minio() -> dict[str, bytes]:
     with TensorFlow's requests)."""
     try:
         import minio
-    except ImportError:
-        raise BundleError("s3:// storage needs the minio client: pip install kfnb[s3]") from None
+    except ImportError as err:
+        raise BundleError("s3:// storage needs the minio client: pip install kfnb[s3]") from err
     package = Path(minio.__file__).parent
     files = {}
     for path in sorted(package.rglob("*.py")):
@@ -305,11 +307,10 @@ def build_bundle(
         except Exception as err:  # pickling raises anything: TypeError, PicklingError, ...
             if name in bound:
                 continue  # the cell makes its own; the notebook's copy is not needed
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise BundleError(
-                f"cannot ship {name!r} ({_describe(value)}) to the job: {reason[:120]}. "
+                f"cannot ship {name!r} ({_describe(value)}) to the job: {first_line(err, 120)}. "
                 f"Create it inside the cell, or pass what it is built from"
-            ) from None
+            ) from err
         payloads[name] = buffer.getvalue()
         needed_modules |= pickler.modules
         sources |= pickler.sources

@@ -6,13 +6,16 @@ can set defaults for all users in the spawner without touching notebooks.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Unicode, default, observe
 from traitlets.config import Configurable
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _data_home() -> Path:
@@ -49,6 +52,27 @@ class Kfnb(Configurable):
         "MultiWorkerMirroredStrategy (keras-team/keras#20585), tf-keras can.",
     ).tag(config=True)
 
+    log_level = CaselessStrEnum(
+        LOG_LEVELS,
+        help="How much kfnb's logger ``kfnb`` says on stderr: DEBUG shows what the backends, "
+        "stores and servers do (submits, status changes, processes, S3 calls); never keys or "
+        "tokens (KFNB_LOG_LEVEL).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.log_level != "WARNING":  # asked for (KFNB_LOG_LEVEL, a config file)
+            configure_logging(self.log_level)
+
+    @default("log_level")
+    def _log_level_default(self) -> str:
+        level = os.environ.get("KFNB_LOG_LEVEL", "").strip().upper()
+        return level if level in LOG_LEVELS else "WARNING"
+
+    @observe("log_level")
+    def _log_level_changed(self, change: Any) -> None:
+        configure_logging(change["new"])
+
     @default("home")
     def _home_default(self) -> str:
         return os.environ.get("KFNB_HOME") or str(_data_home())
@@ -72,6 +96,32 @@ class Kfnb(Configurable):
     @default("python")
     def _python_default(self) -> str:
         return os.environ.get("KFNB_PYTHON") or sys.executable
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (the kernel's, pytest's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(level: str) -> logging.Logger:
+    """Set the ``kfnb`` logger's level, with one handler to stderr (added once).
+
+    kfnb's modules log to children of ``kfnb`` (``kfnb.backends.local``,
+    ``kfnb.storage``, ``kfnb.serving.local``...); nothing is shown below WARNING
+    unless this is called, by ``%config Kfnb.log_level = "DEBUG"`` or KFNB_LOG_LEVEL.
+    """
+    logger = logging.getLogger("kfnb")
+    logger.setLevel(level.upper())
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    return logger
 
 
 _settings: Kfnb | None = None

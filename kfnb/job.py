@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from kfnb._util import newest_version, numbered_versions
 from kfnb.backends import Backend, JobNotFound, get_backend
 from kfnb.records import JobRecord, load_record
 from kfnb.status import JobStatus
@@ -193,7 +194,7 @@ class Job:
         if store.local_root is None:
             prefix = f"{self.name}/model"
             names = {o.key[len(prefix) + 1 :].split("/", 1)[0] for o in store.list(prefix)}
-            newest = max((v for v in names if v.isdigit()), key=int, default=None)
+            newest = newest_version(names)
             if newest is None:
                 return None
             local = self._cache() / "model" / newest
@@ -201,10 +202,8 @@ class Job:
                 store.download_dir(f"{prefix}/{newest}", local)
             return local
         root = self.artifacts
-        if root is None or not (root / "model").is_dir():
-            return None
-        versions = [p for p in (root / "model").iterdir() if p.name.isdigit()]
-        return max(versions, key=lambda p: int(p.name), default=None)
+        versions = numbered_versions(root / "model") if root is not None else None
+        return versions[max(versions)] if versions else None
 
     def delete(self) -> JobStatus:
         """Stop the job. Its logs and artifacts are kept."""

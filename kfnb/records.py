@@ -1,4 +1,10 @@
-"""Job records on disk, so ``%kfnb list`` and reattaching survive a kernel restart.
+"""Records on disk, so ``%kfnb list``, ``%serve --list`` and reattaching survive a kernel restart.
+
+Every record kfnb keeps (a job's here, a model server's in `kfnb.serving.local`) is
+one JSON object in one schema: ``{"record_version": 1, <the dataclass's fields>}``,
+written atomically, one file per name in a directory of its kind (`RecordDir`).
+Records written before that schema said ``"version"`` (jobs) or ``"version_"``
+(servers, whose ``"version"`` is the model's): they are still read.
 
 A record says where a job runs and where its artifacts are, never how to reach
 them with credentials: no environment values, keys or tokens are written here.
@@ -8,13 +14,71 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from kfnb._util import write_json
 from kfnb.config import settings
 
 RECORD_VERSION = 1
+RECORD_KEY = "record_version"
+
+T = TypeVar("T")
+
+
+def record_json(obj: Any, **extra: Any) -> dict[str, Any]:
+    """The record of dataclass ``obj`` (and ``extra`` keys): what `RecordDir.save` writes."""
+    return {RECORD_KEY: RECORD_VERSION, **extra, **asdict(obj)}
+
+
+def record_fields(cls: type, data: dict[str, Any], old_key: str) -> dict[str, Any]:
+    """The fields of ``cls`` in record ``data``; ValueError for a version kfnb cannot read.
+
+    ``old_key`` is where records from before the one schema kept their version.
+    """
+    version = data[RECORD_KEY] if RECORD_KEY in data else data.get(old_key)
+    if version != RECORD_VERSION:
+        raise ValueError(f"{cls.__name__} record version {version!r} is not {RECORD_VERSION}")
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+class RecordDir(Generic[T]):
+    """``<directory>/<name>.json`` records of one kind, each parsed by ``parse``.
+
+    A record that cannot be read (half-written by a kfnb of another version,
+    edited by hand) reads as missing, so one bad file never hides the others.
+    """
+
+    def __init__(self, directory: Path, parse: Callable[[dict[str, Any]], T]) -> None:
+        self.directory = directory
+        self._parse = parse
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def save(self, name: str, record: dict[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(name)
+        write_json(path, record)
+        return path
+
+    def load(self, name: str) -> T | None:
+        try:
+            return self._parse(json.loads(self.path(name).read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def all(self) -> list[T]:
+        if not self.directory.is_dir():
+            return []
+        found = (self.load(p.stem) for p in self.directory.glob("*.json"))
+        return [r for r in found if r is not None]
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -28,44 +92,32 @@ class JobRecord:
     replicas: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": RECORD_VERSION, **asdict(self)}
+        return record_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        if data.get("version") != RECORD_VERSION:
-            raise ValueError(f"job record version {data.get('version')} is not {RECORD_VERSION}")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**record_fields(cls, data, old_key="version"))
 
 
 def records_dir() -> Path:
     return Path(settings().home).expanduser() / "records"
 
 
+def _jobs() -> RecordDir[JobRecord]:
+    return RecordDir(records_dir(), JobRecord.from_json)
+
+
 def save_record(record: JobRecord) -> Path:
-    directory = records_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{record.name}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record.to_json(), indent=1))
-    tmp.replace(path)
-    return path
+    return _jobs().save(record.name, record.to_json())
 
 
 def load_record(name: str) -> JobRecord | None:
-    try:
-        return JobRecord.from_json(json.loads((records_dir() / f"{name}.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return _jobs().load(name)
 
 
 def delete_record(name: str) -> None:
-    (records_dir() / f"{name}.json").unlink(missing_ok=True)
+    _jobs().delete(name)
 
 
 def list_records() -> list[JobRecord]:
-    directory = records_dir()
-    if not directory.is_dir():
-        return []
-    records = (load_record(p.stem) for p in directory.glob("*.json"))
-    return sorted((r for r in records if r is not None), key=lambda r: r.created)
+    return sorted(_jobs().all(), key=lambda r: r.created)

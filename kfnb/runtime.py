@@ -2,7 +2,9 @@
 
 This file is copied into every job's bundle and runs in the replica's
 container, which may have nothing but Python and TensorFlow. So it imports
-only the standard library (TensorFlow on demand) and never the rest of kfnb.
+only the standard library (TensorFlow on demand) and never the rest of kfnb:
+the few helpers it shares with kfnb (an atomic JSON write, the numbered-version
+test, an exception's first line; see ``kfnb/_util.py``) are copies of their own.
 
 The cell sees a ``tfjob`` object: its role in the cluster and where to write.
 When the cell ends, ``status/<replica>.json`` records the exit code and, on
@@ -86,7 +88,8 @@ class TFJobContext:
             if self.is_chief:
                 root = self.artifacts / "model"
                 root.mkdir(parents=True, exist_ok=True)
-                versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+                # kfnb._util.version_number's test: ASCII digits only, as TF Serving reads them
+                versions = [int(p.name) for p in root.iterdir() if _is_version(p.name)]
                 if self.sync is not None:  # versions other runs left in the bucket count too
                     versions += self.sync.versions()
                 self._model_dir = root / f".staging-{max(versions, default=0) + 1}"
@@ -127,8 +130,8 @@ class TFJobContext:
         if not target.exists():
             try:
                 sync.download(sync.make_client(config), bucket, key, target)
-            except Exception as exc:
-                raise ReplicaError(sync.describe_error(exc, config, f"fetching {url}")) from None
+            except sync.storage_errors() as exc:
+                raise ReplicaError(sync.describe_error(exc, config, f"fetching {url}")) from exc
         return str(target)
 
     def finish(self, succeeded: bool) -> str | None:
@@ -215,7 +218,12 @@ def _format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def _is_version(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 def _write_status(path: Path, record: dict[str, Any]) -> None:
+    # kfnb._util.write_json's own copy: this file runs where the rest of kfnb is not.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -248,7 +256,7 @@ class _Uploads:
             self.bucket, self.prefix = sync.parse_url(url)
             client = sync.make_client(self.config)
         except sync.StoreError as err:
-            raise ReplicaError(str(err)) from None
+            raise ReplicaError(str(err)) from err
         interval = float(os.environ.get("KFNB_SYNC_SECONDS") or sync.SYNC_SECONDS)
         self.syncer = sync.Syncer(client, self.config, self.bucket, self.prefix, interval)
         self._tee: _Tee | None = None

@@ -8,9 +8,12 @@ its logs and artifacts stay in the store).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kfnb._util import write_json
 
 PHASES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Deleted")
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Deleted"})
@@ -74,10 +77,27 @@ class JobStatus:
 
     def write(self, path: Path) -> None:
         """Write atomically: readers in other processes never see half a file."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        write_json(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> JobStatus:
         return cls.from_json(json.loads(path.read_text()))
+
+
+def log_transition(log: logging.Logger, seen: dict[str, str], status: JobStatus) -> JobStatus:
+    """``status``, logged at DEBUG when its phase is not the one in ``seen`` (then noted there).
+
+    A backend keeps ``seen`` (job name -> the phase it last reported), so each change
+    it observes is one log line, however often the widgets poll.
+    """
+    if seen.get(status.name) != status.phase:
+        seen[status.name] = status.phase
+        replicas = ", ".join(f"{r.name} {r.phase}" for r in status.replicas)
+        log.debug(
+            "job %s is %s%s%s",
+            status.name,
+            status.phase,
+            f" ({status.reason})" if status.reason else "",
+            f": {replicas}" if replicas else "",
+        )
+    return status

@@ -15,6 +15,7 @@ its settings and keys come from the environment (see `kfnb.artifact_sync`).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import time
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url
+from kfnb._util import write_atomic
+from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url, storage_errors
 
 __all__ = [
     "StoreError",
@@ -37,6 +39,8 @@ __all__ = [
     "replica_env",
     "upload_dataset",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class LocalStore:
             raise StoreError(
                 f"cannot create the storage directory {self.root} ({exc.strerror}): "
                 "set %config Kfnb.storage to a directory you can write"
-            ) from None
+            ) from exc
 
     def read(self, key: str, offset: int = 0) -> bytes | None:
         try:
@@ -117,9 +121,7 @@ class LocalStore:
     def write(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(path, data)
 
     def list(self, prefix: str = "") -> list[StoredObject]:
         base = self.root / prefix
@@ -180,43 +182,52 @@ class S3Store:
         return _join(self.prefix, relative)
 
     def _fail(self, exc: BaseException, what: str) -> StoreError:
-        return StoreError(describe_error(exc, self.config, what))
+        error = StoreError(describe_error(exc, self.config, what))
+        log.debug("S3 call failed: %s", error)
+        return error
+
+    def _call(self, method: str, key: str, detail: str = "") -> None:
+        """Log an S3 call at DEBUG: the method and the object, never keys or headers."""
+        log.debug("S3 %s %s/%s at %s%s", method, self.bucket, key, self.config.display, detail)
 
     def check(self) -> None:
         """Reachable, keys accepted, bucket there: created when missing and allowed."""
         # A listing (GET), not bucket_exists (HEAD): an error reply to HEAD has no body,
         # so wrong keys would read as AccessDenied; a GET carries S3's own error code.
         try:
+            self._call("list (check)", self.key(""))
             next(iter(self.client.list_objects(self.bucket, prefix=self.key("") or None)), None)
             return
-        except Exception as exc:
+        except storage_errors() as exc:
             if getattr(exc, "code", "") != "NoSuchBucket":
-                raise self._fail(exc, f"checking bucket {self.bucket!r}") from None
+                raise self._fail(exc, f"checking bucket {self.bucket!r}") from exc
         try:
+            self._call("make_bucket", "")
             self.client.make_bucket(self.bucket)
-        except Exception as exc:
+        except storage_errors() as exc:
             if getattr(exc, "code", "") in ("AccessDenied", "AllAccessDisabled"):
                 raise StoreError(
                     f"bucket {self.bucket!r} does not exist at {self.config.display} and these "
                     "keys may not create it: ask the storage admin to create it, or use a "
                     "bucket you own in --storage"
-                ) from None
+                ) from exc
             if getattr(exc, "code", "") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return  # created meanwhile by another kernel
-            raise self._fail(exc, f"creating bucket {self.bucket!r}") from None
+            raise self._fail(exc, f"creating bucket {self.bucket!r}") from exc
 
     def read(self, key: str, offset: int = 0) -> bytes | None:
         response = None
         try:
+            self._call("get_object", self.key(key), f" from byte {offset}" if offset else "")
             response = self.client.get_object(self.bucket, self.key(key), offset=offset)
             return bytes(response.read())
-        except Exception as exc:
+        except storage_errors() as exc:
             code = getattr(exc, "code", "")
             if code in ("NoSuchKey", "NoSuchObject"):
                 return None
             if code == "InvalidRange":  # offset at or past the end
                 return b"" if self.size(key) is not None else None
-            raise self._fail(exc, f"reading {self.url}/{key}") from None
+            raise self._fail(exc, f"reading {self.url}/{key}") from exc
         finally:
             if response is not None:
                 response.close()
@@ -224,30 +235,33 @@ class S3Store:
 
     def size(self, key: str) -> int | None:
         try:
+            self._call("stat_object", self.key(key))
             return int(self.client.stat_object(self.bucket, self.key(key)).size)
-        except Exception as exc:
+        except storage_errors() as exc:
             if getattr(exc, "code", "") in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return None
-            raise self._fail(exc, f"reading {self.url}/{key}") from None
+            raise self._fail(exc, f"reading {self.url}/{key}") from exc
 
     def write(self, key: str, data: bytes) -> None:
         try:
+            self._call("put_object", self.key(key), f" ({len(data)} bytes)")
             self.client.put_object(self.bucket, self.key(key), io.BytesIO(data), len(data))
-        except Exception as exc:
-            raise self._fail(exc, f"writing {self.url}/{key}") from None
+        except storage_errors() as exc:
+            raise self._fail(exc, f"writing {self.url}/{key}") from exc
 
     def list(self, prefix: str = "") -> list[StoredObject]:
         base = self.key(prefix)
         base = f"{base}/" if base else ""
         strip = len(self.key("")) + 1 if self.prefix else 0
         try:
+            self._call("list_objects", base)
             items = self.client.list_objects(self.bucket, prefix=base, recursive=True)
             return sorted(
                 (StoredObject(item.object_name[strip:], int(item.size or 0)) for item in items),
                 key=lambda o: o.key,
             )
-        except Exception as exc:
-            raise self._fail(exc, f"listing {self.url}/{prefix}") from None
+        except storage_errors() as exc:
+            raise self._fail(exc, f"listing {self.url}/{prefix}") from exc
 
     def upload_dir(self, path: Path, prefix: str) -> Transfer:
         start, total = time.perf_counter(), 0
@@ -256,9 +270,10 @@ class S3Store:
         for file in files:
             key = self.key(_join(prefix, file.relative_to(path).as_posix()))
             try:
+                self._call("fput_object", key)
                 self.client.fput_object(self.bucket, key, str(file))
-            except Exception as exc:
-                raise self._fail(exc, f"uploading {file}") from None
+            except storage_errors() as exc:
+                raise self._fail(exc, f"uploading {file}") from exc
             total += file.stat().st_size
         return Transfer(len(files), total, _since(start))
 
@@ -271,9 +286,10 @@ class S3Store:
         for obj in objects:
             relative = obj.key[len(base) + 1 :] if base else obj.key
             try:
+                self._call("fget_object", self.key(obj.key))
                 download(self.client, self.bucket, self.key(obj.key), Path(path) / relative)
-            except Exception as exc:
-                raise self._fail(exc, f"downloading {self.url}/{obj.key}") from None
+            except storage_errors() as exc:
+                raise self._fail(exc, f"downloading {self.url}/{obj.key}") from exc
             total += obj.size
         return Transfer(len(objects), total, _since(start))
 
@@ -282,15 +298,14 @@ class S3Store:
 
         objects = self.list(prefix)
         try:
+            self._call("remove_objects", self.key(prefix), f" ({len(objects)} objects)")
             errors = self.client.remove_objects(
                 self.bucket, [DeleteObject(self.key(o.key)) for o in objects]
             )
             for error in errors:
                 raise StoreError(f"deleting {self.url}/{prefix}: {error.code}")
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._fail(exc, f"deleting {self.url}/{prefix}") from None
+        except storage_errors() as exc:
+            raise self._fail(exc, f"deleting {self.url}/{prefix}") from exc
         return len(objects)
 
     def __repr__(self) -> str:

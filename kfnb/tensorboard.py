@@ -21,7 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfnb._util import pid_alive
+
 log = logging.getLogger("kfnb.tensorboard")
+_MODULE = "tensorboard.main"
 
 SYNC_SECONDS = 2.0  # how often a remote store's events are fetched for TensorBoard
 _servers: dict[str, TensorBoard] = {}  # by logdir, for this kernel
@@ -42,8 +45,12 @@ class TensorBoard:
     def local_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    def running(self) -> bool:
+        """Whether its process runs (it may not answer yet)."""
+        return pid_alive(self.pid, _MODULE)
+
     def alive(self) -> bool:
-        return _running(self.pid) and _answers(self.local_url)
+        return self.running() and _answers(self.local_url)
 
     def stop(self) -> None:
         try:
@@ -59,14 +66,6 @@ def browser_url(port: int) -> str:
     if prefix and importlib.util.find_spec("jupyter_server_proxy") is not None:
         return f"{prefix.rstrip('/')}/proxy/{port}/"
     return f"http://127.0.0.1:{port}/"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def _answers(url: str) -> bool:
@@ -99,12 +98,12 @@ def start_tensorboard(
     if refresh is not None:
         refresh()
     port = free_port()
-    log = open(logdir.parent / "tensorboard-server.log", "ab")
+    out = open(logdir.parent / "tensorboard-server.log", "ab")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tensorboard.main",
+            _MODULE,
             "--logdir",
             key,
             "--host",
@@ -115,11 +114,12 @@ def start_tensorboard(
             "2",
         ],
         stdin=subprocess.DEVNULL,
-        stdout=log,
+        stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    log.close()
+    out.close()
+    log.debug("started TensorBoard process %d on %s, port %d", process.pid, key, port)
     server = TensorBoard(key, port, process.pid, browser_url(port))
     deadline = time.monotonic() + timeout
     while not _answers(server.local_url):
@@ -144,7 +144,7 @@ def _keep_fresh(server: TensorBoard, refresh: Callable[[], object]) -> None:
     """Refresh the logdir until this TensorBoard is stopped or exits."""
     while True:
         time.sleep(SYNC_SECONDS)
-        if _servers.get(server.logdir) is not server or not _running(server.pid):
+        if _servers.get(server.logdir) is not server or not server.running():
             return
         try:
             refresh()

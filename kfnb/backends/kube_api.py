@@ -9,6 +9,7 @@ shape manifests are written in) and turns API server failures into one-line
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfnb._util import first_line
 from kfnb.backends import BackendError
+
+log = logging.getLogger(__name__)
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RBAC_FIX = "ask your cluster admin to run `kubectl apply -f deploy/rbac.yaml` for this namespace"
@@ -155,10 +159,10 @@ class KubeApi:
     def __init__(self, namespace: str | None = None, timeout: float = 10.0) -> None:
         try:
             from kubernetes import client, config
-        except ImportError:
+        except ImportError as err:
             raise BackendError(
                 "the Kubernetes backend needs the kubernetes client: pip install 'kfnb[kubernetes]'"
-            ) from None
+            ) from err
         configuration = client.Configuration()
         config_file: Path | None = None
         if in_cluster():
@@ -177,11 +181,10 @@ class KubeApi:
                     config_file=str(config_file), client_configuration=configuration
                 )
             except Exception as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise BackendError(
-                    f"cannot use the kubeconfig {config_file}: {first}: fix it, or "
+                    f"cannot use the kubeconfig {config_file}: {first_line(err)}: fix it, or "
                     "use --backend local"
-                ) from None
+                ) from err
             source = str(config_file)
         configuration.retries = 0  # kfnb retries streams itself; a dead server fails at once
         self.client = client.ApiClient(configuration)
@@ -202,6 +205,8 @@ class KubeApi:
         body: Any,
         timeout: float | tuple[float, float] | None,
     ) -> Any:
+        # The method and path only: the bearer token travels in headers, never logged.
+        log.debug("Kubernetes API %s %s", method, path)
         try:
             return self.client.call_api(
                 path,
@@ -219,12 +224,12 @@ class KubeApi:
             if isinstance(status, int) and status:
                 raise error_for(
                     status, getattr(err, "body", b"") or b"", f"{method} {path}"
-                ) from None
+                ) from err
             raise ApiError(
                 f"cannot reach the Kubernetes API server at {self.info.server} "
                 f"({type(err).__name__}): check the cluster is up and the kubeconfig's server "
                 "address, or use --backend local",
-            ) from None
+            ) from err
 
     def request(
         self,
@@ -273,6 +278,6 @@ class KubeApi:
             if pending:
                 yield pending
         except Exception as err:
-            raise ApiError(f"the stream {path} was cut ({type(err).__name__})") from None
+            raise ApiError(f"the stream {path} was cut ({type(err).__name__})") from err
         finally:
             response.release_conn()

@@ -8,6 +8,7 @@ and the log reads answer from memory however often the widgets ask.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from kfnb.backends.kube_watch import JobWatcher
 from kfnb.bundle import Bundle
 from kfnb.config import settings
 from kfnb.spec import CONTAINER_NAME, MANAGED_BY
-from kfnb.status import JobStatus
+from kfnb.status import JobStatus, log_transition
 
 # What kfnb does on the cluster: (verb, group, resource); deploy/rbac.yaml grants these.
 NEEDED = (
@@ -55,6 +56,7 @@ NEEDED = (
     ("list", "", "events"),
     ("watch", "", "events"),
 )
+log = logging.getLogger(__name__)
 FINAL_LOG_WAIT = 5.0  # seconds a finished job waits for its pods and last log lines
 _checked: set[tuple[str, str]] = set()  # (server, namespace) whose access was reviewed
 _watchers: dict[tuple[str, str, str], JobWatcher] = {}
@@ -122,6 +124,7 @@ class KubernetesBackend:
             self.namespace, self.storage, config.s3_endpoint, config.s3_secret
         )
         self._tfjobs = f"/apis/{TFJOB_GROUP}/{TFJOB_VERSION}/namespaces/{self.namespace}/tfjobs"
+        self._phases: dict[str, str] = {}  # the phase each job was last seen in, for the log
 
     # -- submission ----------------------------------------------------------------
 
@@ -221,8 +224,13 @@ class KubernetesBackend:
         except BackendError:
             self._delete_tfjob(name)  # a job without its code would wait for it forever
             raise
-        return JobStatus(
-            name, self.name, "Created", message=f"TFJob {name} is created in {self.namespace}."
+        log.debug("submitted TFJob %s and its code ConfigMap to %s", name, self.namespace)
+        return log_transition(
+            log,
+            self._phases,
+            JobStatus(
+                name, self.name, "Created", message=f"TFJob {name} is created in {self.namespace}."
+            ),
         )
 
     # -- state ---------------------------------------------------------------------
@@ -242,7 +250,7 @@ class KubernetesBackend:
                 raise JobNotFound(
                     f"no TFJob named {name!r} in namespace {self.namespace}: `%kfnb list` "
                     "shows the jobs"
-                ) from None
+                ) from err
             raise
         return watcher
 
@@ -264,7 +272,7 @@ class KubernetesBackend:
             status = watcher.snapshot(self.name)
         if status.finished and watcher.logs_done():
             watcher.stop.set()
-        return status
+        return log_transition(log, self._phases, status)
 
     def _delete_tfjob(self, name: str) -> bool:
         try:
@@ -289,6 +297,7 @@ class KubernetesBackend:
         status = self.status(name)
         if status.finished and not purge:
             return status
+        log.debug("deleting TFJob %s from %s", name, self.namespace)
         self._delete_tfjob(name)
         if status.finished:
             return status

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -27,13 +28,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kfnb._util import pid_alive
 from kfnb.backends import BackendError, JobNotFound
 from kfnb.bundle import Bundle
 from kfnb.config import settings
-from kfnb.status import JobStatus
+from kfnb.status import JobStatus, log_transition
 from kfnb.storage import Store, StoreError, open_store
 
 SUPERVISOR_MODULE = "kfnb.backends.supervisor"
+log = logging.getLogger(__name__)
 _children: dict[str, subprocess.Popen[bytes]] = {}  # supervisors this process started
 
 
@@ -41,16 +44,8 @@ def _supervisor_alive(pid: int) -> bool:
     """True if ``pid`` is a live kfnb supervisor (not a reused pid, not a zombie)."""
     child = next((p for p in _children.values() if p.pid == pid), None)
     if child is not None:
-        return child.poll() is None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc: trust the pid
-    return SUPERVISOR_MODULE.encode() in cmdline
+        return child.poll() is None  # and reaps it once it has exited
+    return pid_alive(pid, SUPERVISOR_MODULE)
 
 
 def local_gpus() -> list[str]:
@@ -84,7 +79,7 @@ class LocalBackend:
         try:
             store = open_store(storage or config.storage)
         except StoreError as err:
-            raise BackendError(str(err)) from None
+            raise BackendError(str(err)) from err
         self.storage = store.url
         # A remote store's jobs run in a local scratch copy; None for a local store.
         self.remote: Store | None = None if store.local_root is not None else store
@@ -94,6 +89,7 @@ class LocalBackend:
         self.python = python or config.python
         # A job's replicas never change after submit; logs are read many times a second.
         self._replica_names: dict[str, list[str]] = {}
+        self._phases: dict[str, str] = {}  # the phase each job was last seen in, for the log
 
     def job_dir(self, name: str) -> Path:
         return self.root / name
@@ -112,7 +108,7 @@ class LocalBackend:
         try:
             return self.remote.read(key, offset)
         except StoreError as err:
-            raise BackendError(str(err)) from None
+            raise BackendError(str(err)) from err
 
     def preflight(self, manifest: dict[str, Any]) -> list[str]:
         """Fail now, in one line, on what would only fail inside the replicas later."""
@@ -137,7 +133,7 @@ class LocalBackend:
             try:
                 self.remote.check()
             except StoreError as err:
-                raise BackendError(str(err)) from None
+                raise BackendError(str(err)) from err
         warnings = []
         wants_gpus = any(
             c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
@@ -168,20 +164,26 @@ class LocalBackend:
                 for file in ("manifest.json", "status.json"):
                     self.remote.write(f"{name}/{file}", (path / file).read_bytes())
             except StoreError as err:
-                raise BackendError(str(err)) from None
-        env = {**os.environ, "KFNB_PYTHON": self.python, "KFNB_LOCAL_GPUS": ",".join(local_gpus())}
-        with open(path / "supervisor.log", "ab") as log:
+                raise BackendError(str(err)) from err
+        env = {
+            **os.environ,
+            "KFNB_PYTHON": self.python,
+            "KFNB_LOCAL_GPUS": ",".join(local_gpus()),
+            "KFNB_LOG_LEVEL": settings().log_level,  # the supervisor logs to supervisor.log
+        }
+        with open(path / "supervisor.log", "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE, str(path)],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the kernel, and Ctrl-C in it
             )
         _children[name] = process
         (path / "supervisor.pid").write_text(str(process.pid))
-        return status
+        log.debug("submitted %s: supervisor process %d runs %s", name, process.pid, path)
+        return self._seen(status)
 
     def status(self, name: str) -> JobStatus:
         path = self._existing(name)
@@ -189,7 +191,7 @@ class LocalBackend:
             data = self._remote_read(f"{name}/status.json")
             if data is None:
                 raise JobNotFound(f"job {name!r} has no status.json in {self.storage}")
-            return JobStatus.from_json(json.loads(data))
+            return self._seen(JobStatus.from_json(json.loads(data)))
         status = JobStatus.read(path / "status.json")
         if not status.finished and not self._supervised(path):
             # Read again: the supervisor may have written its last status and exited since.
@@ -207,8 +209,12 @@ class LocalBackend:
                     time.time(),
                     status.replicas,
                 )
+                log.debug("job %s: its supervisor is gone", name)
                 status.write(path / "status.json")
-        return status
+        return self._seen(status)
+
+    def _seen(self, status: JobStatus) -> JobStatus:
+        return log_transition(log, self._phases, status)
 
     def _supervised(self, path: Path) -> bool:
         try:
@@ -225,6 +231,7 @@ class LocalBackend:
         status = self.status(name)
         if not status.finished and (path / "supervisor.pid").exists():
             pid = int((path / "supervisor.pid").read_text())
+            log.debug("deleting %s: SIGTERM to its supervisor process %d", name, pid)
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -251,7 +258,7 @@ class LocalBackend:
                 try:
                     self.remote.delete_prefix(name)
                 except StoreError as err:
-                    raise BackendError(str(err)) from None
+                    raise BackendError(str(err)) from err
             shutil.rmtree(path, ignore_errors=True)
             self._replica_names.pop(name, None)  # the name may be used again
         return status
@@ -308,12 +315,12 @@ class LocalBackend:
             complete = chunk if partial else chunk[: chunk.rfind(b"\n") + 1]
             return complete.decode(errors="replace"), offset + len(complete)
         try:
-            with open(path, "rb") as log:
-                size = log.seek(0, os.SEEK_END)
+            with open(path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
                 if offset > size:
                     offset = 0
-                log.seek(offset)
-                chunk = log.read()
+                handle.seek(offset)
+                chunk = handle.read()
         except FileNotFoundError:
             return "", offset
         complete = chunk if partial else chunk[: chunk.rfind(b"\n") + 1]

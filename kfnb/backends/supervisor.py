@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -43,6 +44,7 @@ POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 2.0
 RESTARTING_SECONDS = 1.0  # how long the job reads Restarting after a replica restarts
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger("kfnb.backends.supervisor")  # __name__ is __main__ when it runs
 
 
 def free_port() -> int:
@@ -89,6 +91,7 @@ class Replica:
         """Record the process's exit: Succeeded on 0, else ``otherwise``; the exit code."""
         code = self.exit_code = exit_code_of(returncode)
         self.phase = "Succeeded" if code == 0 else otherwise
+        log.debug("%s exited with code %d: %s", self.name, code, self.phase)
         return code
 
     @property
@@ -197,12 +200,12 @@ class Supervisor:
     def start(self, replica: Replica) -> None:
         log_dir = self.job_dir / "logs"
         log_dir.mkdir(exist_ok=True)
-        log = self._logs.get(replica.name)
-        if log is None:
-            log = self._logs[replica.name] = open(log_dir / f"{replica.name}.log", "ab")
+        out = self._logs.get(replica.name)
+        if out is None:
+            out = self._logs[replica.name] = open(log_dir / f"{replica.name}.log", "ab")
         if replica.restarts:
-            log.write(f"--- kfnb: restart {replica.restarts} of {replica.name} ---\n".encode())
-            log.flush()
+            out.write(f"--- kfnb: restart {replica.restarts} of {replica.name} ---\n".encode())
+            out.flush()
         # TF_CONFIG comes from the manifest only: one the kernel set must not leak into
         # a single-replica job, which the operator runs without TF_CONFIG.
         inherited = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
@@ -212,12 +215,13 @@ class Supervisor:
             env=env,
             cwd=self.job_dir,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         replica.phase, replica.exit_code = "Running", None
+        log.debug("started %s: process %d", replica.name, replica.process.pid)
 
     def stop(self, replicas: list[Replica]) -> None:
         """SIGTERM each replica's process group, SIGKILL what is left after a grace period."""
@@ -263,6 +267,8 @@ class Supervisor:
     def publish(self, **changes: Any) -> None:
         status = replace(self.status, **changes, replicas=tuple(r.status() for r in self.replicas))
         if status != self.status:
+            if status.phase != self.status.phase:
+                log.debug("job %s: %s -> %s", self.name, self.status.phase, status.phase)
             self.status = status
             if self.store is not None:  # the store first: finished here means complete there
                 self.upload("status.json", json.dumps(status.to_json(), indent=1).encode())
@@ -302,8 +308,8 @@ class Supervisor:
         if phase == "Succeeded":
             self.let_workers_finish()
         self.stop(self.replicas)
-        for log in self._logs.values():
-            log.close()
+        for out in self._logs.values():
+            out.close()
         changes: dict[str, Any] = {}
         if self.store is not None:
             missing = self.upload_final()
@@ -435,6 +441,11 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    level = os.environ.get("KFNB_LOG_LEVEL", "").upper()
+    if level in ("DEBUG", "INFO"):  # the kernel's Kfnb.log_level, into supervisor.log
+        from kfnb.config import configure_logging
+
+        configure_logging(level)
     supervisor = Supervisor(Path(argv[0]))
 
     def request_stop(signum: int, frame: Any) -> None:

@@ -9,6 +9,7 @@ TensorFlow runs in), ``batcher`` (micro-batching in the event loop), ``metrics``
 once TensorFlow is loaded).
 
 The kernel side never imports TensorFlow or uvicorn: ``config`` (``ServerConfig``),
+``served`` (what ``%serve`` returns and records: ``LocalServer``, ``ClusterServer``),
 ``local`` (``%serve``'s server processes and their records), ``client``
 (``Predictor``), ``feed`` and ``digits`` (what ``PredictionView`` shows),
 ``predict_cli`` (``kfnb predict``), and for clusters ``manifests``, ``cluster``

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from kfnb._util import first_line
 from kfnb.serving.codec import PredictRequest, RequestError, decode_body
-from kfnb.serving.loader import LoadedModel, _first_line
+from kfnb.serving.loader import LoadedModel
 
 __all__ = ["Batch", "Call", "Rows", "Request", "prediction_error", "run_batch"]
 
@@ -183,5 +184,5 @@ def prediction_error(exc: BaseException) -> BaseException:
     """TensorFlow's INVALID_ARGUMENT is the request's fault (400); anything else is ours."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "InvalidArgumentError" in names:
-        return RequestError(_first_line(exc), 400)
+        return RequestError(first_line(exc), 400)
     return exc

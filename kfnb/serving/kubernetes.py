@@ -70,14 +70,14 @@ class ClusterServing:
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": version}
                     self.api.request("PUT", f"{path}/{name}", body=obj)
                 except ApiError as again:
-                    raise ServeError(str(again)) from None
+                    raise ServeError(str(again)) from again
             elif err.reason == "NoCRD" and obj["kind"] == "InferenceService":
                 raise ServeError(
                     "this cluster has no InferenceService resource: install KServe "
                     f"({KSERVE_INSTALL}), or serve with --runtime tfserving"
-                ) from None
+                ) from err
             else:
-                raise ServeError(str(err)) from None
+                raise ServeError(str(err)) from err
 
     def wait(self, name: str, runtime: str, timeout: float = 600.0, poll: float = 1.0) -> Rollout:
         """Until the InferenceService is Ready (or the Deployment available), or ServeError."""
@@ -86,7 +86,7 @@ class ClusterServing:
             try:
                 rollout = self._ready(name, runtime)
             except ApiError as err:
-                raise ServeError(str(err)) from None
+                raise ServeError(str(err)) from err
             if rollout is not None:
                 return rollout
             if time.monotonic() > deadline:
@@ -104,7 +104,7 @@ class ClusterServing:
                 self.api.request("DELETE", f"{self._path(kind)}/{obj_name}")
             except ApiError as err:
                 if err.status != 404:
-                    raise ServeError(str(err)) from None
+                    raise ServeError(str(err)) from err
 
     def _ready(self, name: str, runtime: str) -> Rollout | None:
         if runtime == "tfserving":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kfnb._util import first_line
 from kfnb.serving.codec import SignatureInfo, TensorInfo
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def load_saved_model(path: Path, version: int) -> LoadedModel:
         raise ModelLoadError(
             "FAILED_PRECONDITION",
             f"TensorFlow cannot be imported ({exc}): pip install 'kfnb[tensorflow]'",
-        ) from None
+        ) from exc
     if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
         raise ModelLoadError(
             "NOT_FOUND",
@@ -128,7 +129,7 @@ def load_saved_model(path: Path, version: int) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as exc:  # TensorFlow raises many kinds for corrupt files
-        raise ModelLoadError(_error_code(exc), _first_line(exc)) from None
+        raise ModelLoadError(_error_code(exc), first_line(exc)) from exc
     signatures: dict[str, SignatureInfo] = {}
     functions: dict[str, Callable[..., Mapping[str, np.ndarray]]] = {}
     defs = meta_graph.signature_def
@@ -157,9 +158,9 @@ def _read_meta_graph(path: Path) -> Any:
         else:
             text_format.Parse(source.read_text(), saved)
     except OSError as exc:
-        raise ModelLoadError(_error_code(exc), f"cannot read {source}: {exc}") from None
+        raise ModelLoadError(_error_code(exc), f"cannot read {source}: {exc}") from exc
     except Exception as exc:  # protobuf's DecodeError and ParseError
-        raise ModelLoadError("DATA_LOSS", f"cannot parse {source}: {_first_line(exc)}") from None
+        raise ModelLoadError("DATA_LOSS", f"cannot parse {source}: {first_line(exc)}") from exc
     for meta_graph in saved.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
             return meta_graph
@@ -261,7 +262,7 @@ def _warm_up(model: LoadedModel) -> None:
             )
         except Exception as exc:  # a model may reject zeros; real requests will tell
             log.warning(
-                "version %s: warm-up of %s failed: %s", model.version, name, _first_line(exc)
+                "version %s: warm-up of %s failed: %s", model.version, name, first_line(exc)
             )
 
 
@@ -274,9 +275,3 @@ def _error_code(exc: BaseException) -> str:
     if isinstance(exc, (OSError, IndexError, EOFError)) or "DecodeError" in type(exc).__name__:
         return "DATA_LOSS"
     return "UNKNOWN"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:500]

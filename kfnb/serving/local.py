@@ -10,24 +10,28 @@ imports TensorFlow or uvicorn for this.
 from __future__ import annotations
 
 import importlib.util
-import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kfnb._util import newest_version, numbered_versions
 from kfnb.config import settings
+from kfnb.records import RecordDir
 from kfnb.serving import ERROR_PREFIX, READY_PATTERN
 from kfnb.serving.config import DEFAULT_GRPC_PORT, DEFAULT_PORT, ServerConfig
+from kfnb.serving.served import ClusterServer, LocalServer, ServedModel, served_from_json
 
-__all__ = ["LocalServing", "ServeError", "ServedModel"]
+__all__ = ["ClusterServer", "LocalServer", "LocalServing", "ServeError", "ServedModel"]
 
-RECORD_VERSION = 1
+log = logging.getLogger(__name__)
+
 _GRPC_LINE = "kfnb model server: gRPC PredictionService on "
 
 
@@ -35,70 +39,13 @@ class ServeError(RuntimeError):
     """A server cannot be started or found; the message is one line with the fix."""
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """A model being served: where to reach it and how it was started."""
-
-    name: str
-    url: str  # REST, e.g. http://127.0.0.1:8501
-    grpc: str  # host:port of the gRPC PredictionService, "" without one
-    source: str  # the job name, SavedModel path or URL that %serve was given
-    model_base_path: str
-    version: int  # the version it served first
-    pid: int
-    argv: tuple[str, ...]
-    log: str
-    backend: str = "local"  # or "kubernetes": then namespace and runtime say where
-    started: float = field(default_factory=time.time)
-    namespace: str = ""
-    runtime: str = ""
-
-    @property
-    def predict_url(self) -> str:
-        return f"{self.url}/v1/models/{self.name}:predict"
-
-    def predictor(self, timeout: float = 10.0) -> Any:
-        """A `Predictor` for this model (``predictor.predict(images)``)."""
-        from kfnb.serving.client import Predictor
-
-        return Predictor(self.url, self.name, timeout=timeout)
-
-    def alive(self) -> bool:
-        """Whether the local server process still runs (it may still be loading).
-
-        A cluster keeps its servers itself: True for them (ask the cluster for more).
-        """
-        return self.backend != "local" or _alive(self.pid, self.name)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version_": RECORD_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ServedModel:
-        if data.get("version_") != RECORD_VERSION:
-            raise ValueError(f"server record version {data.get('version_')} is unknown")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["argv"] = tuple(known.get("argv", ()))
-        return cls(**known)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(str(self))
-
-    def __str__(self) -> str:
-        if self.backend != "local":
-            where = f"{self.runtime} in namespace {self.namespace}"
-            return f"{self.name} ({where}, from {self.source}): {self.predict_url}"
-        state = "serving" if self.alive() else "stopped"
-        grpc = f", gRPC {self.grpc}" if self.grpc else ""
-        return f"{self.name} ({state}, from {self.source}): {self.predict_url}{grpc}"
-
-
 class LocalServing:
-    """Starts model servers on this machine and keeps their records."""
+    """Starts model servers on this machine and keeps the records of all (a cluster's too)."""
 
     def __init__(self, home: str | Path | None = None, python: str | None = None) -> None:
         self.root = Path(home or settings().home).expanduser() / "servers"
         self.python = python or settings().python or sys.executable
+        self._records: RecordDir[ServedModel] = RecordDir(self.root, served_from_json)
 
     def start(
         self,
@@ -110,7 +57,7 @@ class LocalServing:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         timeout: float = 300.0,
-    ) -> ServedModel:
+    ) -> LocalServer:
         """Start a server for ``model_base_path`` and wait until it answers predictions.
 
         ``port``/``grpc_port`` None: TF Serving's 8501/8500 when free, else free ones.
@@ -131,17 +78,17 @@ class LocalServing:
         )
         argv = (*config.to_argv(self.python), *extra_args)
         self.root.mkdir(parents=True, exist_ok=True)
-        log = self.root / f"{name}.log"
-        log.write_text("")
-        proc = _spawn(argv, log)
-        url, grpc, version = _wait_ready(proc, log, timeout)
+        log_file = self.root / f"{name}.log"
+        log_file.write_text("")
+        proc = _spawn(argv, log_file)
+        url, grpc, version = _wait_ready(proc, log_file, timeout)
         # Recorded with the ports it took, so a restart comes back at the same URLs.
         taken = replace(
             config,
             port=int(url.rsplit(":", 1)[1]),
             grpc_port=int(grpc.rsplit(":", 1)[1]) if grpc else None,
         )
-        served = ServedModel(
+        served = LocalServer(
             name=name,
             url=url,
             grpc=grpc,
@@ -150,87 +97,77 @@ class LocalServing:
             version=version,
             pid=proc.pid,
             argv=(*taken.to_argv(self.python), *extra_args),
-            log=str(log),
+            log=str(log_file),
         )
-        self._save(served)
+        self.save(served)
+        log.debug("server %s serves version %d at %s (pid %d)", name, version, url, proc.pid)
         return served
 
-    def restart(self, name: str, timeout: float = 300.0) -> ServedModel:
+    def restart(self, name: str, timeout: float = 300.0) -> LocalServer:
         """Start a stopped (or killed) server again with its recorded command line."""
-        old = self.get(name)
-        if old is None:
-            raise ServeError(f"no model server named {name}: see `%serve --list`")
+        old = self._local(name)
         if old.alive():
             return old
-        log = Path(old.log)
-        start = log.stat().st_size if log.exists() else 0
-        proc = _spawn(old.argv, log)
-        url, grpc, version = _wait_ready(proc, log, timeout, offset=start)
-        served = ServedModel(
-            name=name,
-            url=url,
-            grpc=grpc,
-            source=old.source,
-            model_base_path=old.model_base_path,
-            version=version,
-            pid=proc.pid,
-            argv=old.argv,
-            log=old.log,
+        log_file = Path(old.log)
+        start = log_file.stat().st_size if log_file.exists() else 0
+        proc = _spawn(old.argv, log_file)
+        url, grpc, version = _wait_ready(proc, log_file, timeout, offset=start)
+        served = replace(
+            old, url=url, grpc=grpc, version=version, pid=proc.pid, started=time.time()
         )
-        self._save(served)
+        self.save(served)
+        log.debug("server %s restarted at %s (pid %d)", name, url, proc.pid)
         return served
 
     def get(self, name: str) -> ServedModel | None:
-        try:
-            return ServedModel.from_json(json.loads((self.root / f"{name}.json").read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+        return self._records.load(name)
 
     def list(self) -> list[ServedModel]:
-        if not self.root.is_dir():
-            return []
-        found = (self.get(p.stem) for p in self.root.glob("*.json"))
-        return sorted((s for s in found if s is not None), key=lambda s: s.started)
+        return sorted(self._records.all(), key=lambda s: s.started)
 
-    def stop(self, name: str, timeout: float = 20.0) -> ServedModel:
+    def stop(self, name: str, timeout: float = 20.0) -> LocalServer:
         """Stop a server (SIGTERM, then SIGKILL) and forget it."""
-        served = self.get(name)
-        if served is None:
-            raise ServeError(f"no model server named {name}: see `%serve --list`")
+        served = self._local(name)
         if served.alive():
+            log.debug("stopping server %s (pid %d)", name, served.pid)
             _signal(served.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while served.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
             if served.alive():
+                log.debug("server %s ignored SIGTERM for %.0f s: SIGKILL", name, timeout)
                 _signal(served.pid, signal.SIGKILL)
-        (self.root / f"{name}.json").unlink(missing_ok=True)
+        self.forget(name)
         return served
 
     def save(self, served: ServedModel) -> None:
         """Keep ``served``'s record (a cluster's servers are recorded here too)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._save(served)
+        self._records.save(served.name, served.to_json())
 
     def forget(self, name: str) -> None:
-        (self.root / f"{name}.json").unlink(missing_ok=True)
+        self._records.delete(name)
 
-    def _save(self, served: ServedModel) -> None:
-        path = self.root / f"{served.name}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(served.to_json(), indent=1))
-        tmp.replace(path)
+    def _local(self, name: str) -> LocalServer:
+        served = self.get(name)
+        if served is None:
+            raise ServeError(f"no model server named {name}: see `%serve --list`")
+        if not isinstance(served, LocalServer):
+            raise ServeError(
+                f"{name} is served by {served.backend}, not by a process here: "
+                f"`%serve --stop {name}` deletes it there"
+            )
+        return served
 
 
-def _spawn(argv: tuple[str, ...], log: Path) -> subprocess.Popen[bytes]:
-    """The server process, output appended to ``log``, in a session of its own.
+def _spawn(argv: tuple[str, ...], log_file: Path) -> subprocess.Popen[bytes]:
+    """The server process, output appended to ``log_file``, in a session of its own.
 
     Its own session: it outlives the kernel, and Ctrl-C in the kernel spares it.
     """
     env = {**os.environ}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines bury the log
-    with open(log, "a") as out:
-        return subprocess.Popen(
+    with open(log_file, "a") as out:
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -238,16 +175,18 @@ def _spawn(argv: tuple[str, ...], log: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,
             env=env,
         )
+    log.debug("started model server process %d: %s", process.pid, " ".join(argv))
+    return process
 
 
 def _wait_ready(
-    proc: subprocess.Popen[bytes], log: Path, timeout: float, offset: int = 0
+    proc: subprocess.Popen[bytes], log_file: Path, timeout: float, offset: int = 0
 ) -> tuple[str, str, int]:
     """(REST url, gRPC address, version) from the server's ready lines, or ServeError."""
     deadline = time.monotonic() + timeout
     grpc = ""
     while True:
-        text = log.read_text(errors="replace")[offset:] if log.exists() else ""
+        text = log_file.read_text(errors="replace")[offset:] if log_file.exists() else ""
         for line in text.splitlines():
             if line.startswith(_GRPC_LINE):
                 grpc = line.removeprefix(_GRPC_LINE).strip()
@@ -255,13 +194,14 @@ def _wait_ready(
             if match:
                 return match.group("url"), grpc, int(match.group("version"))
         if proc.poll() is not None:
+            log.debug("model server process %d exited with code %s", proc.pid, proc.returncode)
             errors = [ln for ln in text.splitlines() if ln.startswith(ERROR_PREFIX)]
             reason = errors[-1].removeprefix(ERROR_PREFIX) if errors else _last_line(text)
             raise ServeError(f"the model server did not start: {reason}")
         if time.monotonic() > deadline:
             proc.terminate()
             raise ServeError(
-                f"the model server did not answer within {timeout:.0f} s: see its log {log}"
+                f"the model server did not answer within {timeout:.0f} s: see its log {log_file}"
             )
         time.sleep(0.05)
 
@@ -291,28 +231,6 @@ def _grpc_port(host: str, asked: int | None) -> int | None:
             )
         return None
     return _pick_port(host, DEFAULT_GRPC_PORT) if asked is None else asked
-
-
-def _alive(pid: int, name: str) -> bool:
-    """Whether ``pid`` still runs this server (not a recycled pid of another process)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc (macOS): trust the pid
-    if _zombie(pid):
-        return False
-    return b"kfnb.serving.server" in cmdline and name.encode() in cmdline
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return False
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -352,7 +270,7 @@ def model_base_path(source: str, name: str, home: Path) -> Path:
             link.unlink()
         link.symlink_to(path, target_is_directory=True)
         return versions
-    if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+    if path.is_dir() and numbered_versions(path):
         return path
     raise ServeError(
         f"{path} is not a SavedModel (no saved_model.pb) nor a directory of numbered "
@@ -372,7 +290,7 @@ def _job_model(name: str, record: Any) -> Path:
     try:
         latest = job.latest_model()
     except StoreError as err:
-        raise ServeError(f"cannot read job {name}'s model: {err}") from None
+        raise ServeError(f"cannot read job {name}'s model: {err}") from err
     if latest is None:
         raise ServeError(
             f"job {name} has not exported a model yet ({job.status().phase}): save it to "
@@ -395,13 +313,12 @@ def _download_model(url: str, versions: Path) -> Path:
         if any(k in ("saved_model.pb", "saved_model.pbtxt") for k in keys):
             prefix, version = "", "1"
         else:
-            numbered = {k.split("/", 1)[0] for k in keys if k.split("/", 1)[0].isdigit()}
-            if not numbered:
+            newest = newest_version(k.split("/", 1)[0] for k in keys)
+            if newest is None:
                 raise ServeError(f"{url} holds neither a SavedModel nor numbered versions")
-            version = max(numbered, key=int)
-            prefix = version
+            prefix, version = newest, newest
         shutil.rmtree(versions, ignore_errors=True)
         store.download_dir(prefix, versions / version)
     except StoreError as err:
-        raise ServeError(f"cannot download {url}: {err}") from None
+        raise ServeError(f"cannot download {url}: {err}") from err
     return versions

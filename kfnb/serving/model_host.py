@@ -37,9 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from kfnb._util import first_line
 from kfnb.serving.batch import Batch, Request, Rows, prediction_error, run_batch
 from kfnb.serving.codec import RequestError
-from kfnb.serving.loader import LoadedModel, ModelLoadError, _first_line, load_saved_model
+from kfnb.serving.loader import LoadedModel, ModelLoadError, load_saved_model
 
 __all__ = ["HostDied", "ModelHost"]
 
@@ -210,7 +211,7 @@ def _outcome_of(exc: BaseException) -> tuple[str, Any]:
     exc = prediction_error(exc)
     if isinstance(exc, RequestError):
         return "request", (exc.message, exc.status)
-    return "error", f"{type(exc).__name__}: {_first_line(exc)}"
+    return "error", f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _outcome_from(kind: str, value: Any) -> Any:

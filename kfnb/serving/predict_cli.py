@@ -54,7 +54,7 @@ def load_image(path: Path) -> np.ndarray:
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise PredictorError(f"{path} is not a NumPy .npy file: {exc}", "input") from None
+            raise PredictorError(f"{path} is not a NumPy .npy file: {exc}", "input") from exc
         if array.shape == (1, 28, 28):
             array = array[0]
         if array.shape != (28, 28):
@@ -70,7 +70,7 @@ def load_image(path: Path) -> np.ndarray:
         with Image.open(path) as opened:
             grey = opened.convert("L")
     except (UnidentifiedImageError, OSError) as exc:
-        raise PredictorError(f"{path} is not an image Pillow can read: {exc}", "input") from None
+        raise PredictorError(f"{path} is not an image Pillow can read: {exc}", "input") from exc
     if grey.size != (28, 28):
         grey = grey.resize((28, 28), Image.Resampling.LANCZOS)
     pixels = to_pixels(np.asarray(grey, dtype=np.uint8))[0]
@@ -85,7 +85,7 @@ def random_test_image(seed: int | None) -> tuple[np.ndarray, str]:
     try:
         digits = load_test_digits()
     except RuntimeError as exc:
-        raise PredictorError(str(exc), "input") from None
+        raise PredictorError(str(exc), "input") from exc
     index = int(np.random.default_rng(seed).integers(len(digits)))
     label = digits.labels[index]
     note = f"MNIST test image {index} of {len(digits)} ({digits.source}), labelled {label}"

@@ -28,7 +28,6 @@ serving benchmarks have the figures.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -51,7 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE
 from kfnb.serving.batcher import Batcher
 from kfnb.serving.codec import RequestError, encode_predict
-from kfnb.serving.config import DEFAULT_MAX_BODY, DEFAULT_PORT, ServerConfig
+from kfnb.serving.config import ServerConfig
 from kfnb.serving.loader import LoadedModel, load_saved_model
 from kfnb.serving.metrics import ServerMetrics
 from kfnb.serving.model_host import ModelHost
@@ -361,7 +360,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise StartError(f"cannot resolve --host {host} ({exc.strerror})", EXIT_USAGE) from None
+        raise StartError(f"cannot resolve --host {host} ({exc.strerror})", EXIT_USAGE) from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -381,7 +380,7 @@ def bind(host: str, port: int) -> socket.socket:
             message = f"{host} is not an address of this machine: use --host 127.0.0.1"
         else:
             message = f"cannot listen on {host}:{port}: {exc.strerror}"
-        raise StartError(message, EXIT_USAGE) from None
+        raise StartError(message, EXIT_USAGE) from exc
     sock.setblocking(False)
     return sock
 
@@ -511,112 +510,6 @@ def _no_version(config: ServerConfig, manager: ModelManager) -> str:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m kfnb.serving.server",
-        description="Serve numbered SavedModel versions with TF Serving's REST API.",
-    )
-    add = parser.add_argument
-    add(
-        "--model-base-path",
-        "--model_base_path",
-        required=True,
-        type=Path,
-        help="directory of numbered versions (DIR/1, DIR/2, ...), as TF Serving expects",
-    )
-    add(
-        "--model-name",
-        "--model_name",
-        default="default",
-        help="the NAME in /v1/models/NAME (default: %(default)s, as TF Serving)",
-    )
-    add(
-        "--port",
-        "--rest-api-port",
-        "--rest_api_port",
-        type=_port,
-        default=DEFAULT_PORT,
-        help="port to listen on; 0 picks a free one (default: %(default)s)",
-    )
-    add(
-        "--grpc-port",
-        type=_port,
-        default=None,
-        help="also answer TF Serving's gRPC PredictionService on this port (TF Serving uses "
-        "8500; 0 picks a free one); needs tensorflow-serving-api",
-    )
-    add(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default: %(default)s; 0.0.0.0 exposes the model)",
-    )
-    add(
-        "--max-body-bytes",
-        type=_positive,
-        default=DEFAULT_MAX_BODY,
-        help="larger request bodies get 413 (default: %(default)s)",
-    )
-    add(
-        "--max-batch-size",
-        "--max_batch_size",
-        type=_positive,
-        default=256,
-        help="most instances merged into one model call (default: %(default)s)",
-    )
-    add(
-        "--poll-seconds",
-        "--file-system-poll-wait-seconds",
-        "--file_system_poll_wait_seconds",
-        type=float,
-        default=1.0,
-        help="how often to look for new versions (default: %(default)s)",
-    )
-    add(
-        "--max-versions",
-        type=_positive,
-        default=2,
-        help="newest versions kept loaded, like TF Serving's latest{num_versions} "
-        "(default: %(default)s)",
-    )
-    add(
-        "--intra-op-threads",
-        "--tensorflow_intra_op_parallelism",
-        type=_count,
-        default=0,
-        help="threads for one TensorFlow op (default: 0, one less than the cores, leaving one "
-        "to the HTTP side)",
-    )
-    add(
-        "--inter-op-threads",
-        "--tensorflow_inter_op_parallelism",
-        type=_count,
-        default=0,
-        help="threads running independent TensorFlow ops (default: 0, up to 2)",
-    )
-    return parser
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
-    return port
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def thread_counts(config: ServerConfig, cores: int) -> tuple[int, int]:
     """TensorFlow's (intra-op, inter-op) threads: the flags, else one core left to HTTP.
 
@@ -641,20 +534,7 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    config = ServerConfig(
-        model_base_path=args.model_base_path.expanduser().absolute(),
-        model_name=args.model_name,
-        host=args.host,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        max_body_bytes=args.max_body_bytes,
-        max_batch_size=args.max_batch_size,
-        poll_seconds=max(args.poll_seconds, 0.05),
-        max_versions=args.max_versions,
-        intra_op_threads=args.intra_op_threads,
-        inter_op_threads=args.inter_op_threads,
-    )
+    config = ServerConfig.from_argv(argv)
     logging.basicConfig(
         level=logging.INFO, format="kfnb model server: %(message)s", stream=sys.stderr
     )

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfnb.serving.loader import LoadedModel, ModelLoadError, _first_line, load_saved_model
+from kfnb._util import first_line, numbered_versions, version_number
+from kfnb.serving.loader import LoadedModel, ModelLoadError, load_saved_model
 
 __all__ = ["ModelManager", "VersionStatus", "check_base_path", "scan_versions"]
 
@@ -31,15 +32,7 @@ def scan_versions(base: Path) -> dict[int, Path] | None:
 
     Only all-digit names count: ``.staging-3`` (a model still being written) is not a version.
     """
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return None
-    versions: dict[int, Path] = {}
-    for entry in entries:
-        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():
-            versions.setdefault(int(entry.name), Path(entry.path))
-    return versions
+    return numbered_versions(base)
 
 
 def check_base_path(base: Path) -> str | None:
@@ -56,7 +49,7 @@ def check_base_path(base: Path) -> str | None:
     if not base.is_dir():
         return f"no model at {base}: it is a file, not the directory of versions"
     if (base / "saved_model.pb").is_file():
-        if base.name.isdigit():
+        if version_number(base.name) is not None:
             hint = f"pass its parent, --model-base-path {base.parent}"
         else:
             hint = f"move it to {base / '1'}"
@@ -215,7 +208,7 @@ class ModelManager:
         except Exception as exc:  # a loader bug must not stop the watcher
             self._failed[version] = before
             self._set(
-                VersionStatus(version, "END", "UNKNOWN", _first_line(exc)),
+                VersionStatus(version, "END", "UNKNOWN", first_line(exc)),
                 time.perf_counter() - started,
             )
             return

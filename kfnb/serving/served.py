@@ -1,0 +1,160 @@
+"""What ``%serve`` returns and records: a model served here (`LocalServer`) or on a
+cluster (`ClusterServer`), both `ServedModel`.
+
+A local server is a process (its pid, command line and log); a cluster's server is
+an InferenceService or Deployment (its namespace and runtime). Each type has only
+the fields that mean something for it; the records in ``<home>/servers/`` keep
+which one it is in ``"backend"``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kfnb._util import pid_alive
+from kfnb.records import record_fields, record_json
+
+if TYPE_CHECKING:
+    from kfnb.serving.kubernetes import Rollout
+
+__all__ = ["ClusterServer", "LocalServer", "ServedModel", "served_from_json"]
+
+SERVER_MODULE = "kfnb.serving.server"
+
+
+class _LegacyCall(type):
+    """``ServedModel(..., pid=, argv=, log=, backend=, namespace=, runtime=)``, the one
+    constructor before the two types, still builds the right one.
+
+    TEMPORARY: kept until the cluster's record is made with `ClusterServer.from_rollout`
+    (``kfnb.api.serve_on_cluster``); then this metaclass and the ``__init__`` below go.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is ServedModel:
+            return served_from_json({"record_version": 1, **kwargs})
+        return super().__call__(*args, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True, init=False)
+class ServedModel(metaclass=_LegacyCall):
+    """A model being served: where to reach it and what it serves."""
+
+    name: str
+    url: str  # REST, e.g. http://127.0.0.1:8501
+    source: str  # the job name, SavedModel path or URL that %serve was given
+    model_base_path: str  # the numbered versions: a directory here, an s3:// URL on a cluster
+    version: int = 0  # the version it served first (0: the cluster's to say)
+    grpc: str = ""  # host:port of the gRPC PredictionService, "" without one
+    started: float = field(default_factory=time.time)
+    backend: ClassVar[str] = ""
+
+    def __init__(  # the old constructor's signature, for type checkers: see _LegacyCall
+        self,
+        *,
+        name: str,
+        url: str,
+        source: str,
+        model_base_path: str,
+        version: int = 0,
+        grpc: str = "",
+        started: float | None = None,
+        pid: int = 0,
+        argv: tuple[str, ...] = (),
+        log: str = "",
+        backend: str = "local",
+        namespace: str = "",
+        runtime: str = "",
+    ) -> None:
+        raise AssertionError("_LegacyCall builds a LocalServer or ClusterServer instead")
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.url}/v1/models/{self.name}:predict"
+
+    def predictor(self, timeout: float = 10.0) -> Any:
+        """A `Predictor` for this model (``predictor.predict(images)``)."""
+        from kfnb.serving.client import Predictor
+
+        return Predictor(self.url, self.name, timeout=timeout)
+
+    def alive(self) -> bool:
+        """Whether it still serves, as far as the kernel can tell without asking it."""
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return record_json(self, backend=self.backend)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServedModel:
+        """The served model a record describes, as the type its ``"backend"`` names."""
+        return served_from_json(data)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalServer(ServedModel):
+    """A ``python -m kfnb.serving.server`` process on this machine."""
+
+    pid: int
+    argv: tuple[str, ...]  # its command line, to start it again (%serve --restart)
+    log: str  # the file its output goes to
+    backend: ClassVar[str] = "local"
+
+    def alive(self) -> bool:
+        """Whether the server process still runs (it may still be loading)."""
+        return pid_alive(self.pid, SERVER_MODULE, self.name)
+
+    def __str__(self) -> str:
+        state = "serving" if self.alive() else "stopped"
+        grpc = f", gRPC {self.grpc}" if self.grpc else ""
+        return f"{self.name} ({state}, from {self.source}): {self.predict_url}{grpc}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterServer(ServedModel):
+    """KServe's InferenceService or a TF Serving Deployment: the cluster keeps it running."""
+
+    namespace: str
+    runtime: str  # "kserve" or "tfserving"
+    backend: ClassVar[str] = "kubernetes"
+
+    @classmethod
+    def from_rollout(cls, rollout: Rollout, source: str, storage_uri: str) -> ClusterServer:
+        """The record of what `ClusterServing.wait` found ready.
+
+        ``source`` is what it serves (the canary's, after a canary rollout) and
+        ``storage_uri`` the ``s3://`` URL of that source's numbered versions.
+        """
+        return cls(
+            name=rollout.name,
+            url=rollout.url,
+            source=source,
+            model_base_path=storage_uri,
+            namespace=rollout.namespace,
+            runtime=rollout.runtime,
+        )
+
+    def __str__(self) -> str:
+        where = f"{self.runtime} in namespace {self.namespace}"
+        return f"{self.name} ({where}, from {self.source}): {self.predict_url}"
+
+
+_TYPES: dict[str, type[ServedModel]] = {"local": LocalServer, "kubernetes": ClusterServer}
+
+
+def served_from_json(data: dict[str, Any]) -> ServedModel:
+    """A server's record, as the type its ``"backend"`` names (local when absent)."""
+    kind = _TYPES.get(data.get("backend") or "local")
+    if kind is None:
+        raise ValueError(f"server record of unknown backend {data.get('backend')!r}")
+    known = record_fields(kind, data, old_key="version_")
+    if kind is LocalServer:
+        known["argv"] = tuple(known.get("argv", ()))
+    if known.get("started") is None:
+        known.pop("started", None)
+    return kind(**known)
