@@ -204,3 +204,28 @@ def test_kfnb_log_level_from_the_environment(
     monkeypatch.setenv("KFNB_LOG_LEVEL", "chatty")  # not a level: the default
     reset_settings()
     assert settings().log_level == "WARNING"
+
+
+def test_a_kubernetes_submit_logs_its_api_calls_without_the_token(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kfnb_logger: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kfnb.backends.kubernetes import KubernetesBackend
+    from tests.fake_kube import FakeKube
+
+    with FakeKube() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        settings().log_level = "DEBUG"
+        capsys.readouterr()
+        backend = KubernetesBackend()
+        bundle = build_bundle("print('hi')\n", {}, job_name="kube-logged")
+        manifest = JobSpec(name="kube-logged", code_files=tuple(bundle.files)).to_manifest()
+        backend.submit(manifest, bundle)
+        backend.status("kube-logged")
+        err = capsys.readouterr().err
+    assert "kfnb.backends.kube_api DEBUG: Kubernetes API POST /apis/kubeflow.org/v1" in err, err
+    assert "submitted TFJob kube-logged and its code ConfigMap to alice" in err, err
+    assert "job kube-logged is Created" in err, err
+    assert "fake-token" not in err

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from kfnb._util import first_line
+
 __all__ = [
     "ModelStatus",
     "Prediction",
@@ -105,7 +107,7 @@ def to_pixels(images: Any) -> np.ndarray:
     try:
         array = np.asarray(images)
     except Exception as exc:
-        raise PredictorError(f"images are not an array: {exc}", "input") from None
+        raise PredictorError(f"images are not an array: {exc}", "input") from exc
     if array.shape == IMAGE_SHAPE:
         array = array[np.newaxis]
     if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE or len(array) == 0:
@@ -217,8 +219,8 @@ class Predictor:
                 )
                 for entry in answer["model_version_status"]
             )
-        except (KeyError, TypeError, ValueError):
-            raise _garbage(self.model_url, "no model_version_status list", answer) from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise _garbage(self.model_url, "no model_version_status list", answer) from err
         return ModelStatus(self.model, versions)
 
     def metadata(self) -> dict[str, Any]:
@@ -244,18 +246,18 @@ class Predictor:
             response = self._session.request(
                 method, url, data=data, headers=headers, timeout=self.timeout
             )
-        except requests.Timeout:
+        except requests.Timeout as err:
             raise PredictorError(
                 f"the model server at {self.url} did not answer within {self.timeout:g} s: "
                 "it may be overloaded or stuck; raise timeout= or check `%serve --list`",
                 "timeout",
-            ) from None
-        except requests.ConnectionError:
+            ) from err
+        except requests.ConnectionError as err:
             raise PredictorError(
                 f"no model server answers at {self.url}: {_SERVE_HINT}", "unreachable"
-            ) from None
+            ) from err
         except requests.RequestException as exc:
-            raise PredictorError(f"request to {url} failed: {exc}", "unreachable") from None
+            raise PredictorError(f"request to {url} failed: {exc}", "unreachable") from exc
         try:
             answer = response.json()
         except ValueError:
@@ -264,7 +266,7 @@ class Predictor:
             if isinstance(answer, dict) and isinstance(answer.get("error"), str):
                 reason = answer["error"]
             else:
-                reason = _first_line(response.text) or response.reason or "no details"
+                reason = first_line(response.text, 200) or response.reason or "no details"
             raise PredictorError(
                 f"{method} {url} failed with HTTP {response.status_code}: {reason}",
                 "http",
@@ -307,8 +309,8 @@ def _from_columns(
         key = matrices[0]
     try:
         probabilities = np.asarray(columns[key], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise _garbage(url, f"output {key or 'predictions'!r} is not numbers", answer) from None
+    except (TypeError, ValueError) as err:
+        raise _garbage(url, f"output {key or 'predictions'!r} is not numbers", answer) from err
     if probabilities.ndim != 2 or len(probabilities) != rows or probabilities.shape[1] < 2:
         raise _garbage(
             url,
@@ -320,8 +322,8 @@ def _from_columns(
     if label_key is not None:
         try:
             given = np.asarray(columns[label_key], dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise _garbage(url, f"output {label_key!r} is not integers", answer) from None
+        except (TypeError, ValueError) as err:
+            raise _garbage(url, f"output {label_key!r} is not integers", answer) from err
         if given.shape != (rows,):
             raise _garbage(url, f"{len(given)} {label_key} for {rows} images", answer)
         labels = given
@@ -337,11 +339,6 @@ def _garbage(url: str, what: str, answer: Any) -> PredictorError:
         "is this a TF Serving or KServe v1 endpoint?",
         "answer",
     )
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -145,10 +145,10 @@ def parse_json(body: bytes) -> Any:
         pass
     try:
         return json.loads(body)
-    except RecursionError:
-        raise RequestError("JSON Parse error: the document is nested too deeply") from None
+    except RecursionError as err:
+        raise RequestError("JSON Parse error: the document is nested too deeply") from err
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise RequestError(f"JSON Parse error: {exc}") from None
+        raise RequestError(f"JSON Parse error: {exc}") from exc
 
 
 def decode_body(body: bytes, signatures: Mapping[str, SignatureInfo]) -> PredictRequest:
@@ -310,8 +310,8 @@ def _to_array(value: Any, info: TensorInfo, where: str) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         if "maximum number of dimension" in str(exc) or isinstance(exc, RecursionError):
-            raise refuse("lists nested too deeply") from None
-        raise refuse("nested lists of uneven length") from None
+            raise refuse("lists nested too deeply") from exc
+        raise refuse("nested lists of uneven length") from exc
     kind = array.dtype.kind
     if target.kind in "iu" and kind == "f" and _whole(array):
         # orjson reads integers beyond 64 bits as floats: name them as integers.
