@@ -22,9 +22,8 @@ sys.path.insert(0, str(REPO))
 
 
 def _running_lag(runs: int = 5) -> list[float]:
+    import kfnb
     from kfnb.backends.kubernetes import KubernetesBackend, stop_watchers
-    from kfnb.bundle import build_bundle
-    from kfnb.spec import JobSpec
     from tests.fake_kube import FakeKube
 
     lags = []
@@ -33,9 +32,7 @@ def _running_lag(runs: int = 5) -> list[float]:
         backend = KubernetesBackend()
         for run in range(runs):
             name = f"lag-{run}"
-            bundle = build_bundle("print(1)\n", {}, job_name=name)
-            manifest = JobSpec(name=name, workers=2, code_files=tuple(bundle.files)).to_manifest()
-            backend.submit(manifest, bundle)
+            kfnb.submit("print(1)\n", name=name, workers=2, names={}, backend=backend)
             while backend.status(name).phase not in ("Running", "Succeeded"):
                 time.sleep(0.1)  # Job.wait's poll
             lags.append(time.time() - fake.running_at[name])
@@ -44,20 +41,16 @@ def _running_lag(runs: int = 5) -> list[float]:
 
 
 def _dropped_streams() -> tuple[int, int, bool]:
-    from kfnb.backends.kubernetes import KubernetesBackend, stop_watchers
-    from kfnb.bundle import build_bundle
-    from kfnb.job import Job
-    from kfnb.spec import JobSpec
+    import kfnb
+    from kfnb.backends.kubernetes import stop_watchers
     from tests.fake_kube import FakeKube, ReplicaScript
 
     lines = [f"line {i}" for i in range(2000)]
     with FakeKube(step=0.002, script=lambda job, replica: ReplicaScript(lines)) as fake:
         os.environ["KUBECONFIG"] = str(fake.kubeconfig(Path(tempfile.mkdtemp()) / "config"))
-        backend = KubernetesBackend()
-        bundle = build_bundle("print(1)\n", {}, job_name="drops")
-        manifest = JobSpec(name="drops", code_files=tuple(bundle.files)).to_manifest()
-        backend.submit(manifest, bundle)
-        job, got, offset, drops = Job("drops", backend), [], 0, 0
+        job = kfnb.submit("print(1)\n", name="drops", names={}, backend="kubernetes")
+        got: list[str] = []
+        offset = drops = 0
         while True:
             status = job.status()
             text, offset = job.log_since("worker-0", offset, partial=status.finished)

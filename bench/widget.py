@@ -20,23 +20,17 @@ from common import private_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kfnb.backends.local import LocalBackend  # noqa: E402
-from kfnb.bundle import build_bundle  # noqa: E402
+import kfnb  # noqa: E402
 from kfnb.job import Job  # noqa: E402
 from kfnb.metrics import ScalarReader  # noqa: E402
-from kfnb.spec import JobSpec  # noqa: E402
 from kfnb.widgets.job_view import JobView  # noqa: E402
 
 STAMP = re.compile(r"T (\d+\.\d+)")
 
 
 def submit(name: str, cell: str, workers: int = 1) -> Job:
-    backend = LocalBackend()
-    bundle = build_bundle(textwrap.dedent(cell), {}, job_name=name)
-    spec = JobSpec(name=name, workers=workers, artifacts=str(backend.job_dir(name)),
-                   code_files=tuple(bundle.files))
-    backend.submit(spec.to_manifest(), bundle)
-    return Job(name, backend)
+    return kfnb.submit(textwrap.dedent(cell), name=name, workers=workers, names={},
+                       backend="local")
 
 
 def p(values: list[float], q: float) -> float:

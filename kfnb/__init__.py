@@ -1,7 +1,10 @@
 """kfnb: run a notebook cell as a distributed TensorFlow job (a Kubeflow TFJob).
 
-``%load_ext kfnb`` registers ``%%tfjob`` and ``%kfnb``. Importing kfnb imports
-no TensorFlow, Kubernetes client or widgets: those load when first used.
+``%load_ext kfnb`` registers ``%%tfjob``, ``%kfnb`` and ``%serve``, a thin layer over
+the Python API: ``kfnb.submit(source, workers=2)`` returns a `Job`, ``kfnb.render``
+its TFJob manifest, ``kfnb.serve(job_name)`` a served model, ``kfnb.attach(name)``
+a job from its record. Importing kfnb imports no TensorFlow, Kubernetes client or
+widgets: those load when first used.
 """
 
 from __future__ import annotations
@@ -9,9 +12,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Job", "JobFailed", "JobSpec", "load_ipython_extension", "__version__"]
+__all__ = [
+    "Job",
+    "JobFailed",
+    "JobSpec",
+    "attach",
+    "load_ipython_extension",
+    "render",
+    "serve",
+    "submit",
+    "__version__",
+]
+_API = ("attach", "render", "serve", "submit")
 
 if TYPE_CHECKING:
+    from kfnb.api import attach, render, serve, submit
     from kfnb.job import Job, JobFailed
     from kfnb.spec import JobSpec
 
@@ -21,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from kfnb import job
 
         return getattr(job, name)
+    if name in _API:
+        from kfnb import api
+
+        return getattr(api, name)
     if name == "JobSpec":
         from kfnb.spec import JobSpec
 
@@ -30,14 +49,15 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     from kfnb.config import Kfnb, use_settings
-    from kfnb.magics import KfnbMagics
+    from kfnb.magics import MAGICS
     from kfnb.widgets import register_display
 
     unload_ipython_extension(ipython)
     config = Kfnb(parent=ipython)  # `%config Kfnb.x = ...` changes this object
     use_settings(config)
     ipython.configurables.append(config)
-    ipython.register_magics(KfnbMagics)
+    for magics in MAGICS:
+        ipython.register_magics(magics)
     register_display(ipython)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,21 +31,39 @@ _SECRET_HINT = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENT
 
 
 class SpecError(ValueError):
-    """A job specification a user can fix; the message is one line that says how."""
+    """A job specification a user can fix; the message is one line that says how.
+
+    The message names `JobSpec` fields as ``{field}`` placeholders: ``str(err)`` speaks
+    of the fields (``workers``), `worded` lets the magics speak of their flags (``--workers``).
+    """
+
+    def __init__(self, template: str, *fields: str) -> None:
+        self.template = template
+        self.fields = fields
+        super().__init__(self.worded(str))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The message with each field called ``name(field)``."""
+        text = self.template
+        for field_name in self.fields:  # replace, not format: values may hold braces
+            text = text.replace("{" + field_name + "}", name(field_name))
+        return text
 
 
 def validate_name(name: str) -> str:
     """Check a job name is a DNS-1035 label that leaves room for its replicas' names."""
     if not _DNS_1035.match(name):
         raise SpecError(
-            f"job name {name!r} is not a DNS-1035 label: use lower-case letters, digits "
-            "and '-', starting with a letter and ending with a letter or digit"
+            f"{{name}} {name!r} is not a DNS-1035 label: use lower-case letters, digits "
+            "and '-', starting with a letter and ending with a letter or digit",
+            "name",
         )
     longest = f"{name}-evaluator-0"
     if len(longest) > 63:
         raise SpecError(
-            f"job name {name!r} is too long: replica names like {longest!r} must fit in "
-            f"63 characters, so use at most {63 - len('-evaluator-0')}"
+            f"{{name}} {name!r} is too long: replica names like {longest!r} must fit in "
+            f"63 characters, so use at most {63 - len('-evaluator-0')}",
+            "name",
         )
     return name
 
@@ -65,9 +84,12 @@ def configmap_key(index: int, path: str) -> str:
     return f"f{index:03d}-{tail}"[:253]
 
 
-def _check_quantity(flag: str, value: str | None) -> None:
+def _check_quantity(field_name: str, value: str | None) -> None:
     if value is not None and not _QUANTITY.match(value):
-        raise SpecError(f"{flag} {value!r} is not a Kubernetes quantity: write e.g. 2, 500m, 4Gi")
+        raise SpecError(
+            f"{{{field_name}}} {value!r} is not a Kubernetes quantity: write e.g. 2, 500m, 4Gi",
+            field_name,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,28 +126,44 @@ class JobSpec:
     def __post_init__(self) -> None:
         validate_name(self.name)
         if self.workers < 0 or self.ps < 0 or self.gpus < 0:
-            raise SpecError("--workers, --ps and --gpus take numbers >= 0")
+            raise SpecError("{workers}, {ps} and {gpus} take numbers >= 0", "workers", "ps", "gpus")
         if self.chief not in (0, 1) or self.evaluator not in (0, 1):
-            raise SpecError("a TFJob has at most one chief and one evaluator: use 0 or 1")
+            raise SpecError(
+                "a TFJob has at most one chief and one evaluator: set {chief} and {evaluator} "
+                "to 0 or 1",
+                "chief",
+                "evaluator",
+            )
         if self.workers + self.chief == 0:
-            raise SpecError("a job needs at least one worker or a chief: use --workers 1 or more")
+            raise SpecError(
+                "a job needs at least one worker or a chief: set {workers} to 1 or more", "workers"
+            )
         if self.ps and not self.workers:
-            raise SpecError("parameter servers need workers: add --workers 1 or more")
+            raise SpecError("parameter servers need workers: set {workers} to 1 or more", "workers")
         if self.restart_policy not in RESTART_POLICIES:
             choices = ", ".join(RESTART_POLICIES)
-            raise SpecError(f"--restart-policy {self.restart_policy!r} is not one of {choices}")
-        for flag, number in (("--backoff-limit", self.backoff_limit), ("--timeout", self.timeout)):
-            if number is not None and number < (0 if flag == "--backoff-limit" else 1):
-                raise SpecError(f"{flag} takes a positive number, not {number}")
-        _check_quantity("--cpu", self.cpu)
-        _check_quantity("--memory", self.memory)
+            raise SpecError(
+                f"{{restart_policy}} {self.restart_policy!r} is not one of {choices}",
+                "restart_policy",
+            )
+        for field_name, least in (("backoff_limit", 0), ("timeout", 1)):
+            number = getattr(self, field_name)
+            if number is not None and number < least:
+                raise SpecError(
+                    f"{{{field_name}}} takes a positive number, not {number}", field_name
+                )
+        _check_quantity("cpu", self.cpu)
+        _check_quantity("memory", self.memory)
         for key, _ in self.env:
             if not _ENV_NAME.match(key):
-                raise SpecError(f"--env {key!r} is not a valid variable name: write KEY=VALUE")
+                raise SpecError(
+                    f"{{env}} {key!r} is not a valid variable name: write KEY=VALUE", "env"
+                )
             if _SECRET_HINT.search(key):
                 raise SpecError(
-                    f"--env {key} looks like a secret, and --env values are written into the "
-                    "manifest: set it in the notebook's environment (os.environ) instead"
+                    f"{{env}} {key} looks like a secret, and {{env}} values are written into "
+                    "the manifest: set it in the notebook's environment (os.environ) instead",
+                    "env",
                 )
 
     @property

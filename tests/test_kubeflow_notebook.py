@@ -51,7 +51,7 @@ def cluster_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
         monkeypatch.setenv("KFNB_S3_SECRET", "minio-creds")
         monkeypatch.chdir(NOTEBOOK.parent)  # the notebook's `sys.path.insert(0, "..")`
         # %%tfjob names the backend once per process; this test must not take that from others.
-        monkeypatch.setattr("kfnb.magics._announced_backend", False)
+        monkeypatch.setattr("kfnb.api._announced_backend", False)
         yield fake
     moto.stop()
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import kfnb
 from kfnb.backends import BackendError, get_backend
 from kfnb.backends.kube_api import forbidden_message
 from kfnb.backends.kube_manifests import ClusterSettings, configmap_for, for_cluster, owned_by
@@ -41,12 +42,11 @@ def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeK
 
 
 def submit(name: str = "mnist", workers: int = 2, **shape: Any) -> tuple[KubernetesBackend, str]:
-    backend = KubernetesBackend()
-    bundle = build_bundle("print('hi')\n", {}, job_name=name)
-    manifest = JobSpec(name=name, workers=workers, code_files=tuple(bundle.files), **shape)
-    backend.preflight(manifest.to_manifest())
-    backend.submit(manifest.to_manifest(), bundle)
-    return backend, name
+    job = kfnb.submit(
+        "print('hi')\n", name=name, workers=workers, names={}, backend="kubernetes", **shape
+    )
+    assert isinstance(job.backend, KubernetesBackend)
+    return job.backend, name
 
 
 def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
@@ -260,7 +260,10 @@ def test_403_on_pods_log_and_events_after_submission(fake_kube: FakeKube) -> Non
 
 
 def test_name_conflict_is_409(fake_kube: FakeKube) -> None:
+    from kfnb.records import delete_record
+
     submit(name="twice")
+    delete_record("twice")  # as another kernel, which has no record of it, would submit
     with pytest.raises(BackendError) as error:
         submit(name="twice")
     assert 'tfjobs.kubeflow.org "twice" already exists: pick another --name' in one_line(error)

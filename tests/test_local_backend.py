@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+import kfnb
 from kfnb.backends import BackendError
 from kfnb.backends import local as local_module
 from kfnb.backends.local import LocalBackend
 from kfnb.backends.supervisor import cluster_spec
-from kfnb.bundle import build_bundle
 from kfnb.job import Job, JobFailed
-from kfnb.spec import JobSpec
 from kfnb.status import JobStatus
 
 T = TypeVar("T")
@@ -73,20 +72,11 @@ def submit(
     backend: LocalBackend | None = None,
     **spec: Any,
 ) -> Job:
-    """Bundle ``cell`` (with PRELUDE) and submit it as TFJob ``name`` to the local backend."""
-    backend = backend or LocalBackend()
+    """Submit ``cell`` (with PRELUDE) as TFJob ``name`` to the local backend, as %%tfjob does."""
     source = PRELUDE + textwrap.dedent(cell)
-    bundle = build_bundle(source, namespace or {}, job_name=name)
-    job_spec = JobSpec(
-        name=name,
-        artifacts=str(backend.job_dir(name)),
-        code_files=tuple(bundle.files),
-        **spec,
+    return kfnb.submit(
+        source, name=name, names=namespace or {}, backend=backend or LocalBackend(), **spec
     )
-    manifest = job_spec.to_manifest()
-    assert backend.preflight(manifest) == []
-    backend.submit(manifest, bundle)
-    return Job(name, backend)
 
 
 def job_dir(job: Job) -> Path:
@@ -468,16 +458,10 @@ def test_delete_of_a_finished_job_keeps_its_phase() -> None:
 
 SUBMIT_SCRIPT = """
 import sys
-from kfnb.backends.local import LocalBackend
-from kfnb.bundle import build_bundle
-from kfnb.spec import JobSpec
+import kfnb
 
-name = sys.argv[1]
-backend = LocalBackend()
 cell = "import time\\nprint('hello', flush=True)\\ntime.sleep(3)\\n"
-bundle = build_bundle(cell, {}, job_name=name)
-spec = JobSpec(name=name, artifacts=str(backend.job_dir(name)), code_files=tuple(bundle.files))
-backend.submit(spec.to_manifest(), bundle)
+kfnb.submit(cell, name=sys.argv[1], backend="local")
 print("submitted", flush=True)
 """
 

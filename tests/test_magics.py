@@ -41,7 +41,9 @@ def one_line_usage_error(ip: InteractiveShell, line: str, cell: str = "print(1)\
         ("--name My_Job", "print(1)", "not a DNS-1035 label"),
         ("--restart-policy Sometimes", "print(1)", "invalid choice"),
         ("--env NOEQUALS", "print(1)", "not KEY=VALUE"),
-        ("--memory 4GB", "print(1)", "Kubernetes quantity"),
+        ("--memory 4GB", "print(1)", "--memory '4GB' is not a Kubernetes quantity"),
+        ("--timeout 0", "print(1)", "--timeout takes a positive number"),
+        ("--chief 1 --workers 0 --ps 1", "print(1)", "need workers: set --workers to 1"),
         ("", "x = (1,\n", "syntax error in the cell, line 1"),
         ("", "   \n", "cell is empty"),
         ("--backend kubernetes", "print(1)", "--dry-run to print the TFJob manifest"),
@@ -145,7 +147,7 @@ def test_names_are_unique_and_taken_names_refused(shell: InteractiveShell) -> No
     second = tfjob(shell, "--wait", "print(2)\n")
     assert first.name != second.name and first.name.startswith("tfjob-")
     message = one_line_usage_error(shell, f"--name {first.name}")
-    assert "exists already" in message
+    assert "exists already: pick another --name" in message
 
 
 def test_wait_raises_job_failed_with_the_replica_traceback(shell: InteractiveShell) -> None:

@@ -1137,7 +1137,7 @@ def test_serve_magic_starts_lists_restarts_and_stops_a_server(
 
     with pytest.raises(UsageError, match="mnist is already served at http://127.0.0.1:"):
         shell.run_line_magic("serve", f"{saved} --port 0")
-    listed = shell.run_line_magic("serve", "--list")
+    listed = shell.run_line_magic("serve", "list")  # %kfnb's sub-command form
     assert listed is None
 
     os.kill(served.pid, signal.SIGKILL)  # the server dies under the notebook
@@ -1147,16 +1147,16 @@ def test_serve_magic_starts_lists_restarts_and_stops_a_server(
     assert not served.alive()
     with pytest.raises(OSError):  # refused or reset: nobody answers
         http("POST", served.predict_url, body)
-    restarted = shell.run_line_magic("serve", "--restart mnist")
+    restarted = shell.run_line_magic("serve", "restart mnist")
     assert restarted.alive() and restarted.pid != served.pid
     assert (restarted.url, restarted.grpc) == (served.url, served.grpc)  # same ports
     status, doc = http("POST", restarted.predict_url, body)
     assert status == 200 and len(doc["predictions"]) == 2
 
-    shell.run_line_magic("serve", "--stop mnist")
+    shell.run_line_magic("serve", "stop mnist")
     assert not restarted.alive()
     with pytest.raises(UsageError, match="no model server named mnist"):
-        shell.run_line_magic("serve", "--stop mnist")
+        shell.run_line_magic("serve", "--stop mnist")  # the flag form, kept as an alias
 
 
 @needs_serving

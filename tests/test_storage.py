@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import kfnb
 from kfnb.backends import BackendError
 from kfnb.backends.local import LocalBackend
 from kfnb.bundle import build_bundle
@@ -35,7 +36,6 @@ from kfnb.storage import (
     StoreError,
     StoreMirror,
     open_store,
-    replica_env,
     upload_dataset,
 )
 from tests.s3_server import FaultProxy, start_moto
@@ -272,20 +272,9 @@ def test_bundled_minio_works_without_argon2_or_pycryptodome(tmp_path: Path, s3: 
 
 def submit(name: str, cell: str, storage: str, **spec: Any) -> Job:
     """Submit ``cell`` to the local backend with an s3:// store, as %%tfjob does."""
-    backend = LocalBackend(storage=storage)
-    store = open_store(storage)
-    bundle = build_bundle(textwrap.dedent(cell), {}, job_name=name, s3=True)
-    job_spec = JobSpec(
-        name=name,
-        artifacts=str(backend.job_dir(name)),
-        code_files=tuple(bundle.files),
-        storage_env=tuple(replica_env(store, name).items()),
-        **spec,
+    return kfnb.submit(
+        textwrap.dedent(cell), name=name, names={}, backend="local", storage=storage, **spec
     )
-    manifest = job_spec.to_manifest()
-    assert backend.preflight(manifest) == []
-    backend.submit(manifest, bundle)
-    return Job(name, backend)
 
 
 WRITER_CELL = """

@@ -1,0 +1,369 @@
+"""The Python API the magics are a thin layer over: `submit`, `render`, `serve`, `attach`.
+
+``%%tfjob`` is `submit` with the cell and its flags, as ipyparallel's ``%px`` is
+``View.execute``; scripts, tests and benchmarks call the same functions, so there
+is one submit sequence: backend, store, name, bundle, spec, pre-flight, submit, record.
+Errors are the library's own (`SpecError`, `BundleError`, `BackendError`,
+`StoreError`, `ServeError`); the magics turn them into one-line usage errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kfnb.backends import Backend
+    from kfnb.bundle import Bundle
+    from kfnb.job import Job
+    from kfnb.serving.kubernetes import Rollout
+    from kfnb.serving.served import ServedModel
+    from kfnb.spec import JobSpec
+
+__all__ = [
+    "attach",
+    "render",
+    "render_serving",
+    "serve",
+    "serve_on_cluster",
+    "stop_serving",
+    "submit",
+]
+
+log = logging.getLogger(__name__)
+_announced_backend = False
+
+
+def default_image(gpus: int) -> str:
+    """The official TensorFlow image matching the kernel's TensorFlow, GPU build if asked."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            tag = version(dist)
+            break
+        except PackageNotFoundError:
+            continue
+    else:
+        tag = "latest"
+    return f"tensorflow/tensorflow:{tag}{'-gpu' if gpus else ''}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job ready to submit: where it goes, what it ships and the manifest it renders."""
+
+    backend: Backend
+    spec: JobSpec
+    bundle: Bundle
+    manifest: dict[str, Any]
+
+
+def submit(
+    source: str,
+    *,
+    name: str | None = None,
+    workers: int = 1,
+    ps: int = 0,
+    chief: int = 0,
+    evaluator: int = 0,
+    gpus: int = 0,
+    cpu: str | None = None,
+    memory: str | None = None,
+    image: str | None = None,
+    env: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    restart_policy: str = "Never",
+    backoff_limit: int | None = None,
+    timeout: int | None = None,
+    backend: str | Backend | None = None,
+    storage: str | None = None,
+    namespace: str | None = None,
+    include: Iterable[str] = (),
+    names: Mapping[str, Any] | None = None,
+    hidden: Iterable[str] = (),
+    cwd: Path | None = None,
+) -> Job:
+    """Run ``source`` as a TFJob and return its `Job` at once (``job.wait()`` blocks).
+
+    ``source`` runs in every replica with ``tfjob`` telling it its role and where to
+    write. It may read ``names`` (default: the notebook's namespace, or the caller's
+    globals outside IPython); those it reads travel with it, as do the files and
+    directories in ``include``. ``backend`` is ``"auto"``, ``"local"``, ``"kubernetes"``
+    or a backend object (default: ``%config Kfnb.backend``); ``storage`` and
+    ``namespace`` apply to a backend named by string. The other arguments are the
+    `JobSpec` fields, with the ``Kfnb`` settings as defaults.
+    """
+    from kfnb.job import Job
+    from kfnb.records import JobRecord, load_record, save_record
+    from kfnb.spec import SpecError, validate_name
+
+    if names is None:
+        names, hidden = _caller_names(inspect.currentframe())
+    if name is not None and load_record(validate_name(name)) is not None:
+        raise SpecError(
+            f"a job named {name!r} exists already: pick another {{name}}, or "
+            f"`%kfnb delete {name} --purge` first",
+            "name",
+        )
+    job = _prepare(
+        source, name, names, hidden, include, cwd, backend, storage, namespace,
+        workers=workers, ps=ps, chief=chief, evaluator=evaluator, gpus=gpus, cpu=cpu,
+        memory=memory, image=image, env=_env_pairs(env), restart_policy=restart_policy,
+        backoff_limit=backoff_limit, timeout=timeout,
+    )  # fmt: skip
+    for warning in job.backend.preflight(job.manifest):
+        print(f"kfnb: {warning}", file=sys.stderr)
+    _announce(job.backend.name, backend)
+    job.backend.submit(job.manifest, job.bundle)
+    log.debug("submitted %s to the %s backend", job.spec.name, job.backend.name)
+    save_record(
+        JobRecord(
+            job.spec.name,
+            job.backend.name,
+            job.backend.storage,
+            namespace=job.backend.namespace,
+            image=job.spec.image,
+            replicas=job.spec.replica_counts,
+        )
+    )
+    return Job(job.spec.name, job.backend)
+
+
+def render(
+    source: str,
+    *,
+    name: str | None = None,
+    backend: str | Backend | None = None,
+    storage: str | None = None,
+    namespace: str | None = None,
+    include: Iterable[str] = (),
+    names: Mapping[str, Any] | None = None,
+    hidden: Iterable[str] = (),
+    cwd: Path | None = None,
+    env: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    **fields: Any,
+) -> dict[str, Any]:
+    """The TFJob manifest `submit` would send, with the same checks; nothing is submitted."""
+    if names is None:
+        names, hidden = _caller_names(inspect.currentframe())
+    job = _prepare(
+        source, name, names, hidden, include, cwd, backend, storage, namespace,
+        env=_env_pairs(env), **fields,
+    )  # fmt: skip
+    return job.manifest
+
+
+def _prepare(
+    source: str,
+    name: str | None,
+    names: Mapping[str, Any],
+    hidden: Iterable[str],
+    include: Iterable[str],
+    cwd: Path | None,
+    backend: str | Backend | None,
+    storage: str | None,
+    namespace: str | None,
+    *,
+    image: str | None = None,
+    gpus: int = 0,
+    **fields: Any,
+) -> Submission:
+    from kfnb.backends import get_backend
+    from kfnb.bundle import BundleError, build_bundle
+    from kfnb.config import settings
+    from kfnb.spec import JobSpec, validate_name
+    from kfnb.storage import open_store, replica_env
+
+    config = settings()
+    if not source.strip():
+        raise BundleError("the cell is empty: write the training code to run")
+    namespace = namespace or config.namespace or None
+    if isinstance(backend, str) or backend is None:
+        backend = get_backend(backend or config.backend, storage=storage, namespace=namespace)
+    store = open_store(backend.storage)
+    name = validate_name(name) if name is not None else _fresh_name()
+    bundle = build_bundle(
+        source,
+        names,
+        job_name=name,
+        hidden=hidden,
+        includes=include,
+        cwd=cwd or Path.cwd(),
+        s3=store.local_root is None,
+    )
+    job_dir = backend.job_dir(name)
+    spec = JobSpec(
+        name=name,
+        gpus=gpus,
+        image=image or config.image or default_image(gpus),
+        namespace=namespace,
+        legacy_keras=config.legacy_keras,
+        artifacts=str(job_dir) if job_dir else "",
+        code_files=tuple(bundle.files),
+        storage_env=tuple(replica_env(store, name).items()),
+        **fields,
+    )
+    return Submission(backend, spec, bundle, spec.to_manifest())
+
+
+def _fresh_name() -> str:
+    from kfnb.records import load_record
+    from kfnb.spec import generate_name
+
+    while load_record(name := generate_name()) is not None:
+        pass
+    return name
+
+
+def _caller_names(frame: FrameType | None) -> tuple[Mapping[str, Any], Iterable[str]]:
+    """The notebook's names when IPython runs, else the globals of ``frame``'s caller."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        return shell.user_ns, shell.user_ns_hidden
+    caller = frame.f_back if frame is not None else None
+    return (caller.f_globals if caller is not None else {}), ()
+
+
+def _env_pairs(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = env.items() if isinstance(env, Mapping) else env
+    return tuple((str(key), str(value)) for key, value in items)
+
+
+def _announce(backend: str, asked: str | Backend | None) -> None:
+    """Say once per kernel which backend jobs run on, when the user did not name one."""
+    global _announced_backend
+    from kfnb.config import settings
+
+    if asked not in (None, "auto") or _announced_backend:
+        return
+    _announced_backend = True
+    why = ""
+    if (asked or settings().backend) == "auto":
+        from kfnb.backends.kubernetes import choose_auto
+
+        why = f": {choose_auto().reason}"
+    print(
+        f"kfnb: running jobs on the {backend} backend{why} "
+        "(--backend or %config Kfnb.backend to change)"
+    )
+
+
+def attach(name: str) -> Job:
+    """The `Job` named ``name`` from its record, e.g. after a kernel restart."""
+    from kfnb.job import Job
+
+    return Job.attach(name)
+
+
+def serve(
+    source: str,
+    *,
+    name: str = "mnist",
+    port: int | None = None,
+    grpc_port: int | None = None,
+    host: str = "127.0.0.1",
+    backend: str | None = None,
+    replicas: int = 1,
+    gpus: int = 0,
+    canary: str | None = None,
+    percent: int | None = None,
+    runtime: str = "kserve",
+) -> ServedModel:
+    """Serve ``source`` (a job name, a SavedModel directory or an s3:// URL) as ``name``.
+
+    Locally (the default) a model server process answers TF Serving's REST and gRPC
+    APIs and picks up new versions; with ``backend="kubernetes"`` KServe or TF
+    Serving (``runtime``) serves it in the cluster, ``canary`` taking ``percent``.
+    """
+    from kfnb.serving.local import LocalServing, model_base_path
+
+    serving = LocalServing()
+    if backend == "kubernetes":
+        served, _ = serve_on_cluster(
+            source, name=name, runtime=runtime, replicas=replicas, gpus=gpus,
+            canary=canary, percent=percent,
+        )  # fmt: skip
+        return served
+    _check_local_serving(backend, replicas, gpus, canary, percent)
+    base = model_base_path(source, name, serving.root.parent)
+    return serving.start(name, base, source, port, grpc_port, host=host)
+
+
+def stop_serving(name: str) -> ServedModel:
+    """Stop the server of ``name``: the local process, or its InferenceService or
+    Deployment on the cluster (then its record is forgotten). Returns what was stopped."""
+    from kfnb.serving.kubernetes import ClusterServing
+    from kfnb.serving.local import LocalServing
+    from kfnb.serving.served import ClusterServer
+
+    serving = LocalServing()
+    served = serving.get(name)
+    if isinstance(served, ClusterServer):
+        ClusterServing(served.namespace).delete(name, served.runtime)
+        serving.forget(name)
+        return served
+    return serving.stop(name)
+
+
+def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[dict[str, Any]]:
+    """The Kubernetes manifests `serve` would apply with ``backend="kubernetes"``."""
+    from kfnb.serving.cluster import cluster_manifests
+
+    return cluster_manifests(name, source, **options)
+
+
+def serve_on_cluster(
+    source: str,
+    *,
+    name: str = "mnist",
+    runtime: str = "kserve",
+    replicas: int = 1,
+    gpus: int = 0,
+    canary: str | None = None,
+    percent: int | None = None,
+) -> tuple[ServedModel, Rollout]:
+    """`serve` on Kubernetes, with the rollout KServe reports (its traffic split)."""
+    from kfnb.serving.cluster import storage_uri
+    from kfnb.serving.kubernetes import ClusterServing
+    from kfnb.serving.local import LocalServing
+    from kfnb.serving.served import ClusterServer
+
+    manifests = render_serving(
+        source, name=name, runtime=runtime, replicas=replicas, gpus=gpus, canary=canary,
+        percent=percent,
+    )  # fmt: skip
+    cluster = ClusterServing()
+    cluster.apply(manifests)
+    rollout = cluster.wait(name, runtime)
+    served = ClusterServer.from_rollout(rollout, canary or source, storage_uri(canary or source))
+    LocalServing().save(served)  # the record, so `%serve list` and `stop` find it
+    return served, rollout
+
+
+def _check_local_serving(
+    backend: str | None, replicas: int, gpus: int, canary: str | None, percent: int | None
+) -> None:
+    """Options that only mean something on Kubernetes are refused locally, with the reason."""
+    from kfnb.spec import SpecError
+
+    if backend not in (None, "auto", "local"):
+        raise SpecError(f"{{backend}} {backend!r}: use auto, local or kubernetes", "backend")
+    if replicas != 1 or gpus:
+        raise SpecError(
+            "{replicas} and {gpus} apply to a Kubernetes server; the local server is one "
+            "process that batches concurrent requests: leave them out",
+            "replicas",
+            "gpus",
+        )
+    if canary or percent is not None:
+        raise SpecError(
+            "{canary} needs the Kubernetes backend (KServe splits the traffic)", "canary"
+        )

@@ -1,0 +1,285 @@
+"""``%%tfjob`` and ``%kfnb``: jobs from cells, over `kfnb.api`.
+
+Flags become `kfnb.submit` arguments; every user mistake becomes a one-line
+`UsageError` that names the flag to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from kfnb.magics._common import table, usage_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r} is not KEY=VALUE")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _job_flags(func: F) -> F:
+    decorators = [
+        magic_arguments(),
+        argument("--name", help="job name, a DNS-1035 label (default: a fresh tfjob-xxxxxx)"),
+        argument("--workers", type=int, default=1, help="worker replicas (default 1)"),
+        argument("--ps", type=int, default=0, help="parameter server replicas"),
+        argument("--chief", type=int, default=0, choices=(0, 1), help="add a chief replica"),
+        argument("--evaluator", type=int, default=0, choices=(0, 1), help="add an evaluator"),
+        argument("--gpus", type=int, default=0, help="GPUs per worker and chief"),
+        argument("--cpu", help="CPU per replica, a Kubernetes quantity (2, 500m)"),
+        argument("--memory", help="memory per replica, a Kubernetes quantity (4Gi)"),
+        argument("--image", help="container image (default: TensorFlow matching the kernel)"),
+        argument(
+            "--backend",
+            choices=("auto", "local", "kubernetes"),
+            default=None,
+            help="where to run (default: %%config Kfnb.backend)",
+        ),
+        argument(
+            "--storage",
+            help="where the job's artifacts go: a directory or s3://bucket/prefix "
+            "(default: %%config Kfnb.storage)",
+        ),
+        argument("--namespace", help="Kubernetes namespace (default: %%config Kfnb.namespace)"),
+        argument("--wait", action="store_true", help="block until the job ends"),
+        argument(
+            "--include",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="PATH",
+            help="files or directories to ship with the cell",
+        ),
+        argument(
+            "--env",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="KEY=VALUE",
+            help="environment variables of every replica",
+        ),
+        argument(
+            "--restart-policy",
+            default="Never",
+            choices=("Never", "OnFailure", "Always", "ExitCode"),
+            help="what to do when a replica fails (default Never)",
+        ),
+        argument("--backoff-limit", type=int, help="restarts allowed before the job fails"),
+        argument(
+            "--timeout", type=int, help="seconds before the job fails (activeDeadlineSeconds)"
+        ),
+        argument("--dry-run", action="store_true", help="print the TFJob manifest, submit nothing"),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+@magics_class
+class JobMagics(Magics):  # type: ignore[misc]
+    @_job_flags
+    @cell_magic
+    def tfjob(self, line: str, cell: str) -> Any:
+        """Run this cell as a distributed TensorFlow job (a Kubeflow TFJob).
+
+        The cell runs in every replica, with ``tfjob`` telling it its role
+        (``tfjob.task_type``, ``tfjob.is_chief``) and where to write
+        (``tfjob.model_dir``, ``tfjob.logdir``, ``tfjob.tensorboard()``).
+        Returns a `Job` at once; ``--wait`` blocks and raises `JobFailed`.
+        """
+        from kfnb.api import render, submit
+        from kfnb.spec import to_yaml
+        from kfnb.widgets import show_job
+
+        args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
+        shell = self.shell
+        assert shell is not None, "kfnb's magics need an IPython shell"
+        if not cell.strip():
+            raise UsageError("the %%tfjob cell is empty: write the training code below the magic")
+        options: dict[str, Any] = {
+            "name": args.name,
+            "workers": args.workers,
+            "ps": args.ps,
+            "chief": args.chief,
+            "evaluator": args.evaluator,
+            "gpus": args.gpus,
+            "cpu": args.cpu,
+            "memory": args.memory,
+            "image": args.image,
+            "env": _env_pairs(args.env),
+            "restart_policy": args.restart_policy,
+            "backoff_limit": args.backoff_limit,
+            "timeout": args.timeout,
+            "backend": args.backend,
+            "storage": args.storage or None,
+            "namespace": args.namespace or None,
+            "include": args.include,
+            "names": shell.user_ns,
+            "hidden": shell.user_ns_hidden,
+            "cwd": Path.cwd(),
+        }
+        with usage_errors():
+            if args.dry_run:
+                print(to_yaml(render(cell, **options)), end="")
+                return None
+            job = submit(cell, **options)
+        show_job(job, wait=args.wait)
+        return job
+
+    @line_magic
+    def kfnb(self, line: str) -> Any:
+        """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
+        | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes"""
+        command, _, rest = line.strip().partition(" ")
+        handlers = {
+            "list": self._list,
+            "status": self._status,
+            "logs": self._logs,
+            "delete": self._delete,
+            "attach": self._attach,
+            "tensorboard": self._tensorboard,
+            "nodes": self._nodes,
+        }
+        if command not in handlers:
+            raise UsageError(
+                f"unknown %kfnb command {command!r}: use one of {', '.join(handlers)}"
+                if command
+                else f"%kfnb needs a command: {', '.join(handlers)}"
+            )
+        with usage_errors():
+            return handlers[command](rest)
+
+    def _list(self, rest: str) -> None:
+        from kfnb.job import Job
+        from kfnb.records import list_records
+
+        if rest.strip():
+            raise UsageError("%kfnb list takes no arguments")
+        rows: list[tuple[str, ...]] = []
+        for record in list_records():
+            try:
+                status = Job.from_record(record).status()
+            except Exception as err:  # one broken record must not hide the others
+                rows.append((record.name, record.backend, f"unknown ({err})"[:40], "", ""))
+                continue
+            elapsed = f"{status.elapsed:.0f}s" if status.elapsed is not None else ""
+            replicas = ",".join(f"{k.lower()}:{n}" for k, n in record.replicas.items())
+            rows.append((record.name, record.backend, status.phase, elapsed, replicas))
+        if not rows:
+            print("No jobs yet: run a cell with %%tfjob.")
+            return
+        print(table(("NAME", "BACKEND", "PHASE", "ELAPSED", "REPLICAS"), rows))
+
+    @magic_arguments()
+    @argument("name")
+    def _name_only(self, line: str) -> None:
+        """%kfnb status|attach NAME"""
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--replica", help="replica to show, e.g. worker-1 (default: the chief or worker-0)")
+    @argument("--follow", action="store_true", help="keep printing new lines until the job ends")
+    def _logs_args(self, line: str) -> None:
+        """%kfnb logs NAME [--replica R] [--follow]"""
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--purge", action="store_true", help="also remove its logs, record and artifacts")
+    def _delete_args(self, line: str) -> None:
+        """%kfnb delete NAME [--purge]"""
+
+    def _job(self, name: str) -> Any:
+        from kfnb.api import attach
+
+        return attach(name)
+
+    def _status(self, rest: str) -> Any:
+        job = self._job(parse_argstring(self._name_only, rest).name)
+        status = job.status()
+        print(job.summary(status))
+        if status.message:
+            print(status.message)
+        return None
+
+    def _attach(self, rest: str) -> Any:
+        """The Job handle; a kernel displays it as its live view."""
+        return self._job(parse_argstring(self._name_only, rest).name)
+
+    def _logs(self, rest: str) -> None:
+        args = parse_argstring(self._logs_args, rest)
+        job = self._job(args.name)
+        if not args.follow:
+            print(job.logs(args.replica), end="")
+            return
+        try:
+            for text in job.logs(args.replica, follow=True):
+                print(text, end="", flush=True)
+        except KeyboardInterrupt:
+            print("\n(stopped following; the job goes on)")
+
+    @magic_arguments()
+    @argument("name")
+    @argument("--stop", action="store_true", help="stop the job's TensorBoard")
+    def _tensorboard_args(self, line: str) -> None:
+        """%kfnb tensorboard NAME [--stop]"""
+
+    def _tensorboard(self, rest: str) -> None:
+        from IPython.display import display
+
+        from kfnb.tensorboard import start_tensorboard, stop_tensorboard
+
+        args = parse_argstring(self._tensorboard_args, rest)
+        job = self._job(args.name)
+        source = job.tensorboard_source()
+        if source is None:
+            raise UsageError(f"job {args.name} keeps no TensorBoard events on this machine")
+        logdir, refresh = source
+        if args.stop:
+            stopped = stop_tensorboard(logdir)
+            print(f"TensorBoard of {args.name} {'stopped' if stopped else 'was not running'}.")
+            return
+        server = start_tensorboard(logdir, refresh=refresh)
+        text = f"TensorBoard of {args.name}: {server.url}"
+        link = f'<a href="{server.url}" target="_blank">TensorBoard of {args.name}</a>'
+        display({"text/plain": text, "text/html": link}, raw=True)
+
+    def _nodes(self, rest: str) -> None:
+        """GPUs per node on the cluster, like `arena top node`."""
+        from kfnb.backends import get_backend
+        from kfnb.backends.kube_nodes import gpu_nodes
+
+        if rest.strip():
+            raise UsageError("%kfnb nodes takes no arguments")
+        rows = gpu_nodes(get_backend("kubernetes").api)  # type: ignore[attr-defined]
+        header = ("NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)")
+        cells = [(r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in rows]
+        print(table(header, cells))
+        total, used = sum(r.allocatable for r in rows), sum(r.allocated for r in rows)
+        share = f" ({100 * used / total:.0f}%)" if total else ""
+        print(f"Allocated/Total GPUs in cluster: {used}/{total}{share}")
+
+    def _delete(self, rest: str) -> None:
+        from kfnb.records import delete_record
+
+        args = parse_argstring(self._delete_args, rest)
+        job = self._job(args.name)
+        status = job.backend.delete(args.name, purge=args.purge)
+        if args.purge:
+            delete_record(args.name)
+            print(f"Job {args.name} deleted, with its logs and artifacts.")
+        else:
+            print(
+                f"Job {args.name} is {status.phase}; its logs are kept (`%kfnb logs {args.name}`)."
+            )
