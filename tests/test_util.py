@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from kfnb._util import (
 from kfnb.records import JobRecord, list_records, load_record, records_dir, save_record
 from kfnb.serving.config import ServerConfig
 from kfnb.serving.local import LocalServing, ServeError, model_base_path
-from kfnb.serving.served import ClusterServer, LocalServer, ServedModel, served_from_json
+from kfnb.serving.served import ClusterServer, LocalServer, served_from_json
 
 # -- atomic writes -------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def test_server_records_in_the_old_format_read_as_their_own_type(kfnb_home: Path
     assert served_from_json(here.to_json()) == here
 
 
-def test_a_cluster_server_from_its_rollout_and_the_old_constructor() -> None:
+def test_a_cluster_server_from_its_rollout() -> None:
     from kfnb.serving.kubernetes import Rollout
 
     rollout = Rollout("mnist", "alice", "kserve", "http://mnist.alice.example.com", {"r1": 100})
@@ -169,23 +169,6 @@ def test_a_cluster_server_from_its_rollout_and_the_old_constructor() -> None:
         "mnist (kserve in namespace alice, from job2): "
         "http://mnist.alice.example.com/v1/models/mnist:predict"
     )
-    # The constructor of before (placeholders for what a cluster has not) builds the same.
-    legacy = ServedModel(
-        name="mnist",
-        url=rollout.url,
-        grpc="",
-        source="job2",
-        model_base_path="s3://bucket/jobs/job2/model",
-        version=0,
-        pid=0,
-        argv=(),
-        log="",
-        backend="kubernetes",
-        namespace="alice",
-        runtime="kserve",
-    )
-    assert type(legacy) is ClusterServer
-    assert legacy == replace(served, started=legacy.started)
 
 
 def test_stopping_a_cluster_server_here_says_where_it_runs() -> None:

@@ -24,22 +24,8 @@ __all__ = ["ClusterServer", "LocalServer", "ServedModel", "served_from_json"]
 SERVER_MODULE = "kfnb.serving.server"
 
 
-class _LegacyCall(type):
-    """``ServedModel(..., pid=, argv=, log=, backend=, namespace=, runtime=)``, the one
-    constructor before the two types, still builds the right one.
-
-    TEMPORARY: kept until the cluster's record is made with `ClusterServer.from_rollout`
-    (``kfnb.api.serve_on_cluster``); then this metaclass and the ``__init__`` below go.
-    """
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ServedModel:
-            return served_from_json({"record_version": 1, **kwargs})
-        return super().__call__(*args, **kwargs)
-
-
-@dataclass(frozen=True, kw_only=True, init=False)
-class ServedModel(metaclass=_LegacyCall):
+@dataclass(frozen=True, kw_only=True)
+class ServedModel:
     """A model being served: where to reach it and what it serves."""
 
     name: str
@@ -50,25 +36,6 @@ class ServedModel(metaclass=_LegacyCall):
     grpc: str = ""  # host:port of the gRPC PredictionService, "" without one
     started: float = field(default_factory=time.time)
     backend: ClassVar[str] = ""
-
-    def __init__(  # the old constructor's signature, for type checkers: see _LegacyCall
-        self,
-        *,
-        name: str,
-        url: str,
-        source: str,
-        model_base_path: str,
-        version: int = 0,
-        grpc: str = "",
-        started: float | None = None,
-        pid: int = 0,
-        argv: tuple[str, ...] = (),
-        log: str = "",
-        backend: str = "local",
-        namespace: str = "",
-        runtime: str = "",
-    ) -> None:
-        raise AssertionError("_LegacyCall builds a LocalServer or ClusterServer instead")
 
     @property
     def predict_url(self) -> str:
