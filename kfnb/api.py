@@ -99,24 +99,18 @@ def submit(
     ``namespace`` apply to a backend named by string. The other arguments are the
     `JobSpec` fields, with the ``Kfnb`` settings as defaults.
     """
+    options = {k: v for k, v in locals().items() if k != "source"}  # the arguments, first
     from kfnb.job import Job
     from kfnb.records import JobRecord, load_record, save_record
     from kfnb.spec import SpecError, validate_name
 
-    if names is None:
-        names, hidden = _caller_names(inspect.currentframe())
     if name is not None and load_record(validate_name(name)) is not None:
         raise SpecError(
             f"a job named {name!r} exists already: pick another {{name}}, or "
             f"`%kfnb delete {name} --purge` first",
             "name",
         )
-    job = _prepare(
-        source, name, names, hidden, include, cwd, backend, storage, namespace,
-        workers=workers, ps=ps, chief=chief, evaluator=evaluator, gpus=gpus, cpu=cpu,
-        memory=memory, image=image, env=_env_pairs(env), restart_policy=restart_policy,
-        backoff_limit=backoff_limit, timeout=timeout,
-    )  # fmt: skip
+    job = _prepare(source, options, inspect.currentframe())
     for warning in job.backend.preflight(job.manifest):
         print(f"kfnb: {warning}", file=sys.stderr)
     _announce(job.backend.name, backend)
@@ -135,45 +129,15 @@ def submit(
     return Job(job.spec.name, job.backend)
 
 
-def render(
-    source: str,
-    *,
-    name: str | None = None,
-    backend: str | Backend | None = None,
-    storage: str | None = None,
-    namespace: str | None = None,
-    include: Iterable[str] = (),
-    names: Mapping[str, Any] | None = None,
-    hidden: Iterable[str] = (),
-    cwd: Path | None = None,
-    env: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-    **fields: Any,
-) -> dict[str, Any]:
-    """The TFJob manifest `submit` would send, with the same checks; nothing is submitted."""
-    if names is None:
-        names, hidden = _caller_names(inspect.currentframe())
-    job = _prepare(
-        source, name, names, hidden, include, cwd, backend, storage, namespace,
-        env=_env_pairs(env), **fields,
-    )  # fmt: skip
-    return job.manifest
+def render(source: str, **options: Any) -> dict[str, Any]:
+    """The TFJob manifest `submit` would send with the same arguments, after the same
+    checks (but for a name in use); nothing is submitted."""
+    return _prepare(source, options, inspect.currentframe()).manifest
 
 
-def _prepare(
-    source: str,
-    name: str | None,
-    names: Mapping[str, Any],
-    hidden: Iterable[str],
-    include: Iterable[str],
-    cwd: Path | None,
-    backend: str | Backend | None,
-    storage: str | None,
-    namespace: str | None,
-    *,
-    image: str | None = None,
-    gpus: int = 0,
-    **fields: Any,
-) -> Submission:
+def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> Submission:
+    """Bundle ``source`` and render its TFJob from `submit`'s ``options``; ``frame`` is
+    the public function's, whose caller's globals are the names outside IPython."""
     from kfnb.backends import get_backend
     from kfnb.bundle import BundleError, build_bundle
     from kfnb.config import settings
@@ -183,6 +147,14 @@ def _prepare(
     config = settings()
     if not source.strip():
         raise BundleError("the cell is empty: write the training code to run")
+    fields = dict(options)
+    names, hidden = fields.pop("names", None), fields.pop("hidden", ())
+    if names is None:
+        names, hidden = _caller_names(frame)
+    name, backend = fields.pop("name", None), fields.pop("backend", None)
+    storage, namespace = fields.pop("storage", None), fields.pop("namespace", None)
+    include, cwd = fields.pop("include", ()), fields.pop("cwd", None)
+    gpus, image = fields.pop("gpus", 0), fields.pop("image", None)
     namespace = namespace or config.namespace or None
     if isinstance(backend, str) or backend is None:
         backend = get_backend(backend or config.backend, storage=storage, namespace=namespace)
@@ -202,6 +174,7 @@ def _prepare(
         name=name,
         gpus=gpus,
         image=image or config.image or default_image(gpus),
+        env=_env_pairs(fields.pop("env", ())),
         namespace=namespace,
         legacy_keras=config.legacy_keras,
         artifacts=str(job_dir) if job_dir else "",

@@ -26,6 +26,7 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     # No cluster unless a test brings its fake one: `auto` must not find a real kubeconfig.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr("kfnb.api._announced_backend", False)  # each test a fresh kernel
     reset_settings()
     settings()
     yield home

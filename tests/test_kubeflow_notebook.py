@@ -50,8 +50,6 @@ def cluster_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "kfnb-test-secret")
         monkeypatch.setenv("KFNB_S3_SECRET", "minio-creds")
         monkeypatch.chdir(NOTEBOOK.parent)  # the notebook's `sys.path.insert(0, "..")`
-        # %%tfjob names the backend once per process; this test must not take that from others.
-        monkeypatch.setattr("kfnb.api._announced_backend", False)
         yield fake
     moto.stop()
 
