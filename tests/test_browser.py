@@ -354,10 +354,11 @@ def test_job_view_in_jupyterlab(lab: Lab, kfnb_home: Path) -> None:
             tabs = view.locator(".lm-TabBar-tab .lm-TabBar-tabLabel")
             expect(tabs).to_have_text(["worker-0", "worker-1"], timeout=10_000)
             log = view.locator(".kfnb-log:visible")
-            expect(log).to_have_count(1, timeout=10_000)
 
-            # While it runs: log lines arrive in worker-0's tab.
+            # While it runs: log lines arrive in worker-0's tab (TensorFlow's own lines
+            # are hidden: the first is the cell's, once TensorFlow has started).
             expect(log).to_contain_text(re.compile(r"\S"), timeout=120_000)
+            expect(log).to_have_count(1, timeout=10_000)  # the current tab's only
             mark("first log line")
             view.scroll_into_view_if_needed(timeout=10_000)
             running_phase = view.locator(".kfnb-phase").first.inner_text(timeout=5_000)
@@ -409,6 +410,21 @@ def test_job_view_in_jupyterlab(lab: Lab, kfnb_home: Path) -> None:
             expect(log).not_to_contain_text("training finished on worker-0", timeout=5_000)
             worker1_finished = "training finished on worker-1" in log.inner_text(timeout=5_000)
             _shot(page, "3-worker-1-tab")
+
+            # TensorFlow's own lines: out of the tab by default, dimmed (grey) when ticked.
+            tf_line = re.compile(r"[IW]0000 00:00:\S+ +\d+ \S+:\d+\] ")
+            dimmed = log.locator('span[style*="rgb(138,138,138)"]')  # ANSI 38;5;245
+            expect(log).not_to_contain_text(tf_line, timeout=5_000)
+            tf_box = view.locator(".kfnb-tf-messages input[type='checkbox']")
+            expect(tf_box).not_to_be_checked(timeout=5_000)
+            tf_box.check(timeout=10_000)
+            expect(dimmed.filter(has_text=tf_line).first).to_be_visible(timeout=10_000)
+            expect(log).to_contain_text("Epoch 1/4", timeout=5_000)  # the cell's lines stay
+            view.scroll_into_view_if_needed(timeout=10_000)
+            view.screenshot(path=str(SCREENSHOTS / "3-tensorflow-messages.png"), timeout=20_000)
+            tf_box.uncheck(timeout=10_000)
+            expect(dimmed).to_have_count(0, timeout=10_000)
+            expect(log).to_contain_text("Epoch 1/4", timeout=5_000)
 
             # The kernel still answers: idle by the REST API, and the probe cell runs again.
             kernels = lab.api("/api/kernels")

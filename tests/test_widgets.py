@@ -243,3 +243,119 @@ def test_scalars_are_plotted_live_one_line_per_run() -> None:
     # The same data outside the widget, as a plain structure.
     scalars = job.scalars()
     assert [s for s, _ in scalars["epoch_loss"]["validation"]] == [0, 1, 2]
+
+
+TF_INFO = ("I0000 00:00:1796302801.968727    4909 coordination_service.cc:221] "
+           "Initializing CoordinationService")
+TF_WARNING = ("W0000 00:00:1796302810.168585    4909 dataset.cc:997] Input of "
+              "GeneratorDatasetOp::Dataset will not be optimized")
+
+
+def test_tensorflow_messages_are_hidden_until_asked_for_then_dimmed(tmp_path: Path) -> None:
+    """TensorFlow's glog lines (written to stderr, as TensorFlow does) are left out of
+    the log tab by default, shown dimmed when the box is ticked, and kept in the log."""
+    from kfnb.widgets.job_view import DIM, UNDIM
+
+    go = tmp_path / "go"
+    job = submit("tf-messages", f"""
+        import pathlib, sys, time
+        print("Epoch 1/2", flush=True)
+        print({TF_INFO!r}, file=sys.stderr, flush=True)
+        print("63/63 - 1s - loss: 0.5", flush=True)
+        deadline = time.monotonic() + 60
+        while not pathlib.Path({str(go)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print({TF_WARNING!r}, file=sys.stderr, flush=True)
+        print("Epoch 2/2", flush=True)
+    """)
+    view = JobView(job, interval=0.05)
+    checkbox = view.tensorflow_messages
+    assert isinstance(checkbox, widgets.Checkbox) and checkbox.value is False
+    assert checkbox in view.children[0].children  # beside the header and Stop
+    wait_for(lambda: "63/63" in log_text(view, "worker-0"))
+    assert "Running" in view.header.value  # the job waits for `go`: it is running
+    text = log_text(view, "worker-0")
+    assert "Epoch 1/2\n63/63 - 1s - loss: 0.5\n" in text
+    assert "Initializing CoordinationService" not in text and DIM not in text
+    assert checkbox.description == "TensorFlow messages (1)"  # how many, hidden or not
+
+    checkbox.value = True  # ticked while the job runs: the lines read so far, dimmed
+    text = log_text(view, "worker-0")
+    assert f"Epoch 1/2\n{DIM}{TF_INFO}{UNDIM}\n63/63 - 1s - loss: 0.5\n" in text
+    go.touch()
+    wait_for(lambda: "Epoch 2/2" in log_text(view, "worker-0"))
+    wait_for(lambda: view._thread is not None and not view._thread.is_alive())
+    text = log_text(view, "worker-0")
+    assert text.endswith(f"{DIM}{TF_WARNING}{UNDIM}\nEpoch 2/2\n")  # appended, dimmed
+    assert "earlier lines not shown" not in text and checkbox.description.endswith("(2)")
+    assert all(o["output_type"] == "stream" for o in view.panes["worker-0"].output.outputs)
+
+    checkbox.value = False
+    text = log_text(view, "worker-0")
+    assert text == "Epoch 1/2\n63/63 - 1s - loss: 0.5\nEpoch 2/2\n"
+    # Only the view leaves them out: the log has every line, undimmed.
+    log = job.logs("worker-0")
+    assert f"{TF_INFO}\n" in log and f"{TF_WARNING}\n" in log and DIM not in log
+    # The terminal's text progress leaves them out too, unless asked.
+    out = io.StringIO()
+    print_progress(job, stream=out)
+    assert "[worker-0] Epoch 2/2" in out.getvalue() and "I0000" not in out.getvalue()
+    out = io.StringIO()
+    print_progress(job, stream=out, tensorflow_messages=True)
+    assert f"[worker-0] {TF_INFO}" in out.getvalue().splitlines()
+
+
+def test_hiding_tensorflow_messages_keeps_the_trim_notice_right() -> None:
+    from kfnb.widgets.job_view import DIM
+
+    job = submit("tf-trim", "".join(f"print('line {i}')\nprint({TF_INFO!r})\n"
+                                    for i in range(300)))
+    job.wait(timeout=30)
+    view = JobView(job, max_lines=100)
+    # 600 lines read; the newest 100 kept, of which 50 are the cell's: those are shown.
+    text = log_text(view, "worker-0")
+    assert text.startswith("[kfnb: 500 earlier lines not shown; all of them: job.logs(")
+    assert "I0000" not in text and "line 250\n" in text and "line 249\n" not in text
+    assert text.count("\n") == 51
+    view.tensorflow_messages.value = True
+    text = log_text(view, "worker-0")
+    assert text.startswith("[kfnb: 500 earlier lines not shown;")
+    assert text.count(DIM) == 50 and text.count("\n") == 101
+    assert text.endswith(f"line 299\n{DIM}{TF_INFO}\x1b[0m\n")
+
+
+def test_tensorflow_messages_are_told_from_the_cells_lines() -> None:
+    from kfnb.widgets.tf_messages import is_tensorflow_message
+
+    # From a 2-worker MNIST job's log under TensorFlow 2.21 (and 2.15's dated form).
+    tensorflow = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796302793.807500    4909 cpu_feature_guard.cc:227] This TensorFlow "
+        "binary is optimized to use available CPU instructions in performance-critical "
+        "operations.",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+        "I0000 00:00:1796302801.990110    5147 coordination_service.cc:505] Example stragglers:",
+        "/job:worker/replica:0/task:1",
+        TF_WARNING,
+        "E0000 00:00:1796304117.101735   26088 base_collective_executor.cc:252] "
+        "BaseCollectiveExecutor::StartAbort UNAVAILABLE: Failed to send RPC",
+        "Additional GRPC error information from remote target /job:worker/replica:0/task:0 "
+        "while calling /tensorflow.CoordinationService/Heartbeat:",
+        ':UNKNOWN:Error received from peer  {grpc_message:"failed to connect", grpc_status:14}',
+        "F1203 12:57:01.123456 12345 check_op.cc:1] Check failed: ok",
+        "2024-01-31 12:00:00.123456: I tensorflow/core/util/port.cc:113] oneDNN custom "
+        "operations are on.",
+    ]
+    cell = [
+        "Epoch 1/10",
+        "63/63 - 20s - loss: 0.9941 - accuracy: 0.6595 - 20s/epoch - 324ms/step",
+        "Downloading data from https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+        "mnist.npz",
+        "I0000 is not a log line",
+        "WARNING: the cell's own warning",
+        "kfnb: model saved as version 1 in /tmp/jobs/mnist/model/1",
+        "  I0000 00:00:1796302793.807500    4909 cpu_feature_guard.cc:227] indented: printed",
+    ]
+    assert [line for line in tensorflow if not is_tensorflow_message(line)] == []
+    assert [line for line in cell if is_tensorflow_message(line)] == []

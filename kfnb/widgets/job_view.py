@@ -21,6 +21,7 @@ import ipywidgets as widgets
 from kfnb.job import Job
 from kfnb.status import JobStatus
 from kfnb.widgets.plots import Points, svg_plot
+from kfnb.widgets.tf_messages import is_tensorflow_message
 
 PHASE_COLOURS = {
     "Created": "#777",
@@ -40,12 +41,29 @@ def _badge(phase: str) -> str:
     )
 
 
+# TensorFlow's lines in grey: JupyterLab renders SGR 38;5 (256 colours) in stream
+# output, not SGR 2 (faint). Mid grey reads as dimmed on light and dark themes alike.
+DIM, UNDIM = "\x1b[38;5;245m", "\x1b[0m"
+
+
+def _dimmed(line: str) -> str:
+    body = line.rstrip("\r\n")
+    return f"{DIM}{body}{UNDIM}{line[len(body):]}"
+
+
 class LogPane:
     """One replica's log: new lines are appended; past ``max_lines`` the oldest go,
-    with a line that says how to read them all."""
+    with a line that says how to read them all.
 
-    def __init__(self, job: Job, replica: str, max_lines: int) -> None:
+    TensorFlow's own log lines are shown dimmed, or left out while
+    ``tensorflow_messages`` is off; the log file keeps them either way.
+    """
+
+    def __init__(
+        self, job: Job, replica: str, max_lines: int, tensorflow_messages: bool = False
+    ) -> None:
         self.job, self.replica, self.max_lines = job, replica, max_lines
+        self.tensorflow_messages = tensorflow_messages
         self.output = widgets.Output()
         self.output.add_class("kfnb-log")
         # The box scrolls, bottom-up, so the newest line stays in view as lines arrive.
@@ -59,6 +77,13 @@ class LogPane:
         self.shown: deque[str] = deque(maxlen=max_lines)  # the newest lines, for a trim
         self.visible = 0  # lines in the Output now
         self.lines = 0  # every line read so far
+        self.tensorflow_lines = 0  # of which TensorFlow's own
+
+    def _view(self, line: str) -> str | None:
+        """How ``line`` appears in the pane: as is, dimmed, or not at all (None)."""
+        if not is_tensorflow_message(line):
+            return line
+        return _dimmed(line) if self.tensorflow_messages else None
 
     def update(self, final: bool = False) -> int:
         """Append the replica's new lines; returns how many there were."""
@@ -68,29 +93,50 @@ class LogPane:
         new = text.splitlines(keepends=True)
         self.shown.extend(new)
         self.lines += len(new)
-        if self.visible + len(new) <= self.max_lines:
-            self.output.append_stdout(text)
-            self.visible += len(new)
+        self.tensorflow_lines += sum(map(is_tensorflow_message, new))
+        shown = [view for line in new if (view := self._view(line)) is not None]
+        if self.visible + len(shown) <= self.max_lines:
+            if shown:
+                self.output.append_stdout("".join(shown))
+                self.visible += len(shown)
         else:
-            self._rewrite()  # a full update at most once per max_lines / 2 new lines
+            self._rewrite(self.max_lines // 2)  # at most once per max_lines / 2 new lines
         return len(new)
 
-    def _rewrite(self) -> None:
-        keep = list(self.shown)[-(self.max_lines // 2) :]
-        hidden = self.lines - len(keep)
+    def show_tensorflow_messages(self, show: bool) -> None:
+        """Show TensorFlow's lines (dimmed) or leave them out, in the lines kept so far."""
+        if show != self.tensorflow_messages:
+            self.tensorflow_messages = show
+            self._rewrite(self.max_lines)
+
+    def _rewrite(self, keep_lines: int) -> None:
+        """The pane anew: at most ``keep_lines`` of the newest lines it shows."""
+        views = [(i, v) for i, line in enumerate(self.shown) if (v := self._view(line)) is not None]
+        keep = views[len(views) - keep_lines :] if len(views) > keep_lines else views
+        # Earlier lines that the pane would show but no longer does (those gone from
+        # `shown` are counted whatever they were).
+        hidden = self.lines - len(self.shown) + (len(views) - len(keep))
         notice = (
             f"[kfnb: {hidden} earlier lines not shown; all of them: "
             f"job.logs({self.replica!r}) or %kfnb logs {self.job.name} "
             f"--replica {self.replica}]\n"
+            if hidden
+            else ""
         )
-        self.visible = len(keep) + 1
+        text = notice + "".join(v for _, v in keep)
+        self.visible = len(keep) + (1 if notice else 0)
         self.output.outputs = (
-            {"output_type": "stream", "name": "stdout", "text": notice + "".join(keep)},
+            ({"output_type": "stream", "name": "stdout", "text": text},) if text else ()
         )
 
 
 class JobView(widgets.VBox):  # type: ignore[misc]
-    """A live view of ``job``. Display it; close it to stop its updates."""
+    """A live view of ``job``. Display it; close it to stop its updates.
+
+    TensorFlow's own log lines are left out of the log tabs until the "TensorFlow
+    messages" box (`tensorflow_messages`, a Checkbox) is ticked; then they are shown
+    dimmed among the cell's own lines. ``job.logs()`` has them all either way.
+    """
 
     def __init__(
         self,
@@ -100,6 +146,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         interval: float = 0.25,
         scalar_interval: float = 1.0,
         start: bool = True,
+        tensorflow_messages: bool = False,
     ) -> None:
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -113,6 +160,16 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             description="Stop", icon="stop", button_style="danger", tooltip="Delete the job"
         )
         self.stop_button.on_click(self._on_stop)
+        self.tensorflow_messages = widgets.Checkbox(
+            value=tensorflow_messages,
+            description="TensorFlow messages",
+            tooltip="TensorFlow's own log lines (I0000 ...] ..., W0000 ...), dimmed. "
+            "The log files keep them either way: job.logs().",
+            indent=False,
+            layout=widgets.Layout(width="auto", margin="0 0 0 12px"),
+        )
+        self.tensorflow_messages.add_class("kfnb-tf-messages")
+        self.tensorflow_messages.observe(self._on_tensorflow_messages, names="value")
         self.failure = widgets.HTML(layout=widgets.Layout(display="none"))
         self.notice = widgets.HTML()
         self.plots = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
@@ -121,7 +178,9 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             replicas = job.replicas
         except Exception:  # e.g. its directory is gone: refresh() says so below
             replicas = []
-        self.panes = {name: LogPane(job, name, max_lines) for name in replicas}
+        self.panes = {
+            name: LogPane(job, name, max_lines, tensorflow_messages) for name in replicas
+        }
         self.tabs.children = [pane.box for pane in self.panes.values()]
         self.tabs.titles = tuple(replicas)
         self.scalars: dict[str, dict[str, Points]] = {}  # what the reader has read so far
@@ -131,7 +190,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         self.status: JobStatus | None = None
         super().__init__(
             children=[
-                widgets.HBox([self.header, self.stop_button]),
+                widgets.HBox([self.header, self.stop_button, self.tensorflow_messages]),
                 self.replica_table,
                 self.failure,
                 self.tabs,
@@ -169,6 +228,11 @@ class JobView(widgets.VBox):  # type: ignore[misc]
                     pane.update(final=status.finished)
                 except Exception as err:
                     problems.append(f"{pane.replica}'s log: {err}")
+            # How many there are, hidden or not: a tab that shows nothing yet is alive.
+            count = sum(pane.tensorflow_lines for pane in self.panes.values())
+            self.tensorflow_messages.description = (
+                f"TensorFlow messages ({count})" if count else "TensorFlow messages"
+            )
             now = time.monotonic()
             if status.finished or now - self._last_scalars >= self.scalar_interval:
                 self._last_scalars = now
@@ -253,6 +317,11 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         return self.job.summary(self.status) if self.status is not None else repr(self.job)
 
     # -- control -------------------------------------------------------------------
+
+    def _on_tensorflow_messages(self, change: dict[str, Any]) -> None:
+        with self._lock:  # not while the watcher appends to the panes
+            for pane in self.panes.values():
+                pane.show_tensorflow_messages(bool(change["new"]))
 
     def _on_stop(self, _: Any) -> None:
         self.stop_button.disabled = True

@@ -1,4 +1,5 @@
-"""Concise text progress, for a terminal IPython where widgets cannot render."""
+"""Concise text progress, where widgets cannot render: a terminal IPython, or a
+headless run (``KFNB_WIDGETS=0``, which notebooks/run_demo.py sets)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TextIO
 
 from kfnb.job import Job
 from kfnb.status import JobStatus
+from kfnb.widgets.tf_messages import is_tensorflow_message
 
 
 def _line(status: JobStatus) -> str:
@@ -16,9 +18,17 @@ def _line(status: JobStatus) -> str:
     return f"[{status.name}] {status.phase}{elapsed} ({replicas})"
 
 
-def print_progress(job: Job, stream: TextIO | None = None, poll: float = 0.25) -> JobStatus:
+def print_progress(
+    job: Job,
+    stream: TextIO | None = None,
+    poll: float = 0.25,
+    tensorflow_messages: bool = False,
+) -> JobStatus:
     """Print phase changes and the deciding replica's log lines until the job ends.
 
+    TensorFlow's own log lines (``I0000 00:00:...] ...``) are left out unless
+    ``tensorflow_messages``: they would bury the epochs. The log keeps them
+    (``job.logs()``), and a failed job's `JobFailed` shows its tail unfiltered.
     Ctrl-C deletes the job and re-raises, as `Job.wait` does.
     """
     out = stream or sys.stdout
@@ -29,7 +39,8 @@ def print_progress(job: Job, stream: TextIO | None = None, poll: float = 0.25) -
             status = job.status()
             text, offset = job.log_since(replica, offset, partial=status.finished)
             for line in text.splitlines():
-                print(f"[{replica}] {line}", file=out)
+                if tensorflow_messages or not is_tensorflow_message(line):
+                    print(f"[{replica}] {line}", file=out, flush=True)
             phases = (status.phase, tuple(r.phase for r in status.replicas))
             if phases != shown:  # a line per change, not per poll
                 shown = phases
