@@ -9,6 +9,7 @@ set-up: that it can fail.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
@@ -122,3 +123,66 @@ def test_run_demo_update_keeps_only_checked_outputs() -> None:
     assert [c.source for c in with_outputs] == [c.source for c in checked_cells()]
     assert not any("execution" in c.metadata for c in kept.cells)
     assert "widgets" not in kept.metadata
+
+
+class _Terminal(io.StringIO):
+    """What run_demo prints, with a file touched once ``marker`` has been printed."""
+
+    def __init__(self, marker: str, touch: Path) -> None:
+        super().__init__()
+        self.marker, self.touch = marker, touch
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.marker in self.getvalue():
+            self.touch.touch()
+        return written
+
+
+TF_LINE = ("I0000 00:00:1796302780.292854    4669 cpu_feature_guard.cc:227] This TensorFlow "
+           "binary is optimized to use available CPU instructions")
+
+
+@pytest.mark.timeout(120)
+def test_run_demo_prints_the_jobs_progress_while_it_trains(tmp_path: Path) -> None:
+    """`make demo` talks: the job's phases and its worker's lines reach the terminal as
+    they happen. The job waits for a file that is only created once its first line has
+    been printed: a runner that printed at the end would leave it waiting."""
+    go = tmp_path / "go"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "%load_ext kfnb\nimport sys\n"
+            f"print('a note on stderr', file=sys.stderr)\nprint({TF_LINE!r}, file=sys.stderr)\n"
+            f"print({TF_LINE!r})\nprint('no newline', end='')"
+        ),
+        nbformat.v4.new_code_cell(
+            "%%tfjob --name talks --wait\nimport pathlib, time\n"
+            "print('Epoch 1/2', flush=True)\n"
+            "deadline = time.monotonic() + 30\n"
+            f"while not pathlib.Path({str(go)!r}).exists() and time.monotonic() < deadline:\n"
+            "    time.sleep(0.02)\n"
+            f"print('Epoch 2/2' if pathlib.Path({str(go)!r}).exists() else 'never released')\n"
+        ),
+    ]
+    out, err = _Terminal("[worker-0] Epoch 1/2\n", go), io.StringIO()
+    kernel_log = tmp_path / "demo.kernel.log"
+    error = run_demo.run(notebook, tmp_path, kernel_log, timeout=90, echo_out=out, echo_err=err)
+    assert error is None, error
+    lines = out.getvalue().splitlines()
+    # In order; the Running line may come just after the first line the worker printed.
+    expected = ("[worker-0] Epoch 1/2", "[talks] Running", "[worker-0] Epoch 2/2",
+                "[talks] Succeeded")
+    at = [next((i for i, line in enumerate(lines) if line.startswith(e)), -1) for e in expected]
+    assert -1 not in at and at[0] < at[2] and at[1:] == sorted(at[1:]), lines
+    assert lines[-1].startswith("Job talks (local): Succeeded")  # the cell's result
+    assert "never released" not in out.getvalue() and "I0000" not in out.getvalue()
+    assert out.getvalue().startswith("no newline\n")  # at the end of its cell, with a newline
+    # No widget that nothing here would render: the cell's output is the text progress.
+    job_cell = notebook.cells[1]
+    assert all("data" not in o or list(o.data) == ["text/plain"] for o in job_cell.outputs)
+    # stderr reaches the terminal without TensorFlow's lines; the executed copy keeps them.
+    assert err.getvalue() == "a note on stderr\n"
+    assert TF_LINE in "".join(o.get("text", "") for o in notebook.cells[0].outputs)
+    # The kernel runs over Unix sockets: no warning about TCP without encryption.
+    assert kernel_log.exists() and "without encryption" not in kernel_log.read_text()

@@ -8,6 +8,7 @@ logic of their own. ipywidgets is imported only when a widget is shown:
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,7 +33,15 @@ _shown_this_cell: set[int] = set()
 
 
 def widgets_available() -> bool:
-    """True in a Jupyter kernel with ipywidgets installed (a front end can render them)."""
+    """True in a Jupyter kernel with ipywidgets installed (a front end can render them).
+
+    A kernel cannot tell whether anything renders its widgets, so a headless run
+    says so with ``KFNB_WIDGETS=0`` in the kernel's environment (notebooks/run_demo.py
+    sets it; do the same for nbconvert or papermill) and gets the terminal's text
+    progress as the cells' output instead of views nobody sees.
+    """
+    if os.environ.get("KFNB_WIDGETS", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
     try:
         from IPython import get_ipython
     except ImportError:
@@ -63,8 +72,9 @@ def show_job(job: Job, wait: bool = False) -> None:
     """Show ``job`` live under the cell; with ``wait``, block until it ends.
 
     Without ``wait`` the job's view comes from IPython displaying the returned
-    `Job` (see `register_display`). In a terminal, ``wait`` prints phase changes
-    and the chief's log lines. Raises `JobFailed` after waiting for a failed job.
+    `Job` (see `register_display`). Where widgets cannot render (a terminal, a
+    headless run: `widgets_available`), ``wait`` prints phase changes and the
+    chief's log lines. Raises `JobFailed` after waiting for a failed job.
     """
     if not wait:
         return
