@@ -318,6 +318,7 @@ def train(
     history = model.fit(
         train_ds, epochs=epochs, verbose=verbose, callbacks=list(callbacks), shuffle=False
     )
+    print(f"evaluating on {len(x_test)} held-out digits", flush=True)  # quiet otherwise
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
     accuracy = float(results["accuracy"])
     loss = float(results["loss"])
@@ -325,6 +326,7 @@ def train(
     print(f"test accuracy: {accuracy:.4f}", flush=True)
 
     if model_dir:
+        print(f"exporting the model to {model_dir}", flush=True)
         export_serving(model, model_dir)
 
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}

@@ -12,10 +12,8 @@ from typing import Any
 
 import pytest
 
-from kfnb.backends.local import LocalBackend
-from kfnb.bundle import build_bundle
+import kfnb
 from kfnb.job import Job
-from kfnb.spec import JobSpec
 
 widgets = pytest.importorskip("ipywidgets")
 from kfnb.widgets.job_view import JobView  # noqa: E402
@@ -23,12 +21,7 @@ from kfnb.widgets.progress import print_progress  # noqa: E402
 
 
 def submit(name: str, cell: str, **spec: Any) -> Job:
-    backend = LocalBackend()
-    bundle = build_bundle(textwrap.dedent(cell), {}, job_name=name)
-    manifest = JobSpec(name=name, artifacts=str(backend.job_dir(name)),
-                       code_files=tuple(bundle.files), **spec).to_manifest()
-    backend.submit(manifest, bundle)
-    return Job(name, backend)
+    return kfnb.submit(textwrap.dedent(cell), name=name, names={}, backend="local", **spec)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20) -> None:
@@ -174,9 +167,9 @@ def test_missing_log_and_removed_job_are_reported_not_raised() -> None:
     assert orphan._thread is None
 
 
-def test_terminal_progress_prints_phases_and_the_chiefs_lines(tmp_path: Path) -> None:
+def test_terminal_progress_prints_phases_and_every_workers_lines(tmp_path: Path) -> None:
     go = tmp_path / "go"
-    job = submit("text", "print('epoch 1', flush=True)\n" + wait_for_file(go)
+    job = submit("text", "print('epoch 1 on', tfjob.replica, flush=True)\n" + wait_for_file(go)
                  + "print('epoch 2')\n", workers=2)
     out = io.StringIO()
 
@@ -195,7 +188,8 @@ def test_terminal_progress_prints_phases_and_the_chiefs_lines(tmp_path: Path) ->
         releaser.join(60)
     lines = out.getvalue().splitlines()
     assert status.phase == "Succeeded"
-    assert "[worker-0] epoch 1" in lines and "[worker-0] epoch 2" in lines
+    for replica in ("worker-0", "worker-1"):
+        assert f"[{replica}] epoch 1 on {replica}" in lines and f"[{replica}] epoch 2" in lines
     assert lines[-1].startswith("[text] Succeeded")
     states = [line.split(" ", 2)[1] + line.split("(")[1]
               for line in lines if line.startswith("[text]")]

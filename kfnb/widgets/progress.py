@@ -24,7 +24,8 @@ def print_progress(
     poll: float = 0.25,
     tensorflow_messages: bool = False,
 ) -> JobStatus:
-    """Print phase changes and the deciding replica's log lines until the job ends.
+    """Print phase changes and every replica's log lines, each line tagged with its
+    replica (``[worker-1] Epoch 2/5``), until the job ends.
 
     TensorFlow's own log lines (``I0000 00:00:...] ...``) are left out unless
     ``tensorflow_messages``: they would bury the epochs. The log keeps them
@@ -32,15 +33,17 @@ def print_progress(
     Ctrl-C deletes the job and re-raises, as `Job.wait` does.
     """
     out = stream or sys.stdout
-    replica = job.decider
-    offset, shown = 0, None
+    offsets: dict[str, int] = {}
+    shown = None
     try:
         while True:
             status = job.status()
-            text, offset = job.log_since(replica, offset, partial=status.finished)
-            for line in text.splitlines():
-                if tensorflow_messages or not is_tensorflow_message(line):
-                    print(f"[{replica}] {line}", file=out, flush=True)
+            for replica in job.replicas:
+                start = offsets.get(replica, 0)
+                text, offsets[replica] = job.log_since(replica, start, partial=status.finished)
+                for line in text.splitlines():
+                    if tensorflow_messages or not is_tensorflow_message(line):
+                        print(f"[{replica}] {line}", file=out, flush=True)
             phases = (status.phase, tuple(r.phase for r in status.replicas))
             if phases != shown:  # a line per change, not per poll
                 shown = phases
