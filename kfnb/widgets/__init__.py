@@ -73,8 +73,8 @@ def show_job(job: Job, wait: bool = False) -> None:
 
     Without ``wait`` the job's view comes from IPython displaying the returned
     `Job` (see `register_display`). Where widgets cannot render (a terminal, a
-    headless run: `widgets_available`), ``wait`` prints phase changes and the
-    chief's log lines. Raises `JobFailed` after waiting for a failed job.
+    headless run: `widgets_available`), ``wait`` prints phase changes and every
+    replica's log lines. Raises `JobFailed` after waiting for a failed job.
     """
     if not wait:
         return
