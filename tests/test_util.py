@@ -55,9 +55,12 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_pid_alive_knows_its_process_by_its_command_line() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-x"])
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code, "marker-x"], stdout=subprocess.PIPE)
     try:
         assert pid_alive(child.pid)
+        # Until it has exec'd, the child's command line is still its parent's.
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
         assert pid_alive(child.pid, "marker-x")
         assert not pid_alive(child.pid, "kfnb.serving.server")  # a pid reused by another
     finally:
