@@ -36,6 +36,18 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     reset_settings()
 
 
+@pytest.fixture(scope="module")
+def moto_port() -> Iterator[int]:
+    """A real S3 server (moto's) on 127.0.0.1, one per test module that asks for it."""
+    from kfnb.backends.supervisor import free_port
+    from tests.s3_server import start_moto
+
+    port = free_port()
+    server: Any = start_moto(port)
+    yield port
+    server.stop()
+
+
 @pytest.fixture
 def shell(kfnb_home: Path) -> Iterator[Any]:
     """IPython's test shell with kfnb loaded; names a test defines are removed after it."""

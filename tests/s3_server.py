@@ -14,9 +14,25 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 # (method, path) -> (HTTP status, S3 error code, message), or None to forward.
 Rule = Callable[[str, str], "tuple[int, str, str] | None"]
+
+
+def use_endpoint(monkeypatch: Any, port: int, access: str, secret: str, **env: str) -> None:
+    """Point kfnb's settings at the S3 server on ``port``, with these keys (and ``env``)."""
+    from kfnb.config import reset_settings, settings
+
+    monkeypatch.setenv("S3_ENDPOINT", f"127.0.0.1:{port}")
+    monkeypatch.setenv("S3_USE_HTTPS", "0")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()  # Kfnb.s3_endpoint reads S3_ENDPOINT when created
+    settings()
 
 
 def start_moto(port: int) -> object:

@@ -22,7 +22,7 @@ from kfnb.config import reset_settings, settings
 from kfnb.job import Job
 from kfnb.spec import JobSpec
 from kfnb.storage import S3Store, open_store, replica_env
-from tests.s3_server import start_moto
+from tests import s3_server
 
 pytest.importorskip("minio")
 pytest.importorskip("moto")
@@ -31,24 +31,8 @@ SECRET = "kfnb-log-secret-Xy7q"  # must never appear in a log line
 ACCESS = "kfnb-log-access-Kp3m"
 
 
-@pytest.fixture(scope="module")
-def moto_port() -> Iterator[int]:
-    from kfnb.backends.supervisor import free_port
-
-    port = free_port()
-    server: Any = start_moto(port)
-    yield port
-    server.stop()
-
-
 def use_endpoint(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
-    monkeypatch.setenv("S3_ENDPOINT", f"127.0.0.1:{port}")
-    monkeypatch.setenv("S3_USE_HTTPS", "0")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    reset_settings()
-    settings()
+    s3_server.use_endpoint(monkeypatch, port, ACCESS, SECRET)
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ import kfnb
 from kfnb.backends import BackendError
 from kfnb.backends.local import LocalBackend
 from kfnb.bundle import build_bundle
-from kfnb.config import reset_settings, settings
 from kfnb.job import Job, JobFailed
 from kfnb.spec import JobSpec
 from kfnb.storage import (
@@ -38,7 +37,8 @@ from kfnb.storage import (
     open_store,
     upload_dataset,
 )
-from tests.s3_server import FaultProxy, start_moto
+from tests import s3_server
+from tests.s3_server import FaultProxy
 
 pytest.importorskip("minio")
 pytest.importorskip("moto")
@@ -48,25 +48,8 @@ ACCESS = "kfnb-test-access"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def moto_port() -> Iterator[int]:
-    from kfnb.backends.supervisor import free_port
-
-    port = free_port()
-    server: Any = start_moto(port)
-    yield port
-    server.stop()
-
-
 def use_endpoint(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
-    monkeypatch.setenv("S3_ENDPOINT", f"127.0.0.1:{port}")
-    monkeypatch.setenv("S3_USE_HTTPS", "0")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("KFNB_SYNC_SECONDS", "0.3")
-    reset_settings()  # Kfnb.s3_endpoint reads S3_ENDPOINT when created
-    settings()
+    s3_server.use_endpoint(monkeypatch, port, ACCESS, SECRET, KFNB_SYNC_SECONDS="0.3")
 
 
 @pytest.fixture
