@@ -110,23 +110,23 @@ def submit(
             f"`%kfnb delete {name} --purge` first",
             "name",
         )
-    job = _prepare(source, options, inspect.currentframe())
-    for warning in job.backend.preflight(job.manifest):
+    prepared = _prepare(source, options, inspect.currentframe())
+    for warning in prepared.backend.preflight(prepared.manifest):
         print(f"kfnb: {warning}", file=sys.stderr)
-    _announce(job.backend.name, backend)
-    job.backend.submit(job.manifest, job.bundle)
-    log.debug("submitted %s to the %s backend", job.spec.name, job.backend.name)
+    _announce(prepared.backend.name, backend)
+    prepared.backend.submit(prepared.manifest, prepared.bundle)
+    log.debug("submitted %s to the %s backend", prepared.spec.name, prepared.backend.name)
     save_record(
         JobRecord(
-            job.spec.name,
-            job.backend.name,
-            job.backend.storage,
-            namespace=job.backend.namespace,
-            image=job.spec.image,
-            replicas=job.spec.replica_counts,
+            prepared.spec.name,
+            prepared.backend.name,
+            prepared.backend.storage,
+            namespace=prepared.backend.namespace,
+            image=prepared.spec.image,
+            replicas=prepared.spec.replica_counts,
         )
     )
-    return Job(job.spec.name, job.backend)
+    return Job(prepared.spec.name, prepared.backend)
 
 
 def render(source: str, **options: Any) -> dict[str, Any]:
