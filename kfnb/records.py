@@ -1,4 +1,4 @@
-"""Records on disk, so ``%kfnb list``, ``%serve --list`` and reattaching survive a kernel restart.
+"""Records on disk, so ``%kfnb list``, ``%serve list`` and reattaching survive a kernel restart.
 
 Every record kfnb keeps (a job's here, a model server's in `kfnb.serving.local`) is
 one JSON object in one schema: ``{"record_version": 1, <the dataclass's fields>}``,

@@ -141,7 +141,7 @@ def test_no_server_says_where_and_what_to_do() -> None:
     assert caught.value.kind == "unreachable" and caught.value.server_down
     assert str(caught.value) == (
         f"no model server answers at http://127.0.0.1:{port}: "
-        "check `%serve --list`, or start one with `%serve JOB`"
+        "check `%serve list`, or start one with `%serve JOB`"
     )
 
 
@@ -384,7 +384,7 @@ def test_cli_errors_are_one_line_with_a_nonzero_exit(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == (
         f"kfnb predict: error: no model server answers at http://127.0.0.1:{port}: "
-        "check `%serve --list`, or start one with `%serve JOB`\n"
+        "check `%serve list`, or start one with `%serve JOB`\n"
     )
     usage = kfnb_predict("--version", "x")
     assert usage.returncode == 2 and "invalid int value" in usage.stderr

@@ -39,7 +39,7 @@ IMAGE_SHAPE = (28, 28)
 # the Kubeflow MNIST export's, then names other exports commonly use.
 _PROBABILITY_KEYS = ("predictions", "probabilities", "scores", "probs", "logits")
 _LABEL_KEYS = ("classes", "class_ids", "labels")
-_SERVE_HINT = "check `%serve --list`, or start one with `%serve JOB`"
+_SERVE_HINT = "check `%serve list`, or start one with `%serve JOB`"
 
 
 class PredictorError(RuntimeError):
@@ -249,7 +249,7 @@ class Predictor:
         except requests.Timeout as err:
             raise PredictorError(
                 f"the model server at {self.url} did not answer within {self.timeout:g} s: "
-                "it may be overloaded or stuck; raise timeout= or check `%serve --list`",
+                "it may be overloaded or stuck; raise timeout= or check `%serve list`",
                 "timeout",
             ) from err
         except requests.ConnectionError as err:

@@ -3,7 +3,7 @@
 Each server is ``python -m kfnb.serving.server`` in its own session (it survives a
 kernel restart, like a job's supervisor) with its output in
 ``<home>/servers/<name>.log`` and a record in ``<home>/servers/<name>.json``, so
-``%serve --list`` and ``%serve --stop`` work from any kernel. The kernel never
+``%serve list`` and ``%serve stop`` work from any kernel. The kernel never
 imports TensorFlow or uvicorn for this.
 """
 
@@ -66,7 +66,7 @@ class LocalServing:
         current = self.get(name)
         if current is not None and current.alive():
             raise ServeError(
-                f"{name} is already served at {current.url}: `%serve --stop {name}` first, "
+                f"{name} is already served at {current.url}: `%serve stop {name}` first, "
                 "or pick another --name"
             )
         config = ServerConfig(
@@ -150,11 +150,11 @@ class LocalServing:
     def _local(self, name: str) -> LocalServer:
         served = self.get(name)
         if served is None:
-            raise ServeError(f"no model server named {name}: see `%serve --list`")
+            raise ServeError(f"no model server named {name}: see `%serve list`")
         if not isinstance(served, LocalServer):
             raise ServeError(
                 f"{name} is served by {served.backend}, not by a process here: "
-                f"`%serve --stop {name}` deletes it there"
+                f"`%serve stop {name}` deletes it there"
             )
         return served
 

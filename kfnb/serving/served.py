@@ -68,7 +68,7 @@ class LocalServer(ServedModel):
     """A ``python -m kfnb.serving.server`` process on this machine."""
 
     pid: int
-    argv: tuple[str, ...]  # its command line, to start it again (%serve --restart)
+    argv: tuple[str, ...]  # its command line, to start it again (%serve restart)
     log: str  # the file its output goes to
     backend: ClassVar[str] = "local"
 
