@@ -223,6 +223,10 @@ class JobSpec:
         resources = self._resources(replica_type)
         if resources:
             container["resources"] = resources
+        if "nvidia.com/gpu" in resources.get("limits", {}):
+            # The Downward API cannot expose extended resources: the runtime learns its
+            # GPU request here and says so when TensorFlow sees no GPU.
+            container["env"].append({"name": "KFNB_GPUS", "value": str(self.gpus)})
         volume: dict[str, Any] = {"name": f"{self.name}-code"}
         if self.code_files:
             volume["items"] = [

@@ -64,6 +64,19 @@ def test_gpus_go_to_the_training_replicas_only() -> None:
         assert "resources" not in container(manifest, kind)
 
 
+def test_replicas_with_gpus_are_told_their_request() -> None:
+    """KFNB_GPUS lets the runtime say when TensorFlow sees none of the GPUs asked for."""
+    manifest = JobSpec(name="g", workers=2, ps=1, gpus=2).to_manifest()
+    env = {
+        kind: {e["name"]: e["value"] for e in container(manifest, kind)["env"]}
+        for kind in ("Worker", "PS")
+    }
+    assert env["Worker"]["KFNB_GPUS"] == "2"
+    assert "KFNB_GPUS" not in env["PS"]
+    cpu_only = JobSpec(name="c", workers=2).to_manifest()
+    assert "KFNB_GPUS" not in {e["name"] for e in container(cpu_only, "Worker")["env"]}
+
+
 def test_run_policy_and_cleanup() -> None:
     manifest = JobSpec(name="r", workers=2, ps=1, backoff_limit=4, timeout=90).to_manifest()
     run_policy = manifest["spec"]["runPolicy"]
