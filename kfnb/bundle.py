@@ -340,6 +340,8 @@ def build_bundle(
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "names": sorted(payloads),
         "modules": modules,
+        # Top-level modules the shipped names come from, for kfnb.packages.
+        "imports": sorted({m.split(".")[0] for m in needed_modules if m and m != "__main__"}),
         "created": time.time(),
     }
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
