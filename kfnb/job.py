@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,6 +205,25 @@ class Job:
         root = self.artifacts
         versions = numbered_versions(root / "model") if root is not None else None
         return versions[max(versions)] if versions else None
+
+    def replica_warnings(self, replica: str) -> tuple[str, ...] | None:
+        """What a replica's runtime warned of as it started (a GPU asked for that
+        TensorFlow does not see); None until the replica has recorded its start.
+
+        From the runtime's ``status/<replica>.json``: the backend's, or the job's
+        s3:// store's (pods upload it there; a pod's own status has no such record).
+        """
+        result = self.backend.replica_result(self.name, replica) or {}
+        if "warnings" not in result and self._store().local_root is None:
+            data = self._store().read(f"{self.name}/status/{replica}.json")
+            result = json.loads(data) if data else {}
+        warnings = result.get("warnings")
+        return None if warnings is None else tuple(warnings)
+
+    def warnings(self) -> dict[str, tuple[str, ...]]:
+        """Each replica's warnings, for the replicas that have any."""
+        found = {replica: self.replica_warnings(replica) for replica in self.replicas}
+        return {replica: warnings for replica, warnings in found.items() if warnings}
 
     def delete(self) -> JobStatus:
         """Stop the job. Its logs and artifacts are kept."""

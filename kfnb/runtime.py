@@ -176,6 +176,44 @@ def _check_environment(bundle: dict[str, Any]) -> None:
         )
 
 
+def gpu_warnings() -> list[str]:
+    """A replica that asked for GPUs (``KFNB_GPUS``) and in which TensorFlow sees none
+    says so, with the likely reason: not a silent run on CPU."""
+    asked = os.environ.get("KFNB_GPUS", "0")
+    if not asked.isdigit() or int(asked) == 0:
+        return []
+    try:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return []
+    except Exception:  # TensorFlow cannot load here: the cell's own import says why
+        return []
+    return [f"this replica asked for {asked} GPU(s) but TensorFlow sees none: {_no_gpu_reason(tf)}"]
+
+
+def _no_gpu_reason(tf: Any) -> str:
+    build = tf.sysconfig.get_build_info()
+    if not build.get("is_cuda_build"):
+        return (
+            f"this TensorFlow {tf.__version__} is built without CUDA (a CPU build): use a "
+            f"-gpu image, or install tensorflow[and-cuda]=={tf.__version__} in the image"
+        )
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1")
+    devices = [d for d in os.listdir("/dev") if d.removeprefix("nvidia").isdigit()]
+    if hidden or not devices:
+        return (
+            "no GPU device was given to this replica: its node has none free, or no NVIDIA "
+            "device plugin assigns them (`%kfnb nodes` shows the GPUs per node)"
+        )
+    cuda = f"CUDA {build.get('cuda_version', '?')} and cuDNN {build.get('cudnn_version', '?')}"
+    return (
+        f"the GPU is there but TensorFlow {tf.__version__} cannot use it, most likely because "
+        f"the image lacks the {cuda} libraries it is built for: install "
+        f"tensorflow[and-cuda]=={tf.__version__} in the image"
+    )
+
+
 def _resolve_module(reference: str) -> Any:
     """``tensorflow:keras.layers`` is resolved by attribute, so tf.keras follows the replica."""
     if ":" in reference:
@@ -328,6 +366,7 @@ def main() -> int:
         "replica": context.replica,
         "started": time.time(),
         "pid": os.getpid(),
+        "warnings": [],  # what the replica could run with but not as asked
     }
     _write_status(status_path, {**record, "state": "running"})
     exit_code, error, formatted = 0, None, None
@@ -338,6 +377,11 @@ def main() -> int:
             context.sync = uploads.syncer
             uploads.syncer.watch(status_path, uploads.status_key)
             uploads.syncer.start()
+        record["warnings"] = gpu_warnings()
+        if record["warnings"]:
+            for warning in record["warnings"]:
+                print(f"kfnb: {warning}", file=sys.stderr, flush=True)
+            _write_status(status_path, {**record, "state": "running"})
         namespace = load_namespace(code_dir, context)
         source = (code_dir / "cell.py").read_text()
         filename = f"<tfjob {job_name} cell>"

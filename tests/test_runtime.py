@@ -356,3 +356,65 @@ def test_legacy_keras_with_tf_keras_installed_runs(tmp_path: Path) -> None:
     done = run_runtime(code, tmp_path, no_site=False, env={"TF_USE_LEGACY_KERAS": "1"})
     assert done.returncode == 0, done.stderr
     assert "cell ran" in done.stdout
+
+
+# -- a replica that asked for GPUs -------------------------------------------------------
+
+
+def test_a_replica_that_asked_for_a_gpu_and_sees_none_says_so_and_runs(tmp_path: Path) -> None:
+    """Real TensorFlow on this GPU-less machine, started as a pod starts the runtime."""
+    code = write_bundle(tmp_path, "print('cell ran')\n")
+    done = run_runtime(code, tmp_path, no_site=False, env={"KFNB_GPUS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "cell ran" in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith("kfnb: ")]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("kfnb: this replica asked for 1 GPU(s) but TensorFlow sees none: ")
+    assert replica_status(tmp_path)["warnings"] == [lines[0].removeprefix("kfnb: ")]
+
+
+def test_a_replica_without_gpus_checks_nothing(tmp_path: Path) -> None:
+    # Under -S there is no TensorFlow: the check must not even import it.
+    code = write_bundle(tmp_path, "import sys\nprint('tensorflow' in sys.modules)\n")
+    done = run_runtime(code, tmp_path, env={"KFNB_GPUS": "0"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False" and "GPU" not in done.stderr
+    assert replica_status(tmp_path)["warnings"] == []
+
+
+class FakeTensorFlow:
+    """What `_no_gpu_reason` asks of TensorFlow: its version and build."""
+
+    __version__ = "2.21.0"
+
+    def __init__(self, cuda: bool) -> None:
+        build = {"is_cuda_build": cuda, "cuda_version": "12.5.1", "cudnn_version": "9"}
+        self.sysconfig = type("SysConfig", (), {"get_build_info": staticmethod(lambda: build)})
+
+
+@pytest.mark.parametrize(
+    ("cuda", "visible", "devices", "reason"),
+    [
+        (False, "0", ["nvidia0"], "built without CUDA (a CPU build): use a -gpu image"),
+        (True, "", ["nvidia0", "nvidiactl"], "no GPU device was given to this replica"),
+        (True, None, ["nvidiactl", "null"], "no GPU device was given to this replica"),
+        (True, "0", ["nvidia0", "nvidiactl"], "lacks the CUDA 12.5.1 and cuDNN 9 libraries"),
+    ],
+)
+def test_the_reason_for_no_gpu_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+    cuda: bool,
+    visible: str | None,
+    devices: list[str],
+    reason: str,
+) -> None:
+    from kfnb import runtime
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(runtime.os, "listdir", lambda path: devices)
+    said = runtime._no_gpu_reason(FakeTensorFlow(cuda))
+    assert reason in said
+    assert "tensorflow[and-cuda]==2.21.0" in said or "%kfnb nodes" in said

@@ -197,6 +197,34 @@ def test_terminal_progress_prints_phases_and_every_workers_lines(tmp_path: Path)
     assert all(a != b for a, b in zip(states, states[1:], strict=False))  # one line per change
 
 
+def test_a_replica_that_asked_for_a_gpu_and_sees_none_says_so(capsys: Any) -> None:
+    """Real TensorFlow on this GPU-less machine: the log, the status, the view and the
+    text progress each say the replica ran without the GPU it asked for."""
+    job = submit("nogpu", "print('trained', flush=True)\n", gpus=1)
+    assert "this machine has no GPU" in capsys.readouterr().err  # the submit-time warning
+    job.wait(timeout=120)
+    assert "trained" in job.logs()
+    asked = "this replica asked for 1 GPU(s) but TensorFlow sees none: "
+    assert f"kfnb: {asked}" in job.logs()
+    warnings = job.warnings()
+    assert list(warnings) == ["worker-0"] and warnings["worker-0"][0].startswith(asked)
+    view = JobView(job)
+    assert view.warnings.layout.display != "none"
+    assert "kfnb-warning" in view.warnings.value and asked in view.warnings.value
+    out = io.StringIO()
+    print_progress(job, stream=out)
+    assert f"[worker-0] kfnb warning: {asked}" in out.getvalue()
+    assert out.getvalue().splitlines()[-1].startswith("[nogpu] Succeeded")
+
+
+def test_no_warning_is_shown_when_the_replicas_have_none() -> None:
+    job = submit("cpuonly", "print('fine')\n")
+    job.wait(timeout=30)
+    assert job.warnings() == {} and job.replica_warnings("worker-0") == ()
+    view = JobView(job)
+    assert view.warnings.layout.display == "none" and view.warnings.value == ""
+
+
 SCALAR_CELL = """
 import time
 from pathlib import Path

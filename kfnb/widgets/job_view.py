@@ -171,6 +171,9 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         self.tensorflow_messages.add_class("kfnb-tf-messages")
         self.tensorflow_messages.observe(self._on_tensorflow_messages, names="value")
         self.failure = widgets.HTML(layout=widgets.Layout(display="none"))
+        # What replicas warned of as they started (a GPU asked for, none seen).
+        self.warnings = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.replica_warnings: dict[str, tuple[str, ...]] = {}  # replicas that recorded theirs
         self.notice = widgets.HTML()
         self.plots = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.tabs = widgets.Tab()
@@ -192,6 +195,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             children=[
                 widgets.HBox([self.header, self.stop_button, self.tensorflow_messages]),
                 self.replica_table,
+                self.warnings,
                 self.failure,
                 self.tabs,
                 self.plots,
@@ -240,6 +244,10 @@ class JobView(widgets.VBox):  # type: ignore[misc]
                     self._update_scalars()
                 except Exception as err:
                     problems.append(f"scalars: {err}")
+                try:
+                    self._update_warnings(again=status.finished)
+                except Exception as err:
+                    problems.append(f"the replicas' warnings: {err}")
             if status != self.status:
                 self._render_status(status)
             self._render_header(status)  # the elapsed time ticks even when nothing changed
@@ -289,6 +297,22 @@ class JobView(widgets.VBox):  # type: ignore[misc]
                 f"{html.escape(str(failure))}</b><pre>{html.escape(detail)}</pre></div>"
             )
             self.failure.layout.display = None
+
+    def _update_warnings(self, again: bool) -> None:
+        """Ask the replicas that have not recorded their start yet (all of them ``again``,
+        once the job has ended: a restarted replica may warn anew)."""
+        for replica in self.panes:
+            if again or replica not in self.replica_warnings:
+                warnings = self.job.replica_warnings(replica)
+                if warnings is not None:
+                    self.replica_warnings[replica] = warnings
+        lines = [(r, w) for r, found in self.replica_warnings.items() for w in found]
+        self.warnings.value = "".join(
+            f'<div class="kfnb-warning" style="color:#ef6c00">⚠ {html.escape(replica)}: '
+            f"{html.escape(warning)}</div>"
+            for replica, warning in lines
+        )
+        self.warnings.layout.display = None if lines else "none"
 
     def _update_scalars(self) -> None:
         if self._reader is None:

@@ -30,6 +30,8 @@ def print_progress(
     TensorFlow's own log lines (``I0000 00:00:...] ...``) are left out unless
     ``tensorflow_messages``: they would bury the epochs. The log keeps them
     (``job.logs()``), and a failed job's `JobFailed` shows its tail unfiltered.
+    When the job ends, the replicas' warnings (`Job.warnings`: a GPU asked for that
+    TensorFlow did not see) are printed again before the last line.
     Ctrl-C deletes the job and re-raises, as `Job.wait` does.
     """
     out = stream or sys.stdout
@@ -44,6 +46,10 @@ def print_progress(
                 for line in text.splitlines():
                     if tensorflow_messages or not is_tensorflow_message(line):
                         print(f"[{replica}] {line}", file=out, flush=True)
+            if status.finished:  # the replicas' warnings again, lest their logs buried them
+                for replica, warnings in job.warnings().items():
+                    for warning in warnings:
+                        print(f"[{replica}] kfnb warning: {warning}", file=out, flush=True)
             phases = (status.phase, tuple(r.phase for r in status.replicas))
             if phases != shown:  # a line per change, not per poll
                 shown = phases
