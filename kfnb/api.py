@@ -160,6 +160,7 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
         backend = get_backend(backend or config.backend, storage=storage, namespace=namespace)
     store = open_store(backend.storage)
     name = validate_name(name) if name is not None else _fresh_name()
+    image = image or config.image or default_image(gpus)
     bundle = build_bundle(
         source,
         names,
@@ -168,12 +169,13 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
         includes=include,
         cwd=cwd or Path.cwd(),
         s3=store.local_root is None,
+        replica_python=_replica_python(backend, image),
     )
     job_dir = backend.job_dir(name)
     spec = JobSpec(
         name=name,
         gpus=gpus,
-        image=image or config.image or default_image(gpus),
+        image=image,
         env=_env_pairs(fields.pop("env", ())),
         namespace=namespace,
         legacy_keras=config.legacy_keras,
@@ -183,6 +185,13 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
         **fields,
     )
     return Submission(backend, spec, bundle, spec.to_manifest())
+
+
+def _replica_python(backend: Backend, image: str) -> str | None:
+    """The Python the replicas run, where the backend can tell (a known image's, the
+    local interpreter's): when it is not the kernel's, names travel by source."""
+    probe = getattr(backend, "replica_python", None)
+    return probe(image) if callable(probe) else None
 
 
 def _fresh_name() -> str:

@@ -4,7 +4,9 @@ A bundle holds the cell's source, the notebook names the cell reads (functions
 and classes defined in the notebook pickled by value, other values pickled,
 modules as imports), files named with ``--include``, the notebook's own modules
 the cell relies on, kfnb's ``runtime.py`` and a copy of cloudpickle, so that a
-stock TensorFlow image can run it with nothing installed.
+stock TensorFlow image can run it with nothing installed. For replicas known to
+run another Python than the kernel's, names travel by source instead
+(`kfnb.bundle_source`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import sysconfig
 import time
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kfnb import bundle_source
 from kfnb._util import first_line
 
 BUNDLE_FORMAT = 1
@@ -267,38 +270,30 @@ def _vendored_minio() -> dict[str, bytes]:
     return files
 
 
-def build_bundle(
-    source: str,
-    namespace: Mapping[str, Any],
-    *,
-    job_name: str,
-    hidden: Iterable[str] = (),
-    includes: Iterable[str] = (),
-    cwd: Path | None = None,
-    s3: bool = False,
-) -> Bundle:
-    """Bundle ``source`` with what it reads from ``namespace`` (the notebook's names).
+@dataclass
+class _Shipped:
+    """The names the cell reads, in the form they travel in."""
 
-    ``hidden`` are names to leave out (IPython's own ``In``, ``Out``, ``_``...).
-    A name the cell reads but cannot be pickled is an error naming it and the
-    reason, unless the cell binds that name itself. With ``s3`` the replicas get
-    the minio client to write to an s3:// store.
-    """
-    compile_cell(source)
-    read, bound = referenced_names(source)
-    skip = set(hidden) | _RESERVED | set(dir(builtins))
+    payloads: dict[str, bytes] = field(default_factory=dict)  # name -> pickle
+    modules: dict[str, str] = field(default_factory=dict)  # name -> import reference
+    needed_modules: set[str] = field(default_factory=set)  # modules the replica imports
+    sources: set[str] = field(default_factory=set)  # notebook cells their code comes from
+    definitions: list[bundle_source.Definition] = field(default_factory=list)
+
+
+def _pickled(
+    read: set[str], bound: set[str], namespace: Mapping[str, Any], skip: set[str]
+) -> _Shipped:
+    """Names pickled with cloudpickle (notebook functions by value): for the kernel's Python."""
     pickler_class = _pickler_class()
-    payloads: dict[str, bytes] = {}
-    modules: dict[str, str] = {}
-    needed_modules: set[str] = set()
-    sources: set[str] = set()
+    shipped = _Shipped()
     for name in sorted(read - skip):
         if name not in namespace:
             continue
         value = namespace[name]
         if isinstance(value, types.ModuleType):
-            modules[name] = _module_reference(value)
-            needed_modules.add(value.__name__)
+            shipped.modules[name] = _module_reference(value)
+            shipped.needed_modules.add(value.__name__)
             continue
         buffer = io.BytesIO()
         pickler = pickler_class(buffer)
@@ -311,23 +306,77 @@ def build_bundle(
                 f"cannot ship {name!r} ({_describe(value)}) to the job: {first_line(err, 120)}. "
                 f"Create it inside the cell, or pass what it is built from"
             ) from err
-        payloads[name] = buffer.getvalue()
-        needed_modules |= pickler.modules
-        sources |= pickler.sources
+        shipped.payloads[name] = buffer.getvalue()
+        shipped.needed_modules |= pickler.modules
+        shipped.sources |= pickler.sources
+    return shipped
+
+
+def _by_source(
+    read: set[str],
+    bound: set[str],
+    namespace: Mapping[str, Any],
+    skip: set[str],
+    replica_python: str,
+) -> _Shipped:
+    """Names in forms any Python 3 loads (`kfnb.bundle_source`), for replicas whose
+    Python is not the kernel's; what can only be pickled is an error naming it."""
+    plan = bundle_source.plan(read, namespace, skip=skip, bound=bound, keras_path=_keras_path)
+    if plan.blocked:
+        raise BundleError(plan.blocked_message(replica_python))
+    shipped = _Shipped(modules=plan.references, definitions=plan.definitions)
+    for name, value in plan.plain.items():
+        shipped.payloads[name] = pickle.dumps(value, protocol=pickle.DEFAULT_PROTOCOL)
+    shipped.needed_modules = {ref.split(":")[0] for ref in plan.references.values()}
+    shipped.sources = {d.filename for d in plan.definitions}
+    return shipped
+
+
+def build_bundle(
+    source: str,
+    namespace: Mapping[str, Any],
+    *,
+    job_name: str,
+    hidden: Iterable[str] = (),
+    includes: Iterable[str] = (),
+    cwd: Path | None = None,
+    s3: bool = False,
+    replica_python: str | None = None,
+) -> Bundle:
+    """Bundle ``source`` with what it reads from ``namespace`` (the notebook's names).
+
+    ``hidden`` are names to leave out (IPython's own ``In``, ``Out``, ``_``...).
+    A name the cell reads but cannot be pickled is an error naming it and the
+    reason, unless the cell binds that name itself. With ``s3`` the replicas get
+    the minio client to write to an s3:// store. ``replica_python`` is the replicas'
+    Python where known: when it is not the kernel's, notebook functions and classes
+    travel as their source and values that could only be pickled are an error.
+    """
+    compile_cell(source)
+    read, bound = referenced_names(source)
+    skip = set(hidden) | _RESERVED | set(dir(builtins))
+    if bundle_source.needed(replica_python):
+        assert replica_python is not None
+        shipped = _by_source(read, bound, namespace, skip, replica_python)
+    else:
+        shipped = _pickled(read, bound, namespace, skip)
 
     cwd = cwd or Path.cwd()
     files: dict[str, bytes] = {"cell.py": source.encode()}
     files.update(_include_paths(includes, cwd))
     local_roots = {
         root
-        for mod in needed_modules
+        for mod in shipped.needed_modules
         if mod in sys.modules and (root := local_module_root(sys.modules[mod])) is not None
     }
     for root in sorted(local_roots):
         files.update(_include_paths([str(root)], cwd))
-    files["names.pkl"] = pickle.dumps(payloads, protocol=pickle.DEFAULT_PROTOCOL)
+    files["names.pkl"] = pickle.dumps(shipped.payloads, protocol=pickle.DEFAULT_PROTOCOL)
+    if shipped.definitions:
+        definitions = [asdict(d) for d in shipped.definitions]
+        files["definitions.json"] = json.dumps(definitions, indent=1).encode()
     # Source lines of notebook functions, so a replica's traceback shows them.
-    notebook_sources = {f: "".join(linecache.getlines(f)) for f in sorted(sources)}
+    notebook_sources = {f: "".join(linecache.getlines(f)) for f in sorted(shipped.sources)}
     files["sources.json"] = json.dumps(notebook_sources).encode()
     files["runtime.py"] = Path(__file__).with_name("runtime.py").read_bytes()
     files["artifact_sync.py"] = Path(__file__).with_name("artifact_sync.py").read_bytes()
@@ -337,18 +386,23 @@ def build_bundle(
     meta = {
         "format": BUNDLE_FORMAT,
         "job": job_name,
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "names": sorted(payloads),
-        "modules": modules,
+        "python": bundle_source.KERNEL_PYTHON,
+        "names": sorted(shipped.payloads),
+        "modules": shipped.modules,
         # Top-level modules the shipped names come from, for kfnb.packages.
-        "imports": sorted({m.split(".")[0] for m in needed_modules if m and m != "__main__"}),
+        "imports": sorted(
+            {m.split(".")[0] for m in shipped.needed_modules if m and m != "__main__"}
+        ),
+        # Names any Python 3 loads: plain data, references, definitions by source.
+        "portable": bundle_source.needed(replica_python),
+        "by_source": [d.name for d in shipped.definitions],
         "created": time.time(),
     }
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
     return Bundle(
         files=files,
-        names=tuple(sorted(payloads)),
-        modules=tuple(sorted(modules)),
+        names=tuple(sorted(shipped.payloads)),
+        modules=tuple(sorted(shipped.modules)),
         includes=tuple(sorted(p for p in files if p.startswith("include/"))),
         meta=meta,
     )

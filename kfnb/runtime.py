@@ -162,7 +162,7 @@ class ReplicaError(Exception):
 
 def _check_environment(bundle: dict[str, Any]) -> None:
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if bundle["names"] and bundle["python"] != here:
+    if bundle["names"] and not bundle.get("portable") and bundle["python"] != here:
         raise ReplicaError(
             f"the notebook runs Python {bundle['python']} but this replica runs Python {here}, "
             f"so the notebook's pickled names cannot be loaded: use an image with Python "
@@ -244,8 +244,21 @@ def load_namespace(code_dir: Path, context: TFJobContext) -> dict[str, Any]:
     payloads = pickle.loads((code_dir / "names.pkl").read_bytes())
     for name, payload in payloads.items():
         namespace[name] = pickle.loads(payload)
+    definitions = code_dir / "definitions.json"
+    if definitions.exists():
+        _define(json.loads(definitions.read_text()), namespace)
     namespace["tfjob"] = context
     return namespace
+
+
+def _define(definitions: list[dict[str, Any]], namespace: dict[str, Any]) -> None:
+    """Exec the notebook's functions and classes that travel as source, in order, at
+    their own cell's lines, so tracebacks show them as the notebook wrote them."""
+    for definition in definitions:
+        padded = "\n" * (definition["line"] - 1) + definition["source"]
+        exec(compile(padded, definition["filename"], "exec", dont_inherit=True), namespace)
+        for alias in definition["aliases"]:
+            namespace[alias] = namespace[definition["name"]]
 
 
 def _format_exception(exc: BaseException) -> str:

@@ -181,19 +181,12 @@ class KubernetesBackend:
             if c["name"] == CONTAINER_NAME
         }
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
-        for image in sorted(images):
-            python = image_python(image)
-            if python is None:
-                warnings.append(
-                    f"kfnb cannot tell which Python {image} has: notebook values shipped with "
-                    f"the cell load only under Python {here}, this kernel's"
-                )
-            elif python != here:
-                warnings.append(
-                    f"{image} runs Python {python} but this kernel runs Python {here}: notebook "
-                    f"values shipped with the cell will not load there; use --image with "
-                    f"Python {here}, or pass only code"
-                )
+        # A known image of another Python got a bundle any Python loads (or an error).
+        for image in sorted(i for i in images if image_python(i) is None):
+            warnings.append(
+                f"kfnb cannot tell which Python {image} has: notebook values shipped with "
+                f"the cell load only under Python {here}, this kernel's"
+            )
         if not self.cluster.shared_store:
             warnings.append(
                 "the model and TensorBoard events stay inside the pods and go with them: "
@@ -368,6 +361,10 @@ class KubernetesBackend:
 
     def job_dir(self, name: str) -> Path | None:
         return None  # artifacts live in the pods or the S3 store, not on this machine
+
+    def replica_python(self, image: str) -> str | None:
+        """The Python in ``image`` when it is a known official TensorFlow image."""
+        return image_python(image)
 
     def close(self) -> None:
         stop_watchers()

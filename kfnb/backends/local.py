@@ -15,6 +15,7 @@ are then read from the bucket, so any notebook can watch the job.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -59,6 +60,19 @@ def local_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
+@functools.cache
+def interpreter_python(python: str) -> str | None:
+    """``3.11`` for the interpreter ``python``; None when it cannot be run."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def _has_module(python: str, module: str) -> bool:
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         return importlib.util.find_spec(module) is not None
@@ -93,6 +107,10 @@ class LocalBackend:
 
     def job_dir(self, name: str) -> Path:
         return self.root / name
+
+    def replica_python(self, image: str) -> str | None:
+        """The Python version of the interpreter replicas run (the image does not apply)."""
+        return interpreter_python(self.python)
 
     def _existing(self, name: str) -> Path:
         path = self.job_dir(name)
