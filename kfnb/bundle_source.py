@@ -121,52 +121,63 @@ def _first_line(node: _Defined) -> int:
     return min([d.lineno for d in node.decorator_list] + [node.lineno])
 
 
-def _class_method_line(cls: type) -> tuple[str, int] | None:
-    """Where one of the class's own methods is written: its cell and line."""
+def _class_method_lines(cls: type) -> list[tuple[str, int]]:
+    """Where the class's own methods are written: cell and line of each (some may be in
+    no cell: those a decorator such as ``dataclass`` generates)."""
+    found = []
     for attr in vars(cls).values():
         func = getattr(attr, "__func__", None) or getattr(attr, "fget", None) or attr
         code = getattr(func, "__code__", None)
-        qualname = getattr(func, "__qualname__", "")
-        if code is not None and qualname.startswith(f"{cls.__qualname__}."):
-            return code.co_filename, code.co_firstlineno
-    return None
+        own = getattr(func, "__qualname__", "").startswith(f"{cls.__qualname__}.")
+        if code is not None and own:
+            found.append((code.co_filename, code.co_firstlineno))
+    return found
+
+
+def _find_definition(value: Any, filename: str, line: int) -> tuple[str, int, str] | None:
+    """The source of ``value``'s def or class statement in the cell ``filename``, the one
+    whose first line is ``line`` (a function) or that holds ``line`` (a class)."""
+    text = "".join(linecache.getlines(filename))
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    is_class = isinstance(value, type)
+    nodes = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, _Defined)
+        and node.name == value.__name__
+        and isinstance(node, ast.ClassDef) == is_class
+        and (
+            node.lineno <= line <= (node.end_lineno or node.lineno)
+            if is_class
+            else _first_line(node) == line
+        )
+    ]
+    if not nodes:
+        return None
+    node = nodes[-1]
+    first = _first_line(node)
+    lines = text.splitlines(keepends=True)[first - 1 : node.end_lineno]
+    return filename, first, textwrap.dedent("".join(lines))
 
 
 def definition_source(value: Any) -> tuple[str, int, str] | str:
     """The cell, first line and source of a notebook function or class, or why not."""
     if value.__qualname__ != value.__name__ or not value.__name__.isidentifier():
         return "a lambda, or defined inside a function or class: define it at the top of a cell"
-    is_function = isinstance(value, types.FunctionType)
-    if is_function:
-        where: tuple[str, int] | None = (value.__code__.co_filename, value.__code__.co_firstlineno)
+    if isinstance(value, types.FunctionType):
+        places = [(value.__code__.co_filename, value.__code__.co_firstlineno)]
     else:
-        where = _class_method_line(value)
-    if where is None:
-        return "a class without methods of its own, whose source kfnb cannot find"
-    filename, line = where
-    text = "".join(linecache.getlines(filename))
-    try:
-        tree: ast.AST | None = ast.parse(text)
-    except SyntaxError:
-        tree = None
-    nodes = [
-        node
-        for node in (ast.walk(tree) if tree is not None else ())
-        if isinstance(node, _Defined)
-        and node.name == value.__name__
-        and isinstance(node, ast.ClassDef) != is_function
-        and (
-            _first_line(node) == line
-            if is_function
-            else node.lineno <= line <= (node.end_lineno or node.lineno)
-        )
-    ]
-    if not nodes:
-        return "its source is not in this kernel's cells any more: run its cell again"
-    node = nodes[-1]
-    first = _first_line(node)
-    lines = text.splitlines(keepends=True)[first - 1 : node.end_lineno]
-    return filename, first, textwrap.dedent("".join(lines))
+        places = _class_method_lines(value)
+    for filename, line in places:
+        found = _find_definition(value, filename, line)
+        if found is not None:
+            return found
+    if isinstance(value, type):  # kfnb finds a class's cell through its methods
+        return "a class with no method written in the notebook, or whose cell is gone: add one"
+    return "its source is not in this kernel's cells any more: run its cell again"
 
 
 def _notebook_definition(value: Any) -> Any:

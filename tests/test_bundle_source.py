@@ -149,6 +149,32 @@ def test_a_function_that_cannot_travel_by_source_says_why(definition: str, reaso
         build_bundle(f"{name}(3)\n", namespace, job_name="x", replica_python=OTHER)
 
 
+def test_a_dataclass_with_a_method_travels_and_one_without_says_why(tmp_path: Path) -> None:
+    namespace = notebook_namespace(
+        """
+        from dataclasses import dataclass
+
+        @dataclass
+        class Config:
+            epochs: int = 2
+
+            def steps(self):
+                return self.epochs * 10
+
+        @dataclass
+        class Bare:
+            size: int = 1
+        """
+    )
+    code = by_source_bundle(tmp_path, "print('steps', Config().steps())\n", namespace)
+    assert json.loads((code / "bundle.json").read_text())["by_source"] == ["Config"]
+    done = run_runtime(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "steps 20" in done.stdout
+    with pytest.raises(BundleError, match="'Bare' \\(type, a class with no method written"):
+        build_bundle("Bare()\n", namespace, job_name="x", replica_python=OTHER)
+
+
 def test_a_name_the_cell_binds_itself_does_not_block() -> None:
     namespace = {"__name__": "__main__", "data": np.ones(3)}
     cell = "data = [1, 2]\nprint(data)\n"
