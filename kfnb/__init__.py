@@ -18,15 +18,16 @@ __all__ = [
     "JobSpec",
     "attach",
     "load_ipython_extension",
+    "prepare",
     "render",
     "serve",
     "submit",
     "__version__",
 ]
-_API = ("attach", "render", "serve", "submit")
+_API = ("attach", "prepare", "render", "serve", "submit")
 
 if TYPE_CHECKING:
-    from kfnb.api import attach, render, serve, submit
+    from kfnb.api import attach, prepare, render, serve, submit
     from kfnb.job import Job, JobFailed
     from kfnb.spec import JobSpec
 

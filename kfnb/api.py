@@ -10,7 +10,9 @@ Errors are the library's own (`SpecError`, `BundleError`, `BackendError`,
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,12 +24,14 @@ if TYPE_CHECKING:
     from kfnb.backends import Backend
     from kfnb.bundle import Bundle
     from kfnb.job import Job
+    from kfnb.packages import PackagePlan
     from kfnb.serving.kubernetes import Rollout
     from kfnb.serving.served import ServedModel
     from kfnb.spec import JobSpec
 
 __all__ = [
     "attach",
+    "prepare",
     "render",
     "render_serving",
     "serve",
@@ -63,6 +67,7 @@ class Submission:
     spec: JobSpec
     bundle: Bundle
     manifest: dict[str, Any]
+    packages: PackagePlan | None = None  # what an init container installs in each replica
 
 
 def submit(
@@ -88,6 +93,9 @@ def submit(
     names: Mapping[str, Any] | None = None,
     hidden: Iterable[str] = (),
     cwd: Path | None = None,
+    pip: Iterable[str] = (),
+    requirements: str | None = None,
+    wheelhouse: str | None = None,
 ) -> Job:
     """Run ``source`` as a TFJob and return its `Job` at once (``job.wait()`` blocks).
 
@@ -96,8 +104,11 @@ def submit(
     globals outside IPython); those it reads travel with it, as do the files and
     directories in ``include``. ``backend`` is ``"auto"``, ``"local"``, ``"kubernetes"``
     or a backend object (default: ``%config Kfnb.backend``); ``storage`` and
-    ``namespace`` apply to a backend named by string. The other arguments are the
-    `JobSpec` fields, with the ``Kfnb`` settings as defaults.
+    ``namespace`` apply to a backend named by string. What the replicas' image or
+    interpreter lacks (tf-keras, tensorboard, the packages the code imports, ``pip``
+    specs and a ``requirements`` file) is installed before the cell runs, from the
+    ``wheelhouse`` (default ``%config Kfnb.wheelhouse``) or the package index. The
+    other arguments are the `JobSpec` fields, with the ``Kfnb`` settings as defaults.
     """
     options = {k: v for k, v in locals().items() if k != "source"}  # the arguments, first
     from kfnb.job import Job
@@ -113,6 +124,8 @@ def submit(
     prepared = _prepare(source, options, inspect.currentframe())
     for warning in prepared.backend.preflight(prepared.manifest):
         print(f"kfnb: {warning}", file=sys.stderr)
+    if prepared.packages is not None and prepared.packages.wheelhouse:
+        _fill_wheelhouse(prepared.packages)
     _announce(prepared.backend.name, backend)
     prepared.backend.submit(prepared.manifest, prepared.bundle)
     log.debug("submitted %s to the %s backend", prepared.spec.name, prepared.backend.name)
@@ -135,6 +148,12 @@ def render(source: str, **options: Any) -> dict[str, Any]:
     return _prepare(source, options, inspect.currentframe()).manifest
 
 
+def prepare(source: str, **options: Any) -> Submission:
+    """What `submit` would do with the same arguments: the backend, bundle, manifest and
+    the packages each replica gets installed (``--dry-run`` shows them); nothing is sent."""
+    return _prepare(source, options, inspect.currentframe())
+
+
 def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> Submission:
     """Bundle ``source`` and render its TFJob from `submit`'s ``options``; ``frame`` is
     the public function's, whose caller's globals are the names outside IPython."""
@@ -155,6 +174,7 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
     storage, namespace = fields.pop("storage", None), fields.pop("namespace", None)
     include, cwd = fields.pop("include", ()), fields.pop("cwd", None)
     gpus, image = fields.pop("gpus", 0), fields.pop("image", None)
+    needs = {k: fields.pop(k, None) for k in ("pip", "requirements", "wheelhouse")}
     namespace = namespace or config.namespace or None
     if isinstance(backend, str) or backend is None:
         backend = get_backend(backend or config.backend, storage=storage, namespace=namespace)
@@ -184,7 +204,85 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
         storage_env=tuple(replica_env(store, name).items()),
         **fields,
     )
-    return Submission(backend, spec, bundle, spec.to_manifest())
+    packages = None
+    if config.install_packages:
+        packages = _plan_packages(spec, bundle, backend, store.url, **needs)
+    if packages is not None and (packages.packages or not packages.known_image):
+        from dataclasses import replace
+
+        from kfnb.packages import PLAN_FILE
+
+        plan = json.dumps(packages.to_json(), indent=1).encode()
+        installer = Path(__file__).with_name("install_packages.py").read_bytes()
+        files = {**bundle.files, PLAN_FILE: plan, "install_packages.py": installer}
+        bundle = replace(bundle, files=files)
+        spec = replace(
+            spec,
+            code_files=tuple(files),
+            packages=True,
+            packages_env=tuple(packages.index.items()),
+        )
+    return Submission(backend, spec, bundle, spec.to_manifest(), packages)
+
+
+def _plan_packages(
+    spec: JobSpec,
+    bundle: Bundle,
+    backend: Backend,
+    store_url: str,
+    *,
+    pip: Iterable[str] | None,
+    requirements: str | None,
+    wheelhouse: str | None,
+) -> PackagePlan:
+    """What the replicas' image (or, locally, interpreter) lacks, and where it comes from."""
+    from dataclasses import replace
+
+    from kfnb.config import settings
+    from kfnb.packages import Needs, interpreter_contents, plan_packages, pod_index_env
+    from kfnb.wheelhouse import default_root
+
+    env = {e["name"]: e["value"] for e in spec.container_env()}
+    needs = Needs(
+        legacy_keras=env.get("TF_USE_LEGACY_KERAS") == "1",
+        gpus=spec.gpus,
+        pip=tuple(pip or ()),
+        requirements=requirements,
+    )
+    local = backend.name == "local"
+    if local:
+        python_path = getattr(backend, "python", sys.executable)
+        version, provided = interpreter_contents(python_path)
+        plan = plan_packages(
+            bundle, needs, image=f"the Python at {python_path}", provided=provided, python=version
+        )
+    else:
+        plan = plan_packages(bundle, needs, image=spec.image)
+    root = wheelhouse or settings().wheelhouse
+    if root == "auto":
+        shared = local or store_url.startswith("s3://")
+        root = default_root(store_url) if shared else "off"
+    elif root != "off" and not local and not root.startswith("s3://"):
+        from kfnb.packages import PackageError
+
+        raise PackageError(
+            f"--wheelhouse {root}: pods cannot read a directory of this machine: "
+            "use an s3:// prefix, or off to install from the package index"
+        )
+    if root != "off" and plan.packages:
+        return replace(plan, wheelhouse=f"{root.rstrip('/')}/{plan.key}")
+    return replace(plan, index=pod_index_env(dict(os.environ)))
+
+
+def _fill_wheelhouse(plan: PackagePlan) -> None:
+    """Fill the plan's wheelhouse from the notebook before the replicas need it."""
+    from kfnb.storage import open_store
+    from kfnb.wheelhouse import fill
+
+    root = plan.wheelhouse.rsplit("/", 1)[0]
+    done = fill(open_store(root), plan)
+    if done:
+        print(f"kfnb: {done} in {root}")
 
 
 def _replica_python(backend: Backend, image: str) -> str | None:
@@ -302,6 +400,17 @@ def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[
     return cluster_manifests(name, source, **options)
 
 
+def serving_notes(
+    source: str, *, name: str = "mnist", runtime: str = "kserve", gpus: int = 0
+) -> list[str]:
+    """What serving ``source`` on a cluster relies on, one line each: the TF Serving
+    release that loads its model and why, and what KServe needs on the S3 Secret."""
+    from kfnb.serving.cluster import serving_notes as notes
+    from kfnb.serving.cluster import serving_spec
+
+    return notes(serving_spec(name, source, gpus=gpus), runtime)
+
+
 def serve_on_cluster(
     source: str,
     *,
@@ -313,7 +422,7 @@ def serve_on_cluster(
     percent: int | None = None,
 ) -> tuple[ServedModel, Rollout]:
     """`serve` on Kubernetes, with the rollout KServe reports (its traffic split)."""
-    from kfnb.serving.cluster import storage_uri
+    from kfnb.serving.cluster import serving_spec, storage_uri
     from kfnb.serving.kubernetes import ClusterServing
     from kfnb.serving.local import LocalServing
     from kfnb.serving.served import ClusterServer
@@ -323,6 +432,7 @@ def serve_on_cluster(
         percent=percent,
     )  # fmt: skip
     cluster = ClusterServing()
+    cluster.check_s3(serving_spec(name, source, replicas, gpus, cluster.namespace), runtime)
     cluster.apply(manifests)
     rollout = cluster.wait(name, runtime)
     served = ClusterServer.from_rollout(rollout, canary or source, storage_uri(canary or source))

@@ -51,6 +51,17 @@ class Kfnb(Configurable):
         help="Set TF_USE_LEGACY_KERAS=1 in multi-worker jobs: Keras 3 cannot fit under "
         "MultiWorkerMirroredStrategy (keras-team/keras#20585), tf-keras can.",
     ).tag(config=True)
+    install_packages = Bool(
+        True,
+        help="Install in each replica what its image lacks of what the job needs (tf-keras, "
+        "tensorboard, the notebook's packages), with an init container (KFNB_INSTALL_PACKAGES).",
+    ).tag(config=True)
+    wheelhouse = Unicode(
+        help="Where replicas take the wheels they install: 'auto' (a wheelhouse in the job's "
+        "store that the notebook fills once per set of pins, where the replicas can read the "
+        "store), 'off' (the package index, in each replica), or a directory or s3:// URL "
+        "(KFNB_WHEELHOUSE)."
+    ).tag(config=True)
 
     log_level = CaselessStrEnum(
         LOG_LEVELS,
@@ -92,6 +103,14 @@ class Kfnb(Configurable):
     @default("s3_secret")
     def _s3_secret_default(self) -> str:
         return os.environ.get("KFNB_S3_SECRET", "")
+
+    @default("wheelhouse")
+    def _wheelhouse_default(self) -> str:
+        return os.environ.get("KFNB_WHEELHOUSE") or "auto"
+
+    @default("install_packages")
+    def _install_packages_default(self) -> bool:
+        return os.environ.get("KFNB_INSTALL_PACKAGES", "1").strip().lower() not in ("0", "false")
 
     @default("python")
     def _python_default(self) -> str:

@@ -19,6 +19,11 @@ CONTAINER_NAME = "tensorflow"  # the Training Operator sets TF_CONFIG on this co
 PORT_NAME = "tfjob-port"
 DEFAULT_PORT = 2222
 CODE_DIR = "/opt/kfnb/code"  # where the bundle is mounted in every replica
+PACKAGES_DIR = "/opt/kfnb/packages"  # what the image lacks, installed by the init container
+PACKAGES_CONTAINER = "kfnb-packages"
+# The init container installs as a user, never root: pip needs no privileges to write
+# into the emptyDir (mode 0777), and a root pip in a pod is what Pod Security forbids.
+INSTALL_USER = 1000
 RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
 # Manifest keys of the replica types, in the order the operator reconciles them.
 REPLICA_TYPES = ("Chief", "PS", "Worker", "Evaluator")
@@ -122,6 +127,10 @@ class JobSpec:
     # (`kfnb.storage.replica_env`); keys reach pods through a Secret reference.
     storage_env: tuple[tuple[str, str], ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    # An init container installs what the image lacks (`kfnb.packages`), with these
+    # PIP_* settings (an index or mirror; never credentials) when there is no wheelhouse.
+    packages: bool = False
+    packages_env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -192,8 +201,40 @@ class JobSpec:
         if self.distributed and self.legacy_keras:
             env["TF_USE_LEGACY_KERAS"] = "1"
         env.update(dict(self.storage_env))
+        if self.packages:
+            env["PYTHONPATH"] = PACKAGES_DIR
         env.update(dict(self.env))
+        if self.packages and "PYTHONPATH" in dict(self.env):
+            env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{PACKAGES_DIR}"
         return [{"name": k, "value": v} for k, v in env.items()]
+
+    def _packages_container(self) -> dict[str, Any]:
+        """Installs the bundle's packages.json into the shared emptyDir, from the same image."""
+        env = {
+            "KFNB_CODE_DIR": CODE_DIR,
+            "HOME": "/tmp",  # pip writes there; the image's HOME is root's
+            **dict(self.storage_env),  # an s3:// wheelhouse is read like the store
+            **dict(self.packages_env),
+        }
+        return {
+            "name": PACKAGES_CONTAINER,
+            "image": self.image,
+            "command": ["python", f"{CODE_DIR}/install_packages.py", PACKAGES_DIR],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "volumeMounts": [
+                {"name": "kfnb-code", "mountPath": CODE_DIR, "readOnly": True},
+                {"name": PACKAGES_CONTAINER, "mountPath": PACKAGES_DIR},
+            ],
+            # Its last lines become the pod's termination message: the job says why.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {
+                "runAsUser": INSTALL_USER,
+                "runAsGroup": INSTALL_USER,
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
 
     def _resources(self, replica_type: str) -> dict[str, Any]:
         limits: dict[str, Any] = {}
@@ -233,13 +274,17 @@ class JobSpec:
                 {"key": configmap_key(i, path), "path": path}
                 for i, path in enumerate(self.code_files)
             ]
-        return {
-            "metadata": {"labels": {**MANAGED_BY, "kfnb/job": self.name}},
-            "spec": {
-                "containers": [container],
-                "volumes": [{"name": "kfnb-code", "configMap": volume}],
-            },
+        pod: dict[str, Any] = {
+            "containers": [container],
+            "volumes": [{"name": "kfnb-code", "configMap": volume}],
         }
+        if self.packages:
+            container["volumeMounts"].append(
+                {"name": PACKAGES_CONTAINER, "mountPath": PACKAGES_DIR, "readOnly": True}
+            )
+            pod["initContainers"] = [self._packages_container()]
+            pod["volumes"].append({"name": PACKAGES_CONTAINER, "emptyDir": {}})
+        return {"metadata": {"labels": {**MANAGED_BY, "kfnb/job": self.name}}, "spec": pod}
 
     def to_manifest(self) -> dict[str, Any]:
         """The TFJob, as the Training Operator 1.9 reads it."""

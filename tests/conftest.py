@@ -23,6 +23,9 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.delenv("KFNB_STORAGE", raising=False)
     monkeypatch.delenv("KFNB_BACKEND", raising=False)
     monkeypatch.setenv("KFNB_PYTHON", sys.executable)
+    # Replicas install from the index unless a test fills a wheelhouse on purpose, so
+    # no test downloads wheels into a store by accident (tests/test_packages.py does).
+    monkeypatch.setenv("KFNB_WHEELHOUSE", "off")
     # No cluster unless a test brings its fake one: `auto` must not find a real kubeconfig.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

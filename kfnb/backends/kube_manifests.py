@@ -13,7 +13,7 @@ from typing import Any
 
 from kfnb.backends import BackendError
 from kfnb.bundle import Bundle
-from kfnb.spec import CONTAINER_NAME, MANAGED_BY, configmap_key
+from kfnb.spec import CONTAINER_NAME, MANAGED_BY, PACKAGES_CONTAINER, configmap_key
 
 # etcd's limit on one object; the ConfigMap's own metadata and keys need some of it.
 CONFIGMAP_LIMIT = 1024 * 1024
@@ -128,8 +128,10 @@ def for_cluster(manifest: dict[str, Any], settings: ClusterSettings) -> dict[str
     added = _store_env(settings, job)
     names = {e["name"] for e in added}
     for spec in manifest["spec"]["tfReplicaSpecs"].values():
-        for container in spec["template"]["spec"]["containers"]:
-            if container["name"] != CONTAINER_NAME:
+        pod = spec["template"]["spec"]
+        # The packages init container reads an s3:// wheelhouse with the store's settings.
+        for container in pod["containers"] + pod.get("initContainers", []):
+            if container["name"] not in (CONTAINER_NAME, PACKAGES_CONTAINER):
                 continue
             kept = [e for e in container.get("env", []) if e["name"] not in names]
             container["env"] = kept + copy.deepcopy(added)

@@ -74,7 +74,8 @@ def interpreter_python(python: str) -> str | None:
 
 
 def _has_module(python: str, module: str) -> bool:
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # Not realpath: a venv's python links to its base interpreter, which lacks its packages.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         return importlib.util.find_spec(module) is not None
     probe = f"import importlib.util,sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
@@ -141,11 +142,17 @@ class LocalBackend:
                 "(or tensorflow-cpu) in the kernel's environment"
             )
         env = _container_env(manifest)
-        if env.get("TF_USE_LEGACY_KERAS") == "1" and not _has_module(self.python, "tf_keras"):
+        installs = any(
+            spec["template"]["spec"].get("initContainers")
+            for spec in manifest["spec"]["tfReplicaSpecs"].values()
+        )
+        legacy = env.get("TF_USE_LEGACY_KERAS") == "1"
+        if legacy and not installs and not _has_module(self.python, "tf_keras"):
             raise BackendError(
                 "multi-worker Keras needs tf-keras (Keras 3 cannot fit under "
-                "MultiWorkerMirroredStrategy): pip install --no-deps tf-keras matching your "
-                "TensorFlow, or pass --env TF_USE_LEGACY_KERAS=0"
+                "MultiWorkerMirroredStrategy), and installing packages is off: "
+                "%config Kfnb.install_packages = True, pip install --no-deps tf-keras "
+                "matching your TensorFlow, or pass --env TF_USE_LEGACY_KERAS=0"
             )
         if self.remote is not None:
             try:
@@ -188,6 +195,8 @@ class LocalBackend:
             "KFNB_PYTHON": self.python,
             "KFNB_LOCAL_GPUS": ",".join(local_gpus()),
             "KFNB_LOG_LEVEL": settings().log_level,  # the supervisor logs to supervisor.log
+            # The packages init container's target, shared by later jobs with the same pins.
+            "KFNB_PACKAGES_CACHE": str(Path(settings().home).expanduser() / "packages"),
         }
         with open(path / "supervisor.log", "ab") as out:
             process = subprocess.Popen(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from kfnb.spec import CODE_DIR, CONTAINER_NAME
+from kfnb.spec import CODE_DIR, CONTAINER_NAME, PACKAGES_CONTAINER, PACKAGES_DIR
 from kfnb.status import JobStatus, ReplicaStatus
 from kfnb.storage import S3Store, StoreError
 
@@ -118,6 +118,36 @@ def cluster_spec(manifest: dict[str, Any]) -> dict[str, list[str]]:
     return {kind: [f"localhost:{next(ports)}" for _ in range(n)] for kind, n in specs.items()}
 
 
+def local_paths(job_dir: Path) -> dict[str, str]:
+    """A pod's paths on this machine: the bundle, and the packages its init container
+    installs, cached per set of pins so that later jobs with the same pins reuse them."""
+    paths = {CODE_DIR: str(job_dir / "code")}
+    plan = job_dir / "code" / "packages.json"
+    if plan.is_file():
+        cache = Path(os.environ.get("KFNB_PACKAGES_CACHE") or job_dir / "packages")
+        paths[PACKAGES_DIR] = str(cache / json.loads(plan.read_text())["key"])
+    return paths
+
+
+def _localized(
+    container: dict[str, Any], job_dir: Path, python: str
+) -> tuple[list[str], dict[str, str]]:
+    """A container's command and environment with its pod paths mapped onto this machine."""
+    paths = local_paths(job_dir)
+
+    def here(value: str) -> str:
+        for pod_path, local in paths.items():
+            value = value.replace(pod_path, local)
+        return value
+
+    env = {e["name"]: here(str(e.get("value", ""))) for e in container.get("env", [])}
+    command = [
+        python if c == "python" else here(c)
+        for c in container.get("command", []) + container.get("args", [])
+    ]
+    return command, env
+
+
 def plan_replicas(manifest: dict[str, Any], job_dir: Path, python: str) -> list[Replica]:
     """The manifest's replicas as local processes, with TF_CONFIG as the operator sets it."""
     specs = manifest["spec"]["tfReplicaSpecs"]
@@ -126,14 +156,8 @@ def plan_replicas(manifest: dict[str, Any], job_dir: Path, python: str) -> list[
     replicas = []
     for kind, spec in specs.items():
         container = _container(spec["template"])
-        base_env = {e["name"]: str(e.get("value", "")) for e in container.get("env", [])}
-        # The manifest's paths are those of a pod: map them onto this machine.
-        base_env["KFNB_CODE_DIR"] = str(job_dir / "code")
+        command, base_env = _localized(container, job_dir, python)
         base_env["KFNB_ARTIFACTS"] = str(job_dir)
-        command = [
-            python if c == "python" else c.replace(CODE_DIR, str(job_dir / "code"))
-            for c in container.get("command", []) + container.get("args", [])
-        ]
         gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
         for index in range(spec.get("replicas", 1)):
             env = dict(base_env)
@@ -173,8 +197,8 @@ class Supervisor:
         self.name = self.manifest["metadata"]["name"]
         self.run_policy = self.manifest["spec"].get("runPolicy", {})
         self.success_policy = self.manifest["spec"].get("successPolicy", "")
-        python = os.environ.get("KFNB_PYTHON") or sys.executable
-        self.replicas = plan_replicas(self.manifest, job_dir, python)
+        self.python = os.environ.get("KFNB_PYTHON") or sys.executable
+        self.replicas = plan_replicas(self.manifest, job_dir, self.python)
         self.gpu_pool = [g for g in os.environ.get("KFNB_LOCAL_GPUS", "").split(",") if g]
         self.status = JobStatus(
             self.name, "local", "Created", message=f"TFJob {self.name} is created."
@@ -349,8 +373,61 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------
 
+    def install_packages(self) -> bool:
+        """Run the pods' kfnb-packages init container once for the job (its target is
+        shared by the replicas here); on failure the job fails with the installer's words."""
+        templates = self.manifest["spec"]["tfReplicaSpecs"].values()
+        init = next(
+            (
+                c
+                for spec in templates
+                for c in spec["template"]["spec"].get("initContainers", [])
+                if c["name"] == PACKAGES_CONTAINER
+            ),
+            None,
+        )
+        if init is None:
+            return True
+        command, env = _localized(init, self.job_dir, self.python)
+        self.publish(message=f"TFJob {self.name} is installing packages ({PACKAGES_CONTAINER}).")
+        log_path = self.job_dir / "logs" / f"{PACKAGES_CONTAINER}.log"
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                cwd=self.job_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            while process.poll() is None:
+                if self.stop_requested:
+                    _signal_group(process, signal.SIGKILL)
+                    process.wait()
+                    return True  # run() sees the stop and finishes as Deleted
+                time.sleep(POLL_SECONDS)
+        if self.store is not None:
+            self.upload(f"logs/{log_path.name}", log_path.read_bytes(), attempts=3)
+        if process.returncode == 0:
+            return True
+        said = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        reason = next(
+            (ln for ln in reversed(said) if ln.startswith("kfnb: ")), said[-1] if said else ""
+        )
+        self.finish(
+            "Failed",
+            "InitContainerFailed",
+            f"TFJob {self.name} has failed: its {PACKAGES_CONTAINER} init container exited with "
+            f"code {process.returncode}: {reason.removeprefix('kfnb: ')}",
+        )
+        return False
+
     def run(self) -> JobStatus:
         self.publish(start_time=time.time())
+        if not self.install_packages():
+            return self.status
         for replica in self.replicas:
             self.start(replica)
         self.publish(

@@ -22,6 +22,7 @@ def usage_errors() -> Iterator[None]:
     """
     from kfnb.backends import BackendError
     from kfnb.bundle import BundleError
+    from kfnb.packages import PackageError
     from kfnb.serving.local import ServeError
     from kfnb.spec import SpecError
     from kfnb.storage import StoreError
@@ -31,7 +32,14 @@ def usage_errors() -> Iterator[None]:
         yield
     except SpecError as err:
         raise UsageError(err.worded(flag)) from None
-    except (BundleError, BackendError, StoreError, ServeError, TensorBoardError) as err:
+    except (
+        BundleError,
+        BackendError,
+        PackageError,
+        StoreError,
+        ServeError,
+        TensorBoardError,
+    ) as err:
         raise UsageError(str(err)) from None
 
 

@@ -80,7 +80,26 @@ def _job_flags(func: F) -> F:
         argument(
             "--timeout", type=int, help="seconds before the job fails (activeDeadlineSeconds)"
         ),
-        argument("--dry-run", action="store_true", help="print the TFJob manifest, submit nothing"),
+        argument(
+            "--pip",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="SPEC",
+            help="packages to install in every replica, as pip takes them (name==1.2)",
+        ),
+        argument("--requirements", metavar="FILE", help="a requirements file for every replica"),
+        argument(
+            "--wheelhouse",
+            metavar="URL",
+            help="where replicas take wheels from: auto, off (the package index) or a "
+            "directory or s3:// prefix (default: %%config Kfnb.wheelhouse)",
+        ),
+        argument(
+            "--dry-run",
+            action="store_true",
+            help="print the TFJob manifest and the packages each replica gets, submit nothing",
+        ),
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -99,7 +118,7 @@ class JobMagics(Magics):  # type: ignore[misc]
         (``tfjob.model_dir``, ``tfjob.logdir``, ``tfjob.tensorboard()``).
         Returns a `Job` at once; ``--wait`` blocks and raises `JobFailed`.
         """
-        from kfnb.api import render, submit
+        from kfnb.api import prepare, submit
         from kfnb.spec import to_yaml
         from kfnb.widgets import show_job
 
@@ -129,10 +148,16 @@ class JobMagics(Magics):  # type: ignore[misc]
             "names": shell.user_ns,
             "hidden": shell.user_ns_hidden,
             "cwd": Path.cwd(),
+            "pip": args.pip,
+            "requirements": args.requirements,
+            "wheelhouse": args.wheelhouse,
         }
         with usage_errors():
             if args.dry_run:
-                print(to_yaml(render(cell, **options)), end="")
+                prepared = prepare(cell, **options)
+                print(to_yaml(prepared.manifest), end="")
+                if prepared.packages is not None:
+                    print(prepared.packages.describe(), end="")
                 return None
             job = submit(cell, **options)
         show_job(job, wait=args.wait)
