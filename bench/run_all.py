@@ -12,6 +12,7 @@ import kube_backend  # noqa: E402
 import launch_overhead  # noqa: E402
 import load_ext  # noqa: E402
 import multiworker  # noqa: E402
+import provisioning  # noqa: E402
 import s3_sync  # noqa: E402
 import s3_transfer  # noqa: E402
 import serving  # noqa: E402
@@ -27,3 +28,4 @@ if __name__ == "__main__":
     s3_transfer.main()
     s3_sync.main()
     kube_backend.main()
+    provisioning.main()
