@@ -221,6 +221,7 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
             code_files=tuple(files),
             packages=True,
             packages_env=tuple(packages.index.items()),
+            cuda_libraries=packages.cuda_libraries,
         )
     return Submission(backend, spec, bundle, spec.to_manifest(), packages)
 

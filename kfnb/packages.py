@@ -115,6 +115,12 @@ class PackagePlan:
         return [p.requirement for p in self.packages]
 
     @property
+    def cuda_libraries(self) -> tuple[str, ...]:
+        """``cudnn`` for nvidia-cudnn-cu12: where each CUDA wheel puts its libraries."""
+        found = (re.match(r"nvidia-(.+)-cu\d+$", p.name) for p in self.packages)
+        return tuple(m[1].replace("-", "_") for m in found if m)
+
+    @property
     def key(self) -> str:
         """One name per set of pins and target, for wheelhouses and local caches."""
         import hashlib

@@ -131,6 +131,9 @@ class JobSpec:
     # PIP_* settings (an index or mirror; never credentials) when there is no wheelhouse.
     packages: bool = False
     packages_env: tuple[tuple[str, str], ...] = ()
+    # The init container installs TensorFlow's CUDA wheels (nvidia-*): their libraries'
+    # directories, under PACKAGES_DIR, go on the training replicas' LD_LIBRARY_PATH.
+    cuda_libraries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -208,6 +211,13 @@ class JobSpec:
             env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{PACKAGES_DIR}"
         return [{"name": k, "value": v} for k, v in env.items()]
 
+    def _library_path(self) -> str:
+        """TensorFlow finds the nvidia-* wheels' libraries by RPATH only beside itself; from
+        the packages directory they need LD_LIBRARY_PATH, which replaces the image's own, so
+        the driver directories the NVIDIA base images list come after them."""
+        wheels = [f"{PACKAGES_DIR}/nvidia/{name}/lib" for name in self.cuda_libraries]
+        return ":".join([*wheels, "/usr/local/nvidia/lib", "/usr/local/nvidia/lib64"])
+
     def _packages_container(self) -> dict[str, Any]:
         """Installs the bundle's packages.json into the shared emptyDir, from the same image."""
         env = {
@@ -268,6 +278,8 @@ class JobSpec:
             # The Downward API cannot expose extended resources: the runtime learns its
             # GPU request here and says so when TensorFlow sees no GPU.
             container["env"].append({"name": "KFNB_GPUS", "value": str(self.gpus)})
+            if self.cuda_libraries:
+                container["env"].append({"name": "LD_LIBRARY_PATH", "value": self._library_path()})
         volume: dict[str, Any] = {"name": f"{self.name}-code"}
         if self.code_files:
             volume["items"] = [

@@ -328,3 +328,18 @@ def test_an_unreachable_index_fails_in_seconds_naming_the_host_and_the_fix(
 
 def test_kfnb_exports_prepare() -> None:
     assert kfnb.prepare is prepare
+
+
+def test_gpu_replicas_find_the_cuda_wheels_libraries(
+    tfjob_validators: list[Any], fake_kube: FakeKube
+) -> None:
+    prepared = prepare("print(1)\n", workers=2, gpus=1, backend="kubernetes", names={})
+    validate_tfjob(tfjob_validators, prepared.manifest)
+    assert prepared.spec.image.endswith("-gpu")
+    pod = prepared.manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    paths = env["LD_LIBRARY_PATH"].split(":")
+    assert f"{PACKAGES_DIR}/nvidia/cudnn/lib" in paths
+    assert paths[-1] == "/usr/local/nvidia/lib64"  # the driver, where the NVIDIA images put it
+    assert prepared.packages is not None
+    assert "nvidia-cudnn-cu12" in {p.name for p in prepared.packages.packages}
