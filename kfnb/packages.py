@@ -301,6 +301,7 @@ def plan_packages(
 ) -> PackagePlan:
     """What ``image`` (or, locally, an interpreter whose distributions are ``provided``)
     lacks of what the bundle needs, pinned to the notebook's versions."""
+    _installed.cache_clear()  # the notebook may have pip-installed something since
     facts = image_facts(image)
     python = python or (facts.python if facts else f"{sys.version_info[0]}.{sys.version_info[1]}")
     has = provided if provided is not None else image_contents(python)
