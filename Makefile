@@ -10,7 +10,7 @@ TF_PACKAGES ?= tensorflow-cpu==2.21.0 tensorboard==2.21.0
 # dependency, which beside tensorflow-cpu would install TensorFlow twice: --no-deps.
 TF_NO_DEPS ?= tf-keras==2.21.0 tensorflow-serving-api==2.21.0
 
-.PHONY: setup demo test lint bench bench-env clean
+.PHONY: setup demo test test-kube-35 lint bench bench-env clean
 
 setup: $(VENV)/.kfnb-installed
 
@@ -30,6 +30,20 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# The Kubernetes tests again with the other client line the `kubernetes` extra allows
+# (35.x; setup installs 36.x), from a directory put first on the path. --no-deps: its
+# dependencies are a subset of 36.x's, already installed.
+KUBE_35 := build/kubernetes-35
+KUBE_TESTS := tests/test_kubernetes.py tests/test_serving_kubernetes.py tests/test_kubeflow_notebook.py
+
+test-kube-35: setup $(KUBE_35)/.installed
+	PYTHONPATH=$(KUBE_35) $(BIN)/python -c "import kubernetes as k; assert k.__version__.startswith('35.'), k.__version__"
+	PYTHONPATH=$(KUBE_35) $(BIN)/pytest -q -p no:cacheprovider $(KUBE_TESTS)
+
+$(KUBE_35)/.installed:
+	$(BIN)/python -m pip install --quiet --no-deps --target $(KUBE_35) "kubernetes>=35,<36"
+	touch $@
 
 bench: setup
 	-$(MAKE) bench-env

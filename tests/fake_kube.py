@@ -15,13 +15,25 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
 - a fake KServe controller: an InferenceService (created or replaced) becomes Ready
   with a URL and the traffic split its ``canaryTrafficPercent`` asks for; a
   Deployment becomes available;
-- faults on demand: denied verbs, no TFJob CRD, no KServe, dropped streams, garbage answers.
+- faults on demand: denied verbs, no TFJob CRD, no KServe, dropped streams, garbage answers;
+- watches as the API server's watch cache serves them: BOOKMARK events when asked for
+  (``allowWatchBookmarks``), and an ERROR event with a 410 Expired Status when a watch
+  asks for a resourceVersion older than the history kept (see `while_disconnected`);
+- log lines stamped in a zone other than UTC, and stderr lines stamped out of order;
+- in-cluster mode (``tls=True`` and `service_account`): HTTPS with a CA made for the
+  test, and every request must carry the service account's current bearer token (401
+  otherwise, worded as the API server words it); `rotate_token` replaces it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import socket
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -51,9 +63,86 @@ KINDS = {
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 
 
-def stamp(ns: int) -> str:
-    """RFC 3339 with nanoseconds, as the kubelet writes log timestamps."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+UNAUTHORIZED = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "metadata": {},
+    "status": "Failure",
+    "message": "Unauthorized",
+    "reason": "Unauthorized",
+    "code": 401,
+}
+
+
+def stamp(ns: int, zone: int = 0) -> str:
+    """RFC 3339 with nanoseconds, as the kubelet writes log timestamps; ``zone``: minutes
+    east of UTC, as containerd and conmon stamp lines in the node's local zone."""
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9 + zone * 60))
+    offset = f"{'-' if zone < 0 else '+'}{abs(zone) // 60:02d}:{abs(zone) % 60:02d}"
+    return f"{local}.{ns % 10**9:09d}{offset if zone else 'Z'}"
+
+
+def _test_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA made for this fake and a certificate for 127.0.0.1 signed by it: (CA, cert,
+    key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-kube test CA")])
+
+    def certificate(subject: x509.Name, public: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        )
+        if ca:
+            usage = dict.fromkeys(
+                ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"),
+                False,
+            )
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                    **usage,
+                ),
+                critical=True,
+            )
+        else:
+            names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    paths = (directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    pem = serialization.Encoding.PEM
+    paths[0].write_bytes(certificate(ca_name, ca_key.public_key(), True).public_bytes(pem))
+    paths[1].write_bytes(certificate(server_name, key.public_key(), False).public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
 
 
 def _since(value: str) -> int:
@@ -92,6 +181,10 @@ class ReplicaScript:
     lines: list[str]
     exit_code: int = 0
     burst: int = 3  # lines sharing one timestamp, as fast prints do
+    late: frozenset[int] = frozenset()  # lines (stderr's) stamped before the line before
+    # Under restartPolicy ExitCode, an exit code of 128+ is retried: the operator deletes
+    # the pod, creates it again under the same name, and that pod runs ``retry``.
+    retry: ReplicaScript | None = None
 
 
 @dataclass
@@ -111,6 +204,9 @@ class FakeKube:
     legacy_forbidden: bool = False  # seed 000's pre-1.11 wording of a 403
     garbage: bool = False  # answer everything with an HTML page, as a wrong proxy would
     lag: dict[str, float] = field(default_factory=dict)  # plural -> seconds its watches lag
+    bookmark_every: float = 0.5  # seconds an idle watch waits before a BOOKMARK (real: ~60)
+    log_zone: int = 0  # minutes east of UTC that log lines are stamped in (+08:00: 480)
+    tls: bool = False  # HTTPS with a CA made for the test (in-cluster mode)
 
     def __post_init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
@@ -120,6 +216,10 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self.version = 0
         self.drops = 0
+        self.compacted = 0  # resourceVersions up to this one are no longer kept
+        self.lists: list[str] = []  # paths of list (not watch) requests
+        self.refused = 0  # requests answered 401
+        self.tokens: set[str] | None = None  # bearer tokens accepted; None: no auth at all
         self.cond = threading.Condition()
         self.stopping = False
         for name, gpus in self.gpu_nodes.items():
@@ -136,6 +236,17 @@ class FakeKube:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.tls:
+            self._certs = Path(tempfile.mkdtemp(prefix="fake-kube-tls-"))
+            ca, cert, key = _test_certificates(self._certs)
+            self.ca_pem = ca.read_bytes()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            # The handshake happens in the request's thread (_Handler.setup), not in accept.
+            self.server.socket = context.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.url = self.url.replace("http:", "https:")
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -145,6 +256,36 @@ class FakeKube:
             self.cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
+        if self.tls:
+            shutil.rmtree(self._certs, ignore_errors=True)
+
+    def service_account(self, directory: Path, namespace: str = "alice") -> dict[str, str]:
+        """A pod's service-account files for this fake (token, ca.crt, namespace) and the
+        environment a pod gets; from now on every request needs that token."""
+        from kfnb.backends.kube_api import SA_DIR_ENV
+
+        if not self.tls:
+            raise ValueError("in-cluster mode needs FakeKube(tls=True)")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.crt").write_bytes(self.ca_pem)
+        (directory / "namespace").write_text(namespace)
+        self.rotate_token(directory)
+        return {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.server.server_address[1]),
+            SA_DIR_ENV: str(directory),
+        }
+
+    def rotate_token(self, directory: Path) -> str:
+        """A new bound token, as the kubelet rotates them before they expire: the fake
+        accepts only it from now on, and the token file is replaced whole."""
+        token = f"fake-bound-token-{secrets.token_hex(8)}"
+        staged = directory / ".token.new"
+        staged.write_text(token)
+        os.replace(staged, directory / "token")
+        with self.cond:
+            self.tokens = {token}
+        return token
 
     def kubeconfig(self, path: Path, namespace: str | None = "alice") -> Path:
         context: dict[str, Any] = {"cluster": "fake", "user": "fake"}
@@ -165,6 +306,16 @@ class FakeKube:
         """Cut every open watch and log stream mid-way, as a flaky network would."""
         with self.cond:
             self.drops += 1
+            self.cond.notify_all()
+
+    def while_disconnected(self, change: Callable[[], None]) -> None:
+        """Cut every stream, make ``change``, and forget the history until now, as when a
+        client stays away longer than the API server keeps events (etcd compacts them):
+        a watch resumed from before gets 410 Expired, and must list again."""
+        with self.cond:
+            self.drops += 1
+            change()
+            self.compacted = self.version
             self.cond.notify_all()
 
     # -- the store -----------------------------------------------------------------
@@ -322,28 +473,15 @@ class FakeKube:
             "controller": True,
         }
 
-        def condition(kind: str, reason: str, message: str) -> Callable[[dict[str, Any]], None]:
-            def change(obj: dict[str, Any]) -> None:
-                status = obj.setdefault("status", {})
-                conditions = status.setdefault("conditions", [])
-                for c in conditions:
-                    if c["type"] == "Running" and kind in ("Succeeded", "Failed"):
-                        c["status"] = "False"
-                conditions.append(
-                    {"type": kind, "status": "True", "reason": reason, "message": message}
-                )
-                if kind == "Running":
-                    status["startTime"] = stamp(time.time_ns())[:19] + "Z"
-                if kind in ("Succeeded", "Failed"):
-                    status["completionTime"] = stamp(time.time_ns())[:19] + "Z"
-
-            return change
-
+        policies = {
+            kind.lower(): spec.get("restartPolicy", "Never")
+            for kind, spec in tfjob["spec"]["tfReplicaSpecs"].items()
+        }
         self.update(
             *TFJOBS,
             namespace,
             job,
-            condition("Created", "TFJobCreated", f"TFJob {namespace}/{job} is created."),
+            _condition("Created", "TFJobCreated", f"TFJob {namespace}/{job} is created."),
         )
         pods: list[tuple[str, str, dict[str, Any]]] = []
         for kind, spec in tfjob["spec"]["tfReplicaSpecs"].items():
@@ -432,6 +570,64 @@ class FakeKube:
                 return
             time.sleep(self.step / 5)
         scripts = {replica: self.script(job, replica) for replica, _, _ in pods}
+        if not self._run(namespace, job, pods, scripts):
+            return
+        retried = {
+            replica: script.retry
+            for replica, script in scripts.items()
+            if script.retry is not None
+            and script.exit_code >= 128  # under ExitCode, 1-127 are permanent, 128+ retried
+            and policies.get(replica.split("-")[0]) == "ExitCode"
+        }
+        if retried:
+            kinds = sorted({r.split("-")[0].capitalize() for r in retried})
+            message = (
+                f"TFJob {namespace}/{job} is restarting because {len(retried)} "
+                f"{kinds[0]} replica(s) failed."
+            )
+            self.update(
+                *TFJOBS, namespace, job, _condition("Restarting", "TFJobRestarting", message)
+            )
+            time.sleep(self.step)  # the operator's next reconcile
+            again = []
+            for replica, pod, container in pods:
+                # The operator deletes the failed pod and creates it anew under the same
+                # name; the old pod's log goes with it.
+                old = self.delete(CORE, "pods", namespace, pod) if replica in retried else None
+                if old is not None:
+                    with self.cond:
+                        self.logs.pop((namespace, pod), None)
+                    self._put(CORE, "pods", namespace, _fresh_pod(old))
+                    again.append((replica, pod, container))
+            time.sleep(self.step)
+            scripts.update({r: s for r, s in retried.items() if s is not None})
+            if not self._run(namespace, job, again, scripts):
+                return
+        failed = [r for r, s in scripts.items() if s.exit_code]
+        if failed:
+            kind = failed[0].split("-")[0].capitalize()
+            message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
+            self.update(*TFJOBS, namespace, job, _condition("Failed", "TFJobFailed", message))
+        else:
+            self.update(
+                *TFJOBS,
+                namespace,
+                job,
+                _condition(
+                    "Succeeded",
+                    "TFJobSucceeded",
+                    f"TFJob {namespace}/{job} successfully completed.",
+                ),
+            )
+
+    def _run(
+        self,
+        namespace: str,
+        job: str,
+        pods: list[tuple[str, str, dict[str, Any]]],
+        scripts: dict[str, ReplicaScript],
+    ) -> bool:
+        """The pods run their scripts and end; False if the job went away meanwhile."""
         for _, pod, _ in pods:
             self.update(
                 CORE,
@@ -439,86 +635,107 @@ class FakeKube:
                 namespace,
                 pod,
                 lambda o: o["status"].update(
-                    phase="Running",
-                    containerStatuses=[
-                        {
-                            "name": "tensorflow",
-                            "restartCount": 0,
-                            "ready": True,
-                            "image": "",
-                            "imageID": "",
-                            "state": {"running": {}},
-                        }
-                    ],
+                    phase="Running", containerStatuses=[_container_status({"running": {}}, True)]
                 ),
             )
-        self.update(
-            *TFJOBS,
-            namespace,
-            job,
-            condition("Running", "TFJobRunning", f"TFJob {namespace}/{job} is running."),
-        )
+        message = f"TFJob {namespace}/{job} is running."
+        self.update(*TFJOBS, namespace, job, _condition("Running", "TFJobRunning", message))
         self.running_at[job] = time.time()
-        longest = max(len(s.lines) for s in scripts.values())
+        longest = max(len(scripts[replica].lines) for replica, _, _ in pods)
         for i in range(longest):
             if self.get(*TFJOBS, namespace, job) is None or self.stopping:
-                return
+                return False
             for replica, pod, _ in pods:
                 script = scripts[replica]
                 if i < len(script.lines):
                     with self.cond:
                         if i % script.burst == 0:
                             self._stamp = time.time_ns()
-                        self.logs.setdefault((namespace, pod), []).append(
-                            (self._stamp, script.lines[i])
-                        )
+                        # A line of the other stream (stderr), stamped just before the
+                        # line printed before it.
+                        at = self._stamp - 1_000_000 if i in script.late else self._stamp
+                        self.logs.setdefault((namespace, pod), []).append((at, script.lines[i]))
                         self.cond.notify_all()
             if (i + 1) % 3 == 0:
                 time.sleep(self.step)
-        failed = [r for r, s in scripts.items() if s.exit_code]
         for replica, pod, _ in pods:
             code = scripts[replica].exit_code
+            ended = {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed"}}
             self.update(
                 CORE,
                 "pods",
                 namespace,
                 pod,
-                lambda o, c=code: o["status"].update(
+                lambda o, c=code, e=ended: o["status"].update(
                     phase="Failed" if c else "Succeeded",
-                    containerStatuses=[
-                        {
-                            "name": "tensorflow",
-                            "restartCount": 0,
-                            "ready": False,
-                            "image": "",
-                            "imageID": "",
-                            "state": {
-                                "terminated": {
-                                    "exitCode": c,
-                                    "reason": "Error" if c else "Completed",
-                                }
-                            },
-                        }
-                    ],
+                    containerStatuses=[_container_status(e, False)],
                 ),
             )
-        if failed:
-            kind = failed[0].split("-")[0].capitalize()
-            message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
-            self.update(*TFJOBS, namespace, job, condition("Failed", "TFJobFailed", message))
-        else:
-            self.update(
-                *TFJOBS,
-                namespace,
-                job,
-                condition(
-                    "Succeeded",
-                    "TFJobSucceeded",
-                    f"TFJob {namespace}/{job} successfully completed.",
-                ),
-            )
+        return True
 
     _stamp = 0
+
+
+def _condition(kind: str, reason: str, message: str) -> Callable[[dict[str, Any]], None]:
+    """The operator's change to a TFJob's status conditions."""
+
+    def change(obj: dict[str, Any]) -> None:
+        status = obj.setdefault("status", {})
+        conditions = status.setdefault("conditions", [])
+        for c in conditions:
+            if c["type"] == "Running" and kind in ("Succeeded", "Failed", "Restarting"):
+                c["status"] = "False"
+            if c["type"] == "Restarting" and kind == "Running":
+                c["status"] = "False"
+        conditions.append({"type": kind, "status": "True", "reason": reason, "message": message})
+        if kind == "Running":
+            status.setdefault("startTime", stamp(time.time_ns())[:19] + "Z")
+        if kind in ("Succeeded", "Failed"):
+            status["completionTime"] = stamp(time.time_ns())[:19] + "Z"
+
+    return change
+
+
+def _container_status(state: dict[str, Any], ready: bool) -> dict[str, Any]:
+    return {
+        "name": "tensorflow",
+        "restartCount": 0,
+        "ready": ready,
+        "image": "",
+        "imageID": "",
+        "state": state,
+    }
+
+
+def _fresh_pod(old: dict[str, Any]) -> dict[str, Any]:
+    """The pod the operator creates in place of a failed one: same name, new uid."""
+    pod: dict[str, Any] = json.loads(json.dumps(old))
+    keep = ("name", "ownerReferences", "labels")
+    pod["metadata"] = {k: v for k, v in pod["metadata"].items() if k in keep}
+    pod["status"] = {"phase": "Pending"}
+    return pod
+
+
+def _expired(since: int, oldest: int) -> dict[str, Any]:
+    """The Status of a watch from a resourceVersion older than the history kept."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {since} ({oldest})",
+        "reason": "Expired",
+        "code": 410,
+    }
+
+
+def _bookmark(prefix: str, plural: str, version: int) -> dict[str, Any]:
+    """A BOOKMARK's object: the collection's kind with only a resourceVersion."""
+    return {
+        "kind": KINDS.get(plural, plural),
+        "apiVersion": prefix.split("/", 1)[-1],
+        "metadata": {"resourceVersion": str(version)},
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -527,6 +744,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)  # a client that never says hello frees its thread
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
+
+    def _authenticated(self) -> bool:
+        """The bearer token, as the API server's token authenticator reads it."""
+        tokens = self.kube.tokens
+        if tokens is None:
+            return True
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip() in tokens
 
     # -- answers -------------------------------------------------------------------
 
@@ -610,6 +842,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         kube.requests.append((method, url.path))
+        if not self._authenticated():
+            kube.refused += 1
+            self._send(401, UNAUTHORIZED)
+            return
         if kube.garbage:
             self._send(200, b"<html><body>Welcome to nginx!</body></html>", "text/html")
             return
@@ -683,6 +919,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif watch:
             self._watch(prefix, plural, ns, query)
         else:
+            kube.lists.append(url.path)
             with kube.cond:
                 items = [
                     o
@@ -757,32 +994,51 @@ class _Handler(BaseHTTPRequestHandler):
         kube = self.kube
         since = int(query.get("resourceVersion") or 0)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 60)
+        bookmarks = query.get("allowWatchBookmarks") == "true"
         drops = kube.drops
         self._stream_start()
         collection = f"{prefix}/{plural}"
         sent = since
+        marked = time.monotonic()
+        with kube.cond:
+            compacted = kube.compacted
+        if since and since < compacted:  # the watch cache's answer: one ERROR event
+            self._event("ERROR", _expired(since, compacted))
+            self._chunk(b"")
+            return
         while True:
+            bookmark = None
             with kube.cond:
+                if kube.stopping or kube.drops != drops:
+                    break  # what was not sent yet is lost with the connection
                 batch = [
                     (v, kind, obj)
                     for v, c, n, kind, obj in kube.history
                     if v > sent and c == collection and (not ns or n == ns)
                 ]
                 if not batch:
-                    if kube.stopping or kube.drops != drops:
-                        break
                     if time.monotonic() > deadline:
                         self._chunk(b"")
                         return
-                    kube.cond.wait(0.2)
-                    continue
+                    if not bookmarks or time.monotonic() - marked < kube.bookmark_every:
+                        kube.cond.wait(0.1)
+                        continue
+                    # Every event of this collection up to now has been sent.
+                    bookmark = kube.version
+            if bookmark is not None:
+                marked, sent = time.monotonic(), bookmark
+                self._event("BOOKMARK", _bookmark(prefix, plural, bookmark))
+                continue
             # Separate watches are separate streams: one can fall behind another.
             time.sleep(kube.lag.get(plural, 0.0))
             for version, kind, obj in batch:
                 sent = version
                 if _matches(obj, query.get("labelSelector"), query.get("fieldSelector")):
-                    self._chunk(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    self._event(kind, obj)
         self._cut()
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        self._chunk(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
     def _log(self, ns: str, pod_name: str, query: dict[str, str]) -> None:
         kube = self.kube
@@ -818,7 +1074,9 @@ class _Handler(BaseHTTPRequestHandler):
                     kube.cond.wait(0.2)
                     continue
             data = b"".join(
-                ((stamp(t) + " ") if with_time else "").encode() + text.encode() + b"\n"
+                ((stamp(t, kube.log_zone) + " ") if with_time else "").encode()
+                + text.encode()
+                + b"\n"
                 for t, text in lines
                 if t >= since
             )

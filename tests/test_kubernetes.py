@@ -4,9 +4,12 @@ a FAKE API server on 127.0.0.1 (tests/fake_kube.py). Nothing here ran on Kuberne
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,13 @@ import kfnb
 from kfnb.backends import BackendError, get_backend
 from kfnb.backends.kube_api import forbidden_message
 from kfnb.backends.kube_manifests import ClusterSettings, configmap_for, for_cluster, owned_by
-from kfnb.backends.kube_watch import LogBuffer
+from kfnb.backends.kube_watch import LogBuffer, parse_time
 from kfnb.backends.kubernetes import KubernetesBackend, choose_auto
 from kfnb.bundle import build_bundle
 from kfnb.job import Job, JobFailed
 from kfnb.spec import JobSpec
 from tests.conftest import validate_tfjob
-from tests.fake_kube import FakeKube, ReplicaScript
+from tests.fake_kube import CORE, TFJOBS, UNAUTHORIZED, FakeKube, ReplicaScript
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 SEED_000 = (
@@ -39,6 +42,37 @@ def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeK
     with FakeKube() as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
         yield fake
+
+
+@pytest.fixture
+def in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """The fake in in-cluster mode, as a notebook pod sees its API server: HTTPS with a CA
+    made for the test, a bearer token required, and a service-account directory (token,
+    ca.crt, namespace alice) in place of /var/run/secrets/kubernetes.io/serviceaccount.
+    No kubeconfig exists (conftest), so only the in-cluster path can reach it."""
+    with FakeKube(tls=True) as fake:
+        for key, value in fake.service_account(tmp_path / "serviceaccount").items():
+            monkeypatch.setenv(key, value)
+        yield fake
+
+
+def raw_get(fake: FakeKube, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    """A request to the fake without kfnb: the answer's status and JSON."""
+    context = ssl.create_default_context(cadata=fake.ca_pem.decode())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(fake.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=5) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def submit(name: str = "mnist", workers: int = 2, **shape: Any) -> tuple[KubernetesBackend, str]:
@@ -149,10 +183,18 @@ def test_a_failure_names_its_replica_when_the_pod_watch_lags(fake_kube: FakeKube
     assert "ValueError: bad shape" in failed.value.log_tail
 
 
-def test_dropped_streams_lose_and_repeat_no_line(fake_kube: FakeKube) -> None:
+@pytest.mark.parametrize(
+    ("zone", "late"), [(0, frozenset()), (480, frozenset(range(4, 120, 9)))], ids=["utc", "+08:00"]
+)
+def test_dropped_streams_lose_and_repeat_no_line(
+    fake_kube: FakeKube, zone: int, late: frozenset[int]
+) -> None:
+    # "+08:00": the node stamps lines in its local zone, and some (stderr's) are stamped
+    # just before the line printed before them; all must arrive once, in the log's order.
     lines = [f"step {i}" for i in range(120)]
-    fake_kube.script = lambda job, replica: ReplicaScript(lines)
+    fake_kube.script = lambda job, replica: ReplicaScript(lines, late=late)
     fake_kube.step = 0.02
+    fake_kube.log_zone = zone
     backend, name = submit(workers=1)
     job = Job(name, backend)
     received = []
@@ -172,15 +214,118 @@ def test_dropped_streams_lose_and_repeat_no_line(fake_kube: FakeKube) -> None:
     assert received == lines
 
 
-def test_log_buffer_drops_repeats_with_the_same_timestamp() -> None:
+def test_log_buffer_skips_only_what_a_resumed_stream_repeats() -> None:
     buffer = LogBuffer()
-    first = [b"2025-01-01T00:00:01.5Z a", b"2025-01-01T00:00:01.5Z b"]
+    assert buffer.begin(resume=True) is None  # nothing yet: the whole log
+    first = [
+        b"2025-01-01T00:00:00.9Z x",
+        b"2025-01-01T00:00:01.5Z a",
+        b"2025-01-01T00:00:01.4Z err",  # stderr, stamped before the line before it
+        b"2025-01-01T00:00:01.5Z b",
+    ]
     for line in first:
         buffer.add(line)
-    buffer.restart()  # a resumed stream repeats from the second, then goes on
-    for line in [b"2025-01-01T00:00:01.2Z old", *first, b"2025-01-01T00:00:01.5Z c"]:
+    assert buffer.begin(resume=True) == "2025-01-01T00:00:01Z"
+    # The kubelet repeats, in the file's order, every line stamped since that second.
+    for line in [*first[1:], b"2025-01-01T00:00:01.5Z b", b"2025-01-01T00:00:01.3Z c"]:
         buffer.add(line)
-    assert buffer.since(0, True)[0] == "a\nb\nc\n"
+    assert buffer.since(0, True)[0] == "x\na\nerr\nb\nb\nc\n"
+    assert buffer.begin(resume=False) is None  # a new pod: its log from the start
+
+
+def test_log_timestamps_with_a_zone_offset() -> None:
+    utc = parse_time("2025-01-01T00:00:01.5Z")
+    assert utc == 1735689601_500_000_000
+    assert parse_time("2025-01-01T08:00:01.500000000+08:00") == utc
+    assert parse_time("2024-12-31T18:30:01.5-05:30") == utc
+    assert parse_time("2025-01-01T00:00:01") is None  # no zone: not RFC 3339
+
+
+def test_exit_code_retry_keeps_the_log_of_the_new_pod(fake_kube: FakeKube) -> None:
+    # Under ExitCode the operator deletes a pod killed by a signal and creates it again
+    # under the same name: the follower must go on with the new pod.
+    first = [f"attempt 1 line {i}" for i in range(6)]
+    second = [f"attempt 2 line {i}" for i in range(6)]
+    fake_kube.script = lambda job, replica: ReplicaScript(
+        first, exit_code=137, retry=ReplicaScript(second)
+    )
+    backend, name = submit(workers=1, restart_policy="ExitCode")
+    job = Job(name, backend)
+    assert job.wait(timeout=20).phase == "Succeeded"
+    tfjob = fake_kube.get(*TFJOBS, "alice", name)
+    assert tfjob is not None
+    assert "Restarting" in [c["type"] for c in tfjob["status"]["conditions"]]
+    assert backend.read_log_since(name, "worker-0", 0, True)[0] == "".join(
+        f"{line}\n" for line in first + second
+    )
+
+
+def test_watches_resume_from_bookmarks_without_relisting(fake_kube: FakeKube) -> None:
+    fake_kube.script = lambda job, replica: ReplicaScript([f"step {i}" for i in range(150)])
+    fake_kube.bookmark_every = 0.1
+    backend, name = submit(workers=1)
+    wait_for(lambda: backend.status(name).phase == "Running")
+    for i in range(20):  # other objects change: the job's watches see none of it
+        fake_kube._put(CORE, "configmaps", "alice", {"metadata": {"name": f"other-{i}"}})
+    time.sleep(1.0)  # a few bookmarks carry each watch's resourceVersion past them
+    listed = len(fake_kube.lists)
+    fake_kube.while_disconnected(lambda: None)  # the history before now is gone
+    assert backend.status(name).phase == "Running"
+    assert Job(name, backend).wait(timeout=20).phase == "Succeeded"
+    assert fake_kube.lists[listed:] == []  # every watch resumed where its bookmark left it
+
+
+def test_a_relist_after_410_drops_what_was_deleted_meanwhile(fake_kube: FakeKube) -> None:
+    fake_kube.script = lambda job, replica: ReplicaScript([f"step {i}" for i in range(300)])
+    backend, name = submit(workers=1)
+    wait_for(lambda: backend.status(name).replicas[0].phase == "Running")
+    listed = len(fake_kube.lists)
+    pod = f"{name}-worker-0"
+    fake_kube.while_disconnected(lambda: fake_kube.delete(CORE, "pods", "alice", pod))
+    wait_for(lambda: backend.status(name).replicas[0].phase == "Stopped", timeout=4)
+    assert "/api/v1/namespaces/alice/pods" in fake_kube.lists[listed:]  # after the 410
+
+
+# -- in-cluster: the fake over TLS, with a service account's bearer token --------------
+
+
+def test_in_cluster_job_runs_over_tls_with_the_token(in_cluster: FakeKube) -> None:
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(in_cluster.url + "/api/v1/namespaces", timeout=5)
+    assert raw_get(in_cluster, "/api/v1/namespaces/alice/pods", None) == (401, UNAUTHORIZED)
+    backend, name = submit(workers=2)  # namespace alice: from the service account's file
+    assert (backend.api.info.source, backend.namespace) == ("in-cluster", "alice")
+    job = Job(name, backend)
+    assert job.wait(timeout=20).phase == "Succeeded"
+    assert in_cluster.get(*TFJOBS, "alice", name) is not None
+    for replica in ("worker-0", "worker-1"):
+        assert job.logs(replica) == "".join(f"{replica} says {i}\n" for i in range(6))
+    assert in_cluster.refused == 1  # only the request above, which had no token
+
+
+def test_a_rotated_token_file_is_read_again(in_cluster: FakeKube, tmp_path: Path) -> None:
+    in_cluster.script = lambda job, replica: ReplicaScript([f"step {i}" for i in range(90)])
+    backend, name = submit(workers=1)
+    wait_for(lambda: backend.status(name).replicas[0].phase == "Running")
+    old = next(iter(in_cluster.tokens or ()))
+    new = in_cluster.rotate_token(tmp_path / "serviceaccount")  # and the old one expires
+    assert raw_get(in_cluster, "/api/v1/namespaces/alice/pods", old)[0] == 401
+    # The next request carries the new token (a 401 would raise here).
+    assert [s.name for s in backend.list_jobs()] == [name]
+    in_cluster.drop_streams()  # watches and log streams reconnect, with the new token
+    job = Job(name, backend)
+    assert job.wait(timeout=20).phase == "Succeeded"
+    assert job.logs("worker-0") == "".join(f"step {i}\n" for i in range(90))
+    assert in_cluster.tokens == {new}
+
+
+def test_a_refused_token_is_one_line(in_cluster: FakeKube) -> None:
+    in_cluster.tokens = {"a-token-kfnb-does-not-have"}  # expired, and the file not rotated
+    with pytest.raises(BackendError) as error:
+        submit()
+    message = one_line(error)
+    assert "refused this pod's service-account credentials (Unauthorized" in message
+    assert "restart the notebook server" in message
 
 
 # -- faults, each one line ---------------------------------------------------------
@@ -256,7 +401,7 @@ def test_403_on_pods_log_and_events_after_submission(fake_kube: FakeKube) -> Non
     job.wait(timeout=20)
     with pytest.raises(BackendError) as error:
         job.logs("worker-0")
-    assert 'may not get pods/log in namespace alice' in one_line(error)
+    assert "may not get pods/log in namespace alice" in one_line(error)
 
 
 def test_name_conflict_is_409(fake_kube: FakeKube) -> None:

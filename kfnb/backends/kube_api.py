@@ -23,6 +23,8 @@ from kfnb.backends import BackendError
 log = logging.getLogger(__name__)
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Where the pod's service-account files are read from instead (tests give their own).
+SA_DIR_ENV = "KFNB_SERVICE_ACCOUNT_DIR"
 RBAC_FIX = "ask your cluster admin to run `kubectl apply -f deploy/rbac.yaml` for this namespace"
 OPERATOR_INSTALL = (
     'kubectl apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/'
@@ -55,8 +57,62 @@ def kubeconfig_paths() -> list[Path]:
     return [Path("~/.kube/config").expanduser()]
 
 
+def sa_dir() -> Path:
+    """The service-account directory a pod gets: token, ca.crt and namespace files."""
+    return Path(os.environ.get(SA_DIR_ENV) or SA_DIR)
+
+
 def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (SA_DIR / "token").exists()
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (sa_dir() / "token").exists()
+
+
+class ServiceAccountToken:
+    """The pod's bearer token, read again whenever the kubelet rewrites the file.
+
+    Bound tokens expire (an hour by default) and the kubelet replaces the file before
+    they do; the client's own loader re-reads it only once a minute, which a token the
+    server has just stopped accepting cannot wait for. A stat per request is cheap.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+
+    def refresh(self, configuration: Any) -> None:
+        try:
+            info = self.path.stat()
+            key = (info.st_ino, info.st_mtime_ns, info.st_size)
+            token = self.path.read_text().strip() if key != self._seen else None
+        except OSError:
+            return  # mid-swap: the last token read is still the best there is
+        if token:
+            self._seen = key
+            # "authorization" is the key 35.x reads and 36.x still honours (as an alias).
+            configuration.api_key["authorization"] = f"Bearer {token}"
+
+
+def incluster_configuration(configuration: Any) -> None:
+    """Fill ``configuration`` from KUBERNETES_SERVICE_HOST/PORT and the service account."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    directory = sa_dir()
+    ca = directory / "ca.crt"
+    if not port:
+        raise BackendError(
+            "KUBERNETES_SERVICE_HOST is set but KUBERNETES_SERVICE_PORT is not: this pod's "
+            "environment is incomplete; set both, or unset KUBERNETES_SERVICE_HOST to use "
+            "a kubeconfig"
+        )
+    if not ca.is_file():
+        raise BackendError(
+            f"in a pod, but {ca} is missing: the service account's CA is needed to trust the "
+            "API server; mount the service account token (automountServiceAccountToken)"
+        )
+    configuration.host = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    configuration.ssl_ca_cert = str(ca)
+    token = ServiceAccountToken(directory / "token")
+    token.refresh(configuration)
+    configuration.refresh_api_key_hook = token.refresh
 
 
 def cluster_configured() -> bool:
@@ -92,8 +148,9 @@ def _parse_status(status: int, body: bytes | str) -> tuple[str, str]:
     return (text[0][:200] if text else f"HTTP {status}"), ""
 
 
-def error_for(status: int, body: bytes | str, what: str) -> ApiError:
-    """The one-line error for an API server's refusal of ``what``."""
+def error_for(status: int, body: bytes | str, what: str, in_pod: bool = False) -> ApiError:
+    """The one-line error for an API server's refusal of ``what`` (``in_pod``: kfnb
+    authenticates with the pod's service-account token, not a kubeconfig)."""
     message, reason = _parse_status(status, body)
     if status == 403:
         return ApiError(forbidden_message(message), status, reason)
@@ -115,6 +172,14 @@ def error_for(status: int, body: bytes | str, what: str) -> ApiError:
         )
     if status == 409 and reason == "AlreadyExists":
         return ApiError(f"{message}: pick another --name, or delete it first", status, reason)
+    if status == 401 and in_pod:
+        return ApiError(
+            f"the Kubernetes API server refused this pod's service-account credentials "
+            f"({message}, token {sa_dir() / 'token'}): the token has expired or its service "
+            "account is gone; restart the notebook server so that its pod gets a fresh token",
+            status,
+            reason,
+        )
     if status == 401:
         return ApiError(
             f"the Kubernetes API server does not accept kfnb's credentials ({message}): "
@@ -135,22 +200,21 @@ class ClusterInfo:
 
 
 def _default_namespace(config_file: Path | None) -> str:
-    """The pod's service-account namespace, else the kubeconfig context's, else default."""
-    try:
-        return (SA_DIR / "namespace").read_text().strip() or "default"
-    except OSError:
-        pass
-    if config_file is not None:
-        from kubernetes import config
-
+    """The pod's service-account namespace in-cluster, else the kubeconfig context's,
+    else default."""
+    if config_file is None:  # in-cluster
         try:
-            _, active = config.list_kube_config_contexts(config_file=str(config_file))
-        except Exception:
+            return (sa_dir() / "namespace").read_text().strip() or "default"
+        except OSError:
             return "default"
-        namespace = (active or {}).get("context", {}).get("namespace")
-        if namespace:
-            return str(namespace)
-    return "default"
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=str(config_file))
+    except Exception:
+        return "default"
+    namespace = (active or {}).get("context", {}).get("namespace")
+    return str(namespace) if namespace else "default"
 
 
 class KubeApi:
@@ -166,7 +230,7 @@ class KubeApi:
         configuration = client.Configuration()
         config_file: Path | None = None
         if in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
+            incluster_configuration(configuration)
             source = "in-cluster"
         else:
             config_file = next((p for p in kubeconfig_paths() if p.is_file()), None)
@@ -222,9 +286,9 @@ class KubeApi:
         except Exception as err:
             status = getattr(err, "status", None)
             if isinstance(status, int) and status:
-                raise error_for(
-                    status, getattr(err, "body", b"") or b"", f"{method} {path}"
-                ) from err
+                body = getattr(err, "body", b"") or b""
+                in_pod = self.info.source == "in-cluster"
+                raise error_for(status, body, f"{method} {path}", in_pod) from err
             raise ApiError(
                 f"cannot reach the Kubernetes API server at {self.info.server} "
                 f"({type(err).__name__}): check the cluster is up and the kubeconfig's server "

@@ -10,32 +10,44 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from kfnb.backends.kube_api import ApiError, KubeApi
 from kfnb.spec import CONTAINER_NAME, REPLICA_TYPES
-from kfnb.status import PHASES, JobStatus, ReplicaStatus
+from kfnb.status import FINAL_PHASES, PHASES, JobStatus, ReplicaStatus
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+_RFC3339 = re.compile(
+    r"(?P<whole>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?"
+    r"(?P<zone>[Zz]|[+-]\d\d:\d\d)"
+)
+_SECOND = 1_000_000_000
 
 
 def parse_time(stamp: str | None) -> int | None:
-    """RFC 3339 (``...Z``, any fraction) as nanoseconds since the epoch."""
-    if not stamp or not stamp.endswith("Z"):
+    """RFC 3339 (any fraction; ``Z`` or a zone offset such as ``+08:00``, which
+    containerd and conmon write in the node's local zone) as nanoseconds since the epoch."""
+    found = _RFC3339.fullmatch(stamp or "")
+    if found is None:
         return None
-    whole, _, fraction = stamp[:-1].partition(".")
     try:
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        seconds = calendar.timegm(time.strptime(found["whole"], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
-    digits = (fraction + "000000000")[:9]
-    return seconds * 1_000_000_000 + int(digits or 0)
+    if found["zone"] not in ("Z", "z"):
+        sign = -1 if found["zone"][0] == "-" else 1
+        hours, minutes = found["zone"][1:].split(":")
+        seconds -= sign * (int(hours) * 3600 + int(minutes) * 60)
+    digits = ((found["fraction"] or "") + "000000000")[:9]
+    return seconds * 1_000_000_000 + int(digits)
 
 
 def format_seconds(ns: int) -> str:
@@ -44,39 +56,56 @@ def format_seconds(ns: int) -> str:
 
 
 class LogBuffer:
-    """A replica's log as bytes, with offsets as `read_log_since` hands them out."""
+    """A replica's log as bytes, with offsets as `read_log_since` hands them out.
+
+    A resumed stream (``sinceTime``, whole seconds) first repeats, in the log file's
+    order, every line stamped in or after the second of the newest line kept; those
+    are skipped by matching them against what was kept, not by comparing stamps, since
+    stdout and stderr lines can be stamped slightly out of order and all must stay.
+    """
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self.last_ns: int | None = None
-        self.at_last = 0  # lines already kept with timestamp == last_ns
         self.error = ""  # why the log cannot be read (e.g. 403 on pods/log)
-        self._seen = 0  # lines at last_ns seen in the current stream
+        self._newest: int | None = None  # the newest stamp kept from the current pod
+        self._recent: list[tuple[int, bytes]] = []  # kept lines in _newest's second or later
+        self._repeat: deque[tuple[int, bytes]] = deque()  # what this stream repeats first
         self._lock = threading.Lock()
 
+    def begin(self, resume: bool) -> str | None:
+        """A new stream starts: the ``sinceTime`` to ask for, or None to read the whole
+        log (``resume`` False: a new pod, whose log starts afresh)."""
+        with self._lock:
+            if not resume or self._newest is None:
+                self._newest, self._recent, self._repeat = None, [], deque()
+                return None
+            self._repeat = deque(self._recent)
+            return format_seconds(self._newest)
+
     def add(self, line: bytes) -> None:
-        """One ``<timestamp> <text>`` line of a stream; one already kept is skipped."""
+        """One ``<timestamp> <text>`` line of a stream; one the stream repeats is skipped."""
         stamp, _, text = line.partition(b" ")
         ns = parse_time(stamp.decode(errors="replace"))
         with self._lock:
-            if ns is None:  # no timestamp to order by: keep it as it is
+            if ns is None:  # no timestamp to match by: keep it as it is
                 self.data += line + b"\n"
                 return
-            if self.last_ns is not None and ns < self.last_ns:
-                return  # before the newest line kept: a resumed stream repeats it
-            if ns == self.last_ns:
-                self._seen += 1
-                if self._seen <= self.at_last:
+            if self._repeat:
+                if self._repeat[0] == (ns, text):
+                    self._repeat.popleft()
                     return
-                self.at_last += 1
-            else:
-                self.last_ns, self.at_last, self._seen = ns, 1, 1
+                self._repeat.clear()  # the repeat is over: everything from here is new
             self.data += text + b"\n"
+            self._remember(ns, text)
 
-    def restart(self) -> None:
-        """A new stream begins: count lines at the last timestamp again from zero."""
-        with self._lock:
-            self._seen = 0
+    def _remember(self, ns: int, text: bytes) -> None:
+        if self._newest is None or ns > self._newest:
+            if self._newest is None or ns // _SECOND > self._newest // _SECOND:
+                second = ns // _SECOND * _SECOND
+                self._recent = [(n, t) for n, t in self._recent if n >= second]
+            self._newest = ns
+        if ns >= self._newest // _SECOND * _SECOND:
+            self._recent.append((ns, text))
 
     def since(self, offset: int, partial: bool) -> tuple[str, int]:
         with self._lock:
@@ -89,6 +118,10 @@ def _replica_of(pod: dict[str, Any]) -> str | None:
     labels = pod.get("metadata", {}).get("labels", {})
     kind, index = labels.get(REPLICA_TYPE_LABEL), labels.get(REPLICA_INDEX_LABEL)
     return f"{kind.lower()}-{index}" if kind and index is not None else None
+
+
+def _uid(obj: dict[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("uid", ""))
 
 
 def _container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +138,12 @@ class JobWatcher:
         self.pods: dict[str, dict[str, Any]] = {}  # by replica name (worker-0)
         self.pending: dict[str, str] = {}  # replica -> why it waits, from events
         self.errors: dict[str, str] = {}  # watch -> why it stopped (403)
+        self.refused: dict[str, str] = {}  # watch -> the 401 it retries after
+        self._versions: dict[str, str | None] = {}  # watch -> resourceVersion to resume at
         self.logs: dict[str, LogBuffer] = {}
         self._log_threads: dict[str, threading.Thread] = {}
+        self._following: dict[str, str] = {}  # replica -> uid of the pod followed now
+        self._followed: dict[str, str] = {}  # replica -> uid of the pod followed last
         self.stop = threading.Event()
         self.changed = threading.Condition()
         self._lock = threading.Lock()
@@ -158,45 +195,98 @@ class JobWatcher:
         query: dict[str, Any],
         handle: Callable[[str, dict[str, Any]], None],
     ) -> None:
-        version: str | None = None
         delay = 0.05
         while not self.stop.is_set():
             try:
-                if version is None:
-                    listing = self.api.request("GET", path, query)
-                    for item in listing.get("items", []):
-                        handle("ADDED", item)
-                    version = listing.get("metadata", {}).get("resourceVersion") or "0"
-                watch_query = {
-                    **query,
-                    "watch": "true",
-                    "resourceVersion": version,
-                    "allowWatchBookmarks": "true",
-                    "timeoutSeconds": 240,
-                }
-                for line in self.api.stream(path, watch_query):
-                    if self.stop.is_set():
-                        return
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object", {})
-                    if event.get("type") == "ERROR":
-                        version = None  # 410 Gone: our version is too old, list again
-                        break
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
-                    if event.get("type") != "BOOKMARK":
-                        handle(event["type"], obj)
-                    delay = 0.05
+                if self._versions.get(kind) is None:
+                    self._versions[kind] = self._relist(kind, path, query, handle)
+                self._follow_watch(kind, path, query, handle)
+                delay = 0.05
             except ApiError as err:
-                if err.status in (401, 403):
+                if err.status == 403:
                     self.errors[kind] = str(err)
                     self._notify()
                     return
+                if err.status == 401:  # the token may be rotated yet: say so, and retry
+                    self.refused[kind] = str(err)
+                    self._notify()
+                    delay = max(delay, 1.0)
+                elif err.status == 410:  # Gone: the version is too old, list again
+                    self._versions[kind] = None
             except (ValueError, KeyError, TypeError, AttributeError):
-                version = None  # not a watch event: start over from a fresh list
+                self._versions[kind] = None  # not a watch event: start from a fresh list
             self.stop.wait(delay)
             delay = min(delay * 2, 2.0)
+
+    def _relist(
+        self,
+        kind: str,
+        path: str,
+        query: dict[str, Any],
+        handle: Callable[[str, dict[str, Any]], None],
+    ) -> str:
+        """List, as a watch starts or after 410 Gone; the list's resourceVersion."""
+        listing = self.api.request("GET", path, query)
+        items = listing.get("items", [])
+        self.refused.pop(kind, None)
+        for gone in self._missing(kind, items):
+            handle("DELETED", gone)
+        for item in items:
+            handle("ADDED", item)
+        return str(listing.get("metadata", {}).get("resourceVersion") or "0")
+
+    def _missing(self, kind: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the cache holds and a list lacks: deleted while the watch was away, its
+        DELETED event gone with the history the API server no longer keeps."""
+        listed = {item.get("metadata", {}).get("uid") for item in items}
+        if kind == "tfjob":
+            cached = [self.tfjob] if self.tfjob else []
+        elif kind == "pods":
+            cached = list(self.pods.values())
+        else:
+            return []
+        return [
+            obj
+            for obj in cached
+            if not obj.get("kfnbDeleted") and obj.get("metadata", {}).get("uid") not in listed
+        ]
+
+    def _follow_watch(
+        self,
+        kind: str,
+        path: str,
+        query: dict[str, Any],
+        handle: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        """One watch stream from the last resourceVersion seen, which it keeps current
+        (None: list again), also when the stream is cut."""
+        watch_query = {
+            **query,
+            "watch": "true",
+            "resourceVersion": self._versions[kind],
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": 240,
+        }
+        for line in self.api.stream(path, watch_query):
+            if self.stop.is_set():
+                return
+            self.refused.pop(kind, None)  # the server took the credentials again
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            obj = event.get("object", {})
+            if event.get("type") == "ERROR":
+                # 410 Expired/Gone: the history from our version is compacted away. Any
+                # other error: the same cure, a fresh list.
+                self._versions[kind] = None
+                return
+            # A BOOKMARK carries only a resourceVersion: remember it, so a resumed
+            # watch starts there and not from an old version that may be gone by then.
+            version = obj.get("metadata", {}).get("resourceVersion")
+            if event.get("type") != "BOOKMARK":
+                handle(event["type"], obj)
+            if version:
+                self._versions[kind] = str(version)
 
     def _on_tfjob(self, kind: str, obj: dict[str, Any]) -> None:
         if obj.get("metadata", {}).get("name") != self.name:
@@ -212,20 +302,35 @@ class JobWatcher:
         if replica is None:
             return
         with self._lock:
+            current = self.pods.get(replica)
             if kind == "DELETED":
+                if current is not None and _uid(current) != _uid(pod):
+                    return  # a pod the operator has already replaced under the same name
                 pod = {**pod, "kfnbDeleted": True}
             self.pods[replica] = pod
-            state = _container(pod).get("state", {})
-            if ("running" in state or "terminated" in state) and replica not in self._log_threads:
-                thread = threading.Thread(
-                    target=self._follow_log,
-                    args=(replica,),
-                    daemon=True,
-                    name=f"kfnb-log-{self.name}-{replica}",
-                )
-                self._log_threads[replica] = thread
-                thread.start()
+            self._start_follower(replica)
         self._notify()
+
+    def _start_follower(self, replica: str) -> None:
+        """A log follower for the replica's current pod, once it runs and once none
+        follows an earlier pod: under ExitCode the operator deletes a failed pod and
+        creates a new one with the same name, whose log starts afresh. Holds _lock."""
+        pod = self.pods.get(replica, {})
+        state = _container(pod).get("state", {})
+        uid = _uid(pod)
+        if pod.get("kfnbDeleted") or not ("running" in state or "terminated" in state):
+            return
+        if replica in self._following or self._followed.get(replica) == uid:
+            return
+        self._following[replica] = self._followed[replica] = uid
+        thread = threading.Thread(
+            target=self._follow_log,
+            args=(replica, uid),
+            daemon=True,
+            name=f"kfnb-log-{self.name}-{replica}",
+        )
+        self._log_threads[replica] = thread
+        thread.start()
 
     def _on_event(self, kind: str, event: dict[str, Any]) -> None:
         involved = event.get("involvedObject", {})
@@ -252,31 +357,48 @@ class JobWatcher:
             "Failed",
         )
 
-    def _follow_log(self, replica: str) -> None:
+    def _follow_log(self, replica: str, uid: str) -> None:
+        try:
+            self._follow_pod_log(replica, uid)
+        finally:
+            with self._lock:
+                self._following.pop(replica, None)
+                self._start_follower(replica)  # a pod that replaced this one meanwhile
+            self._notify()
+
+    def _follow_pod_log(self, replica: str, uid: str) -> None:
+        """Stream one pod's log (the pod with ``uid``) into the replica's buffer."""
         buffer = self.logs.setdefault(replica, LogBuffer())
         path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}-{replica}/log"
         delay = 0.05
+        resume = False
         while not self.stop.is_set():
+            if _uid(self.pods.get(replica, {})) != uid:
+                return  # replaced: its name now reads the new pod's log, not this one's
             final = self._pod_done(replica)  # read before the stream, so no line is lost
             query: dict[str, Any] = {"container": CONTAINER_NAME, "timestamps": "true"}
             if not final:
                 query["follow"] = "true"
-            if buffer.last_ns is not None:
-                query["sinceTime"] = format_seconds(buffer.last_ns)
-            buffer.restart()
+            since = buffer.begin(resume)
+            if since is not None:
+                query["sinceTime"] = since
+            resume = True
             try:
                 for line in self.api.stream(path, query):
                     buffer.add(line)
                     self._notify()
                 delay = 0.05
             except ApiError as err:
-                if err.status in (401, 403):
+                if err.status == 403:
                     buffer.error = str(err)
                     return
-                if err.status == 404 or (final and err.status):
+                if err.status == 401:
+                    delay = max(delay, 1.0)  # the token may be rotated yet: retry
+                elif err.status == 404 or final:
                     return  # the pod is gone (cleaned up): what we have is all there is
-            if final:
-                return
+            else:
+                if final:
+                    return
             self.stop.wait(delay)
             delay = min(delay * 2, 1.0)
 
@@ -319,6 +441,8 @@ class JobWatcher:
             message = waiting[0]
         elif "events" in self.errors and phase == "Created":
             message = f"{message} (Pending reasons unknown: {self.errors['events']})".strip()
+        if self.refused and phase not in FINAL_PHASES:
+            message = next(iter(self.refused.values()))  # what is shown may be stale
         start = parse_time(status.get("startTime"))
         end = parse_time(status.get("completionTime"))
         return JobStatus(
