@@ -195,6 +195,10 @@ class FakeKube:
     user: str = "system:serviceaccount:alice:default-editor"
     crd: bool = True
     kserve: bool = True  # the InferenceService CRD is installed
+    # The fake KServe's storage initializer finds models only at this S3 endpoint ("": any).
+    store_endpoint: str = ""
+    load_failures: dict[str, str] = field(default_factory=dict)  # storageUri -> why it fails
+    copy_model_error: str = ""  # the TF Serving Deployment's copy-model fails with this log
     step: float = 0.05  # seconds between the fake operator's moves
     gpu_nodes: dict[str, int] = field(default_factory=lambda: {"node-a": 2, "node-b": 0})
     script: Callable[[str, str], ReplicaScript] = field(
@@ -416,50 +420,162 @@ class FakeKube:
             threading.Thread(target=target, args=(namespace, obj), daemon=True).start()
 
     def _serve(self, namespace: str, isvc: dict[str, Any]) -> None:
-        """The fake KServe controller: the new revision serves, canaries take their share."""
+        """The fake KServe controller. A new spec makes a new revision. As KServe copies
+        status.observedGeneration from the Knative Service, the status first says the new
+        generation is observed, still Ready on the previous revision (latestCreatedRevision
+        ahead of latestReadyRevision); a step later the new revision is ready with the
+        split ``canaryTrafficPercent`` asks, or its model failed to load (modelStatus
+        FailedToLoad with the storage initializer's message, Ready still Unknown)."""
         time.sleep(self.step)
         name = isvc["metadata"]["name"]
-        predictor = isvc["spec"]["predictor"]
+        revision: dict[str, Any] = {}
 
-        def ready(obj: dict[str, Any]) -> None:
+        def created(obj: dict[str, Any]) -> None:
             status = obj.setdefault("status", {})
             if status.get("observedGeneration") == obj["metadata"]["generation"]:
                 return  # the same spec again: no new revision
-            revisions = status.get("revisions", 0) + 1
-            latest = f"{name}-predictor-{revisions:05d}"
+            revision["predictor"] = obj["spec"]["predictor"]  # the newest spec, as reconciled
+            count = status.get("revisions", 0) + 1
+            revision["name"] = f"{name}-predictor-{count:05d}"
+            component = status.setdefault("components", {}).setdefault("predictor", {})
+            component["latestCreatedRevision"] = revision["name"]
+            status.setdefault("conditions", [{"type": "Ready", "status": "Unknown"}])
+            status.update(
+                observedGeneration=obj["metadata"]["generation"],
+                revisions=count,
+                url=f"http://{name}.{namespace}.example.com",
+                address={"url": f"http://{name}.{namespace}.svc.cluster.local"},
+            )
+
+        self.update(*ISVCS, namespace, name, created)
+        if not revision:
+            return
+        time.sleep(self.step)
+        predictor = revision["predictor"]
+        failure = self._load_failure(namespace, predictor)
+
+        def ready(obj: dict[str, Any]) -> None:
+            status = obj["status"]
+            component = status["components"]["predictor"]
+            latest, previous = revision["name"], component.get("latestReadyRevision")
             canary = predictor.get("canaryTrafficPercent")
             traffic = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
-            if canary is not None and revisions > 1:
-                previous = f"{name}-predictor-{revisions - 1:05d}"
+            if canary is not None and previous:
                 traffic = [
                     {"revisionName": latest, "percent": canary, "latestRevision": True},
                     {"revisionName": previous, "percent": 100 - canary, "latestRevision": False},
                 ]
-            status.update(
-                observedGeneration=obj["metadata"]["generation"],
-                revisions=revisions,
-                url=f"http://{name}.{namespace}.example.com",
-                conditions=[
-                    {"type": "PredictorReady", "status": "True"},
-                    {"type": "Ready", "status": "True"},
-                ],
-                components={"predictor": {"latestReadyRevision": latest, "traffic": traffic}},
-            )
+            component.update(latestReadyRevision=latest, traffic=traffic)
+            status["conditions"] = [
+                {"type": "PredictorReady", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ]
+            loaded = {"activeModelState": "Loaded", "targetModelState": "Loaded"}
+            status["modelStatus"] = {"transitionStatus": "UpToDate", "states": loaded}
 
-        self.update(*ISVCS, namespace, name, ready)
+        def failed(obj: dict[str, Any]) -> None:
+            status = obj["status"]
+            active = (status.get("modelStatus") or {}).get("states", {}).get("activeModelState")
+            status["modelStatus"] = {
+                "transitionStatus": "BlockedByFailedLoad",
+                "states": {"activeModelState": active or "", "targetModelState": "FailedToLoad"},
+                "lastFailureInfo": {
+                    "location": revision["name"],
+                    "reason": "ModelLoadFailed",
+                    "message": failure,
+                    "exitCode": 1,
+                },
+            }
+
+        self.update(*ISVCS, namespace, name, failed if failure else ready)
+
+    def _load_failure(self, namespace: str, predictor: dict[str, Any]) -> str:
+        """Why the fake storage initializer cannot fetch the model ("" when it can)."""
+        uri = predictor.get("model", {}).get("storageUri", "")
+        if uri in self.load_failures:
+            return self.load_failures[uri]
+        if not self.store_endpoint:
+            return ""
+        endpoint = self._initializer_endpoint(namespace, predictor.get("serviceAccountName"))
+        if endpoint == self.store_endpoint:
+            return ""
+        where = endpoint or "AWS S3 (no s3-endpoint annotation on the Secret)"
+        return f"fake storage initializer: failed to fetch {uri} from {where}: NoSuchBucket"
+
+    def _initializer_endpoint(self, namespace: str, account_name: str | None) -> str:
+        """The S3 endpoint KServe gives its storage initializer: the s3-endpoint annotation
+        of a Secret the ServiceAccount lists that holds an S3 secret key (the
+        ServiceAccount's own annotations count only beside an IRSA role)."""
+        account = self.get(CORE, "serviceaccounts", namespace, account_name or "default") or {}
+        key = "serving.kserve.io/s3-endpoint"
+        endpoint = ""
+        own = account.get("metadata", {}).get("annotations") or {}
+        if "eks.amazonaws.com/role-arn" in own:
+            endpoint = own.get(key, "")
+        for ref in account.get("secrets") or []:
+            secret = self.get(CORE, "secrets", namespace, ref.get("name", "")) or {}
+            data = {**secret.get("data", {}), **secret.get("stringData", {})}
+            if "AWS_SECRET_ACCESS_KEY" in data:  # KServe's default s3SecretAccessKeyName
+                endpoint = (secret["metadata"].get("annotations") or {}).get(key, "")
+        return endpoint
 
     def _roll_out(self, namespace: str, deployment: dict[str, Any]) -> None:
+        """The fake Deployment controller: its pods, then available, unless ``copy_model_error``
+        (the init container then crash-loops; the kubelet puts the log's tail in the
+        termination message only under ``terminationMessagePolicy: FallbackToLogsOnError``)."""
         time.sleep(self.step)
         replicas = deployment.get("spec", {}).get("replicas", 1)
+        failing = bool(self.copy_model_error)
+        for index in range(replicas):
+            self._put(CORE, "pods", namespace, self._serving_pod(deployment, index))
 
         def available(obj: dict[str, Any]) -> None:
             obj["status"] = {
                 "observedGeneration": obj["metadata"]["generation"],
                 "replicas": replicas,
-                "availableReplicas": replicas,
+                "availableReplicas": 0 if failing else replicas,
             }
 
         self.update(*DEPLOYMENTS, namespace, deployment["metadata"]["name"], available)
+
+    def _serving_pod(self, deployment: dict[str, Any], index: int) -> dict[str, Any]:
+        meta, template = deployment["metadata"], deployment["spec"]["template"]
+        name = f"{meta['name']}-7c9f8d6b5-{index:05d}"
+        status: dict[str, Any] = {"phase": "Running"}
+        init = (template["spec"].get("initContainers") or [{}])[0]
+        if self.copy_model_error:
+            terminated: dict[str, Any] = {"exitCode": 1, "reason": "Error"}
+            if init.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                terminated["message"] = self.copy_model_error
+            waiting = {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off 10s restarting failed container={init.get('name')} "
+                f"pod={name}",
+            }
+            status = {
+                "phase": "Pending",
+                "initContainerStatuses": [
+                    {
+                        "name": init.get("name"),
+                        "ready": False,
+                        "restartCount": 1,
+                        "state": {"waiting": waiting},
+                        "lastState": {"terminated": terminated},
+                    }
+                ],
+            }
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"]}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": dict(template["metadata"].get("labels", {})),
+                "ownerReferences": [{**owner, "uid": meta["uid"], "controller": True}],
+            },
+            "spec": template["spec"],
+            "status": status,
+        }
 
     # -- the fake Training Operator ------------------------------------------------
 

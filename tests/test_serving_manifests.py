@@ -4,13 +4,16 @@ against the real InferenceService CRD schema and Kubernetes' own schemas, and ho
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from kfnb.serving.compat import serving_release
 from kfnb.serving.manifests import (
     ServingSpec,
     inference_service,
+    secret_annotations,
     service_account,
     tf_serving,
 )
@@ -26,6 +29,7 @@ SPEC = ServingSpec(
     s3_endpoint="minio-service.kubeflow:9000",
     s3_use_https=False,
     source="tfjob-abc",
+    release=serving_release("2.21.0"),
 )
 
 
@@ -58,25 +62,34 @@ def test_inference_service_validates_and_says_what_kserve_needs(
     assert "canaryTrafficPercent" not in predictor
     assert isvc["metadata"]["namespace"] == "kubeflow-user"
 
+    # No tensorflow/serving 2.21 image: TF 2.21's export is served by 2.20.0, not KServe's
+    # default 2.6.2 (which lacks DisableCopyOnRead).
+    assert predictor["model"]["runtimeVersion"] == "2.20.0"
+
     account = service_account(SPEC)
     check_core(account)
     assert account["secrets"] == [{"name": "minio-s3"}]
-    assert account["metadata"]["annotations"] == {
+    # KServe reads S3 settings from the Secret's annotations, not the ServiceAccount's.
+    assert not any(k.startswith("serving.kserve.io/") for k in account["metadata"]["annotations"])
+    assert secret_annotations(SPEC) == {
         "serving.kserve.io/s3-endpoint": "minio-service.kubeflow:9000",
         "serving.kserve.io/s3-usehttps": "0",
         "serving.kserve.io/s3-region": "us-east-1",
     }
+    assert secret_annotations(replace(SPEC, s3_endpoint="s3.amazonaws.com")) == {}
 
 
 def test_canary_and_gpus(isvc_validators: list[Any]) -> None:
-    from dataclasses import replace
-
     canary = inference_service(replace(SPEC, canary_percent=10, gpus=1))
     check_isvc(isvc_validators, canary)
     predictor = canary["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 10
     assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert predictor["model"]["runtimeVersion"].endswith("-gpu")
+    assert predictor["model"]["runtimeVersion"] == "2.20.0-gpu"
+    (deployment, _) = tf_serving(replace(SPEC, gpus=1))
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "tensorflow/serving:2.20.0-gpu"
+    )
     with pytest.raises(ValueError, match="a canary needs KServe"):
         tf_serving(replace(SPEC, canary_percent=10))
 
@@ -100,6 +113,8 @@ def test_tf_serving_deployment_and_service_validate_and_copy_from_s3() -> None:
     script = init["command"][2]
     assert "mc mirror --quiet store/tfmnist/jobs/tfjob-abc/model /models/mnist" in script
     assert "http://minio-service.kubeflow:9000" in script
+    # Its log's tail becomes the termination message kfnb reports when the copy fails.
+    assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "valueFrom" in e}
     assert refs == {
         "AWS_ACCESS_KEY_ID": {"name": "minio-s3", "key": "AWS_ACCESS_KEY_ID"},
@@ -107,6 +122,7 @@ def test_tf_serving_deployment_and_service_validate_and_copy_from_s3() -> None:
     }
     (server,) = pod["containers"]
     assert "--model_base_path=/models/mnist" in server["args"]
+    assert server["image"] == "tensorflow/serving:2.20.0"  # the same rule as KServe's
     assert {p["containerPort"] for p in server["ports"]} == {8500, 8501}
     assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -125,15 +141,32 @@ def test_serve_dry_run_prints_what_a_cluster_gets(
     import yaml
     from IPython.core.error import UsageError
 
+    from kfnb.serving.cluster import release_for
+    from kfnb.serving.compat import kernel_tf_version
+
     shell.run_line_magic("config", "Kfnb.s3_secret = 'minio-s3'")
+    shell.run_line_magic("config", "Kfnb.s3_endpoint = 'minio-service.kubeflow:9000'")
     line = "s3://tfmnist/jobs/a/model --dry-run --canary s3://tfmnist/jobs/b/model --percent 10"
     shell.run_line_magic("serve", line)
-    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    out = capsys.readouterr().out
+    release = release_for("s3://tfmnist/jobs/a/model")
+    assert release == serving_release(kernel_tf_version(), "the exporter, taken to be this kernel,")
+    # Which TF Serving loads the model and why, then what the Secret needs: YAML comments.
+    notes = [line for line in out.splitlines() if line.startswith("# ")]
+    assert notes[0] == f"# TF Serving {release.tag}: {release.why}"
+    assert "the exporter, taken to be this kernel, exports with TensorFlow" in notes[0]
+    assert notes[1].endswith(
+        "kubectl -n default annotate secret minio-s3 --overwrite serving.kserve.io/s3-endpoint="
+        "minio-service.kubeflow:9000 serving.kserve.io/s3-usehttps=1 "
+        "serving.kserve.io/s3-region=us-east-1"
+    )
+    objects = list(yaml.safe_load_all(out))
     kinds = [o["kind"] for o in objects]
     assert kinds == ["ServiceAccount", "InferenceService", "InferenceService"]
     first, rollout = objects[1], objects[2]
     for isvc in (first, rollout):
         check_isvc(isvc_validators, isvc)
+        assert isvc["spec"]["predictor"]["model"]["runtimeVersion"] == release.tag
     assert first["spec"]["predictor"]["model"]["storageUri"] == "s3://tfmnist/jobs/a/model"
     assert "canaryTrafficPercent" not in first["spec"]["predictor"]
     assert rollout["spec"]["predictor"]["model"]["storageUri"] == "s3://tfmnist/jobs/b/model"

@@ -116,16 +116,20 @@ class ServingMagics(Magics):  # type: ignore[misc]
         }
 
     def _dry_run(self, args: Any) -> None:
-        from kfnb.api import render_serving
+        from kfnb.api import render_serving, serving_notes
         from kfnb.spec import to_yaml
 
         manifests = render_serving(args.source, **self._cluster_options(args))
+        notes = serving_notes(args.source, name=args.name, runtime=args.runtime, gpus=args.gpus)
+        print("".join(f"# {note}\n" for note in notes), end="")  # YAML comments
         print("---\n".join(to_yaml(m) for m in manifests), end="")
 
     def _serve_on_cluster(self, args: Any) -> Any:
-        from kfnb.api import serve_on_cluster
+        from kfnb.api import serve_on_cluster, serving_notes
 
         served, rollout = serve_on_cluster(args.source, **self._cluster_options(args))
+        source = args.canary or args.source
+        print(serving_notes(source, name=args.name, runtime=args.runtime, gpus=args.gpus)[0])
         split = ", ".join(f"{rev} {pct}%" for rev, pct in rollout.traffic.items())
         print(
             f"Serving {args.name} with {args.runtime} in namespace {rollout.namespace}: "

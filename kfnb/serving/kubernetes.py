@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from kfnb.backends.kube_api import ApiError, KubeApi
+from kfnb.backends.kube_api import ApiError, KubeApi, in_cluster
+from kfnb.serving.cluster import annotate_command
 from kfnb.serving.local import ServeError
+from kfnb.serving.manifests import ServingSpec, secret_annotations
 
 __all__ = ["ClusterServing", "Rollout"]
 
@@ -33,7 +36,7 @@ class Rollout:
     name: str
     namespace: str
     runtime: str  # "kserve" or "tfserving"
-    url: str  # the predictor's URL (KServe's status.url, or the Service's cluster DNS name)
+    url: str  # the predictor's URL (KServe's address in-cluster, else its status.url)
     traffic: dict[str, int]  # revision -> percent, as KServe reports it ({} for TF Serving)
 
 
@@ -43,6 +46,7 @@ class ClusterServing:
     def __init__(self, namespace: str | None = None, api: KubeApi | None = None) -> None:
         self.api = api or KubeApi(namespace)
         self.namespace = self.api.namespace
+        self._percent: dict[str, int | None] = {}  # InferenceService -> the canary's asked share
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         """Create each object, or replace it where it exists (a canary updates the service).
@@ -56,7 +60,40 @@ class ClusterServing:
             if index in isvcs[:-1]:
                 self.wait(obj["metadata"]["name"], "kserve")
 
+    def check_s3(self, spec: ServingSpec, runtime: str) -> None:
+        """For KServe: the S3 Secret must say where the store is (`check_secret`)."""
+        wanted = secret_annotations(spec)
+        if runtime == "kserve" and spec.s3_secret and wanted:
+            fix = annotate_command(spec.s3_secret, self.namespace, wanted)
+            self.check_secret(spec.s3_secret, wanted, fix)
+
+    def check_secret(self, secret: str, wanted: dict[str, str], fix: str) -> None:
+        """ServeError unless the S3 Secret carries the annotations KServe reads from it.
+
+        kfnb never writes the Secret (its user's, with the keys): ``fix`` is the command
+        that annotates it. A Secret kfnb may not read is not checked."""
+        try:
+            found = self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{secret}")
+        except ApiError as err:
+            if err.status == 404:
+                raise ServeError(
+                    f"Secret {secret} (Kfnb.s3_secret) is not in namespace {self.namespace}: "
+                    "create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, then `" + fix + "`"
+                ) from err
+            return
+        have = found.get("metadata", {}).get("annotations") or {}
+        wrong = sorted(key for key, value in wanted.items() if have.get(key) != value)
+        if wrong:
+            raise ServeError(
+                f"KServe reads S3 settings from Secret {secret}'s annotations and "
+                f"{', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not what this "
+                f"notebook uses, so the model would be fetched from elsewhere: run `{fix}`"
+            )
+
     def _apply(self, obj: dict[str, Any]) -> None:
+        if obj["kind"] == "InferenceService":
+            predictor = obj["spec"]["predictor"]
+            self._percent[obj["metadata"]["name"]] = predictor.get("canaryTrafficPercent")
         obj = {**obj, "metadata": {**obj["metadata"], "namespace": self.namespace}}
         path = self._path(obj["kind"])
         name = obj["metadata"]["name"]
@@ -113,6 +150,7 @@ class ClusterServing:
             if not _observed(deployment):
                 return None
             if deployment.get("status", {}).get("availableReplicas", 0) < want:
+                self._raise_failed_copy(name)
                 return None
             url = f"http://{name}-tf-serving.{self.namespace}.svc.cluster.local:8501"
             return Rollout(name, self.namespace, runtime, url, {})
@@ -120,6 +158,7 @@ class ClusterServing:
         if not _observed(isvc):
             return None  # the status still describes the spec before this change
         status = isvc.get("status", {})
+        _raise_failed_load(name, status)
         conditions = {c.get("type"): c for c in status.get("conditions", [])}
         ready = conditions.get("Ready", {})
         if ready.get("status") != "True":
@@ -128,11 +167,35 @@ class ClusterServing:
             if any("Failed" in (c.get("reason") or "") for c in failed):
                 raise ServeError(f"KServe could not serve {name}: {'; '.join(reasons)}")
             return None
+        predictor = status.get("components", {}).get("predictor", {})
+        if not _settled(predictor, self._percent.get(name)):
+            return None
         traffic = {
             t.get("revisionName", "?"): int(t.get("percent", 0))
-            for t in status.get("components", {}).get("predictor", {}).get("traffic", [])
+            for t in predictor.get("traffic", [])
         }
-        return Rollout(name, self.namespace, runtime, status.get("url", ""), traffic)
+        return Rollout(name, self.namespace, runtime, _predict_url(status), traffic)
+
+    def _raise_failed_copy(self, name: str) -> None:
+        """A copy-model init container that failed (it crash-loops, the Deployment is never
+        available) is said at once, with the tail of its log (its termination message)."""
+        pods = self.api.request(
+            "GET", f"/api/v1/namespaces/{self.namespace}/pods",
+            query={"labelSelector": f"app={name}-tf-serving"},
+        )  # fmt: skip
+        for pod in pods.get("items", []):
+            for init in pod.get("status", {}).get("initContainerStatuses") or []:
+                ended = init.get("state", {}).get("terminated") or init.get("lastState", {}).get(
+                    "terminated"
+                )
+                if init.get("name") == "copy-model" and ended and ended.get("exitCode"):
+                    lines = (ended.get("message") or "").strip().splitlines() or ["(no log)"]
+                    raise ServeError(
+                        f"copy-model could not copy the model into pod "
+                        f"{pod['metadata']['name']} (exit {ended['exitCode']}, "
+                        f"{ended.get('reason', '')}): {lines[-1][:300]}; check the s3:// URL, "
+                        "Kfnb.s3_endpoint and the Secret Kfnb.s3_secret names"
+                    )
 
     def _path(self, kind: str) -> str:
         prefix, plural = _RESOURCES[kind]
@@ -143,6 +206,50 @@ def _observed(obj: dict[str, Any]) -> bool:
     """Whether the controller has seen the object's newest spec."""
     generation = obj.get("metadata", {}).get("generation", 0)
     return int(obj.get("status", {}).get("observedGeneration", 0)) >= int(generation)
+
+
+def _raise_failed_load(name: str, status: dict[str, Any]) -> None:
+    """KServe's ``status.modelStatus``: a model that failed to load (the storage initializer
+    or the server could not) is said at once, with KServe's reason and message."""
+    model = status.get("modelStatus") or {}
+    states = model.get("states") or {}
+    if "FailedToLoad" not in (states.get("targetModelState"), states.get("activeModelState")):
+        if model.get("transitionStatus") not in ("BlockedByFailedLoad", "InvalidSpec"):
+            return
+    info = model.get("lastFailureInfo") or {}
+    message = " ".join(str(info.get("message") or "no message").split())
+    raise ServeError(
+        f"KServe could not load {name}: {info.get('reason') or 'FailedToLoad'}: "
+        f"{message[:300]} (see `kubectl describe inferenceservice {name}`)"
+    )
+
+
+def _settled(predictor: dict[str, Any], percent: int | None) -> bool:
+    """Whether the predictor's newest revision is the one ready and has the asked share.
+
+    KServe copies observedGeneration from the Knative Service, so Ready with the
+    InferenceService's generation can still describe the previous revision. Raw
+    deployments report no revisions and no traffic: nothing more to wait for then."""
+    created = predictor.get("latestCreatedRevision")
+    if created and predictor.get("latestReadyRevision") != created:
+        return False
+    traffic = predictor.get("traffic") or []
+    if not traffic:
+        return True
+    latest = [t for t in traffic if t.get("latestRevision")]
+    share = sum(int(t.get("percent", 0)) for t in latest)
+    return bool(latest) and share == (100 if percent is None else percent)
+
+
+def _predict_url(status: dict[str, Any]) -> str:
+    """Where the notebook sends predictions: in a pod, the cluster-local address (the
+    ingress host of status.url, ``*.example.com`` by default, is seldom reachable from
+    inside); elsewhere status.url. Any path on the address is dropped: kfnb adds its own."""
+    address = (status.get("address") or {}).get("url") or ""
+    if in_cluster() and address:
+        parts = urlsplit(address)
+        return f"{parts.scheme}://{parts.netloc}"
+    return str(status.get("url", ""))
 
 
 def _object(name: str, runtime: str) -> str:

@@ -2,11 +2,12 @@
 
 ``ServingSpec`` says what to serve (a model in the artifact store, by URL) and
 how; ``inference_service`` renders KServe's serving.kserve.io/v1beta1 object
-(``modelFormat: tensorflow``, ``storageUri``, a ServiceAccount that carries the S3
-Secret and KServe's S3 annotations, ``canaryTrafficPercent``), and
-``tf_serving`` a Deployment and Service running TF Serving, whose model an init
-container copies from S3 first (TF Serving no longer reads ``s3://``). Keys
-never appear here: pods get them from the Secret by reference.
+(``modelFormat: tensorflow``, ``runtimeVersion``, ``storageUri``, a ServiceAccount
+that lists the S3 Secret, ``canaryTrafficPercent``), and ``tf_serving`` a Deployment
+and Service running TF Serving, whose model an init container copies from S3 first
+(TF Serving no longer reads ``s3://``). Both run the TF Serving release
+`kfnb.serving.compat.serving_release` picks for the job's TensorFlow. Keys never
+appear here: pods get them from the Secret by reference.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kfnb.serving.compat import ServingRelease, serving_release
+
 __all__ = [
-    "TF_SERVING_IMAGE",
     "ServingSpec",
     "inference_service",
+    "secret_annotations",
     "service_account",
     "tf_serving",
 ]
 
-TF_SERVING_IMAGE = "tensorflow/serving:2.18.0"
 MC_IMAGE = "minio/mc:RELEASE.2024-11-21T17-21-54Z"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kfnb"}
 
@@ -44,6 +46,7 @@ class ServingSpec:
     source: str = ""  # the job (or path) it came from, kept as an annotation
     cpu: str = "1"
     memory: str = "2Gi"
+    release: ServingRelease = serving_release(None)  # the TF Serving that loads the model
 
     @property
     def service_account(self) -> str:
@@ -66,22 +69,35 @@ class ServingSpec:
         return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits}
 
 
-def service_account(spec: ServingSpec) -> dict[str, Any]:
-    """The ServiceAccount KServe reads S3 settings from: the Secret's name and annotations.
+def secret_annotations(spec: ServingSpec) -> dict[str, str]:
+    """The annotations KServe's storage initializer needs on the S3 **Secret** ({} for AWS).
 
-    The annotations are what KServe's storage initializer turns into S3_ENDPOINT,
-    S3_USE_HTTPS and AWS_REGION; the keys stay in the Secret.
+    KServe reads ``serving.kserve.io/s3-*`` from the annotations of each Secret the
+    ServiceAccount lists (kserve ``pkg/credentials/service_account_credentials.go``,
+    ``s3.BuildSecretEnvs``), not from the ServiceAccount's own, and without an
+    endpoint it goes to AWS. The Secret holds the keys and belongs to its user, so kfnb
+    neither renders nor rewrites it: `ClusterServing.check_secret` compares these with
+    the Secret's and names the ``kubectl annotate`` that adds them.
     """
-    annotations = {
+    if not spec.s3_endpoint or spec.s3_endpoint.endswith("amazonaws.com"):
+        return {}  # AWS: KServe's default, its region the storage initializer finds
+    return {
+        "serving.kserve.io/s3-endpoint": spec.s3_endpoint,
         "serving.kserve.io/s3-usehttps": "1" if spec.s3_use_https else "0",
         "serving.kserve.io/s3-region": spec.s3_region,
     }
-    if spec.s3_endpoint:
-        annotations["serving.kserve.io/s3-endpoint"] = spec.s3_endpoint
+
+
+def service_account(spec: ServingSpec) -> dict[str, Any]:
+    """The ServiceAccount KServe's storage initializer runs as: it lists the S3 Secret.
+
+    It carries no S3 annotations: KServe reads them from the Secret (`secret_annotations`),
+    from a ServiceAccount only beside an IRSA role (``eks.amazonaws.com/role-arn``).
+    """
     account: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {**spec._metadata(spec.service_account), "annotations": annotations},
+        "metadata": spec._metadata(spec.service_account),
     }
     if spec.s3_secret:
         account["secrets"] = [{"name": spec.s3_secret}]
@@ -92,12 +108,13 @@ def inference_service(spec: ServingSpec) -> dict[str, Any]:
     """KServe's InferenceService for the TensorFlow runtime (TF Serving inside KServe)."""
     model: dict[str, Any] = {
         "modelFormat": {"name": "tensorflow"},
+        # Always set: without it the kserve-tensorflow-serving runtime runs its default
+        # tensorflow/serving:2.6.2, which cannot load recent SavedModels. The runtime
+        # takes it as the image tag, "-gpu" suffix for the GPU build.
+        "runtimeVersion": spec.release.runtime_version(spec.gpus),
         "storageUri": spec.storage_uri,
         "resources": spec._resources(),
     }
-    if spec.gpus:
-        # KServe's TensorFlow runtime picks the GPU image by its runtimeVersion suffix.
-        model["runtimeVersion"] = TF_SERVING_IMAGE.rsplit(":", 1)[1] + "-gpu"
     predictor: dict[str, Any] = {
         "minReplicas": spec.replicas,
         "maxReplicas": spec.replicas,
@@ -136,7 +153,7 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
         {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     ]
-    image = TF_SERVING_IMAGE + ("-gpu" if spec.gpus else "")
+    image = spec.release.image(spec.gpus)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -157,6 +174,9 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
                                 *(key_env if spec.s3_secret else []),
                             ],
                             "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                            # A failed copy's last log lines become its termination
+                            # message, which kfnb reports (`ClusterServing.wait`).
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                         }
                     ],
                     "containers": [
