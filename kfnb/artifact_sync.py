@@ -233,6 +233,8 @@ class _Watched:
     path: Path
     key: str
     is_dir: bool
+    mirror: bool = False  # files removed here are removed from the bucket too
+    last: tuple[str, ...] = ()  # names uploaded after the rest of a pass
 
 
 class Syncer:
@@ -276,10 +278,18 @@ class Syncer:
         """Model versions already in the bucket, so a new one never overwrites them."""
         return model_versions(self.client, self.bucket, self.prefix)
 
-    def watch(self, path: Path, relative: str) -> None:
-        """Keep ``path`` (a file, or a directory and everything under it) uploaded."""
+    def watch(
+        self, path: Path, relative: str, mirror: bool = False, last: tuple[str, ...] = ()
+    ) -> None:
+        """Keep ``path`` (a file, or a directory and everything under it) uploaded.
+
+        ``mirror``: a file removed here is removed from the bucket (a checkpoint
+        manager deletes old checkpoints). ``last``: files so named go after the
+        others of a pass, as a checkpoint's index file must follow its data.
+        """
+        watched = _Watched(path, relative.strip("/"), path.is_dir(), mirror, last)
         with self._lock:
-            self._watched.append(_Watched(path, relative.strip("/"), path.is_dir()))
+            self._watched.append(watched)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="kfnb-sync", daemon=True)
@@ -289,9 +299,11 @@ class Syncer:
         while not self._stop.wait(self.interval):
             self.sync()
 
-    def _files(self) -> list[tuple[Path, str]]:
+    def _files(self, only: str | None = None) -> list[tuple[Path, str]]:
         files = []
         for watched in self._watched:
+            if only is not None and watched.key != only:
+                continue
             if watched.is_dir or watched.path.is_dir():
                 for path in sorted(watched.path.rglob("*")):
                     if path.is_file() and not path.name.startswith("."):
@@ -299,12 +311,16 @@ class Syncer:
                         files.append((path, f"{watched.key}/{rel}"))
             elif watched.path.is_file():
                 files.append((watched.path, watched.key))
-        return files
+        lasts = {name for watched in self._watched for name in watched.last}
+        return sorted(files, key=lambda item: item[0].name in lasts)  # a stable sort
 
-    def sync(self) -> None:
-        """One pass: upload every watched file that changed since its last upload."""
+    def sync(self, only: str | None = None) -> None:
+        """One pass: upload every watched file that changed since its last upload, then
+        remove from the bucket what a mirrored directory no longer has. ``only``: the
+        watch with that key alone (a checkpoint just written, from the training thread)."""
         with self._lock:
-            for path, relative in self._files():
+            files = self._files(only)
+            for path, relative in files:
                 try:
                     stat = path.stat()
                 except OSError:
@@ -313,6 +329,18 @@ class Syncer:
                 if self._uploaded.get(relative) == signature and relative not in self.failed:
                     continue
                 self.upload_file(path, relative, signature)
+            self._remove_deleted({relative for _, relative in files}, only)
+
+    def _remove_deleted(self, present: set[str], only: str | None) -> None:
+        mirrored = [w.key for w in self._watched if w.mirror and only in (None, w.key)]
+        for relative in list(self._uploaded):
+            gone = relative not in present and not self._paths[relative].exists()
+            if gone and any(relative.startswith(f"{key}/") for key in mirrored):
+                try:
+                    self.client.remove_object(self.bucket, self.key(relative))
+                except storage_errors():
+                    continue  # a stale file in the bucket is harmless: try again next pass
+                del self._uploaded[relative]
 
     def upload_file(
         self, path: Path, relative: str, signature: tuple[int, int] | None = None
@@ -380,3 +408,30 @@ def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
     client.fget_object(bucket, key, str(tmp))
     os.replace(tmp, dest)
     return dest
+
+
+def download_newer(client: Any, bucket: str, prefix: str, dest: Path) -> list[Path]:
+    """Download the objects under ``prefix/`` that ``dest`` lacks or has an older or
+    different-sized copy of; nothing local is removed. What was downloaded.
+
+    How a replica picks up the job's checkpoints when it starts: in a fresh pod all
+    of them; where its files survived (the same pod, the local backend) only those
+    the chief has uploaded since.
+    """
+    got = []
+    for item in client.list_objects(bucket, prefix=f"{prefix.strip('/')}/", recursive=True):
+        relative = item.object_name[len(prefix.strip("/")) + 1 :]
+        target = dest / relative
+        if not relative or relative.endswith("/") or _is_current(target, item):
+            continue
+        got.append(download(client, bucket, item.object_name, target))
+    return got
+
+
+def _is_current(path: Path, item: Any) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    modified = item.last_modified.timestamp() if item.last_modified else 0.0
+    return stat.st_size == item.size and stat.st_mtime >= modified

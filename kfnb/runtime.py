@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 TRAINING_TYPES = ("chief", "master", "worker")
+CHECKPOINTS = "checkpoints"  # the job's checkpoint_dir, relative to its store
 
 
 class TFJobContext:
@@ -118,6 +119,37 @@ class TFJobContext:
 
         return tf.keras.callbacks.TensorBoard(log_dir=self.logdir, **kwargs)
 
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where to keep what a restarted replica resumes from: ``checkpoints/`` in the
+        job's store, one directory for the whole job that outlives its replicas' restarts.
+
+        Every replica sees the same directory, as workers on a cluster see one shared
+        file system: under MultiWorkerMirroredStrategy write from the chief only (Keras'
+        ``BackupAndRestore`` does: the others write a temporary copy and remove it).
+        With an ``s3://`` store it is uploaded as it changes, and downloaded when a
+        replica starts.
+        """
+        path = self.artifacts / CHECKPOINTS
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def backup_and_restore(self, **kwargs: Any) -> Any:
+        """A Keras ``BackupAndRestore`` callback backing up into ``checkpoint_dir``: with
+        ``--restart-policy OnFailure`` a replica that dies in epoch 6 restarts, and its
+        ``fit`` goes on from epoch 6 instead of epoch 0. Keyword arguments go to Keras."""
+        import tensorflow as tf
+
+        backup_dir = os.path.join(self.checkpoint_dir, "backup")
+        base = tf.keras.callbacks.BackupAndRestore
+        push = self._push_checkpoints
+        return type(base.__name__, (base,), _pushing_methods(base, push))(backup_dir, **kwargs)
+
+    def _push_checkpoints(self) -> None:
+        """Upload a backup before training goes on, so a restart finds the newest one."""
+        if self.sync is not None and self.is_chief:
+            self.sync.sync(only=CHECKPOINTS)
+
     def fetch(self, url: str) -> str:
         """A local path to ``url``: an ``s3://`` object is downloaded once per replica
         (e.g. a data set uploaded with ``kfnb.storage.upload_dataset``); paths pass."""
@@ -154,6 +186,31 @@ class TFJobContext:
             f"<tfjob {self.job_name} {self.replica}: chief={self.is_chief} "
             f"num_workers={self.num_workers}>"
         )
+
+
+def _pushing_methods(base: Any, push: Any) -> dict[str, Any]:
+    """``on_epoch_end`` and ``on_train_batch_end`` of ``base`` (where Keras 2 and 3 save
+    their backup) and ``on_train_end`` (where they delete it), each followed by ``push``,
+    which uploads (or removes) when the store is s3://."""
+
+    def on_epoch_end(self: Any, epoch: int, logs: Any = None) -> None:
+        base.on_epoch_end(self, epoch, logs)
+        push()
+
+    def on_train_batch_end(self: Any, batch: int, logs: Any = None) -> None:
+        base.on_train_batch_end(self, batch, logs)
+        if self.save_freq not in ("epoch", False):
+            push()
+
+    def on_train_end(self: Any, logs: Any = None) -> None:
+        base.on_train_end(self, logs)
+        push()
+
+    return {
+        "on_epoch_end": on_epoch_end,
+        "on_train_batch_end": on_train_batch_end,
+        "on_train_end": on_train_end,
+    }
 
 
 class ReplicaError(Exception):
@@ -315,13 +372,31 @@ class _Uploads:
         if not log:  # in a pod the log is stdout: keep a copy to upload
             log = str(context.artifacts / "logs" / f"{context.replica}.log")
             self._tee = _Tee(Path(log))
+            self._restore_checkpoints(sync, context.artifacts / CHECKPOINTS)
         self.syncer.watch(Path(log), f"logs/{context.replica}.log")
         if context.is_chief:
             self.syncer.watch(context.artifacts / "tensorboard", "tensorboard")
+            # Keras 2 writes a checkpoint's state file last, Keras 3 its metadata: so here.
+            last = ("checkpoint", "training_metadata.json")
+            self.syncer.watch(context.artifacts / CHECKPOINTS, CHECKPOINTS, mirror=True, last=last)
         elif context.task_type == "evaluator":
             evaluator = context.artifacts / "tensorboard" / "evaluator"
             self.syncer.watch(evaluator, "tensorboard/evaluator")
         self.status_key = f"status/{context.replica}.json"
+
+    def _restore_checkpoints(self, sync: Any, local: Path) -> None:
+        """The job's checkpoints from the bucket, for a replica in a pod of its own (a
+        fresh pod has none; a restarted container has what it had, older than the
+        chief's). The local supervisor's replicas share one directory: nothing to do."""
+        prefix = f"{self.prefix}/{CHECKPOINTS}" if self.prefix else CHECKPOINTS
+        try:
+            got = sync.download_newer(self.syncer.client, self.bucket, prefix, local)
+        except sync.storage_errors() as exc:
+            raise ReplicaError(
+                sync.describe_error(exc, self.config, "restoring checkpoints")
+            ) from exc
+        if got:
+            print(f"kfnb: {len(got)} checkpoint file(s) restored from the job's store", flush=True)
 
     def finish(self, published: str | None) -> dict[str, str]:
         """Upload the model, then the rest with retries; what is still missing, and why."""
