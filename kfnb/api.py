@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kfnb.bundle import Bundle
     from kfnb.job import Job
     from kfnb.packages import PackagePlan
+    from kfnb.pod_options import PodOptions
     from kfnb.serving.kubernetes import Rollout
     from kfnb.serving.served import ServedModel
     from kfnb.spec import JobSpec
@@ -96,6 +97,13 @@ def submit(
     pip: Iterable[str] = (),
     requirements: str | None = None,
     wheelhouse: str | None = None,
+    image_pull_secrets: Iterable[str] = (),
+    node_selector: Mapping[str, str] | Iterable[str] = (),
+    tolerations: Iterable[str] = (),
+    labels: Mapping[str, str] | Iterable[str] = (),
+    annotations: Mapping[str, str] | Iterable[str] = (),
+    priority_class: str | None = None,
+    gpu_type: str | None = None,
 ) -> Job:
     """Run ``source`` as a TFJob and return its `Job` at once (``job.wait()`` blocks).
 
@@ -108,7 +116,9 @@ def submit(
     interpreter lacks (tf-keras, tensorboard, the packages the code imports, ``pip``
     specs and a ``requirements`` file) is installed before the cell runs, from the
     ``wheelhouse`` (default ``%config Kfnb.wheelhouse``) or the package index. The
-    other arguments are the `JobSpec` fields, with the ``Kfnb`` settings as defaults.
+    other arguments are the `JobSpec` fields and the pods' options (`PodOptions`:
+    pull secrets, node selector, ``KEY[=VALUE]:EFFECT`` tolerations, labels, annotations,
+    priority class, GPU type), with the ``Kfnb`` settings as defaults.
     """
     options = {k: v for k, v in locals().items() if k != "source"}  # the arguments, first
     from kfnb.job import Job
@@ -145,19 +155,20 @@ def submit(
 def render(source: str, **options: Any) -> dict[str, Any]:
     """The TFJob manifest `submit` would send with the same arguments, after the same
     checks (but for a name in use); nothing is submitted."""
-    return _prepare(source, options, inspect.currentframe()).manifest
+    return _prepare(source, options, inspect.currentframe(), rendering=True).manifest
 
 
 def prepare(source: str, **options: Any) -> Submission:
     """What `submit` would do with the same arguments: the backend, bundle, manifest and
     the packages each replica gets installed (``--dry-run`` shows them); nothing is sent."""
-    return _prepare(source, options, inspect.currentframe())
+    return _prepare(source, options, inspect.currentframe(), rendering=True)
 
 
-def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> Submission:
+def _prepare(
+    source: str, options: dict[str, Any], frame: FrameType | None, rendering: bool = False
+) -> Submission:
     """Bundle ``source`` and render its TFJob from `submit`'s ``options``; ``frame`` is
     the public function's, whose caller's globals are the names outside IPython."""
-    from kfnb.backends import get_backend
     from kfnb.bundle import BundleError, build_bundle
     from kfnb.config import settings
     from kfnb.spec import JobSpec, validate_name
@@ -175,9 +186,10 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
     include, cwd = fields.pop("include", ()), fields.pop("cwd", None)
     gpus, image = fields.pop("gpus", 0), fields.pop("image", None)
     needs = {k: fields.pop(k, None) for k in ("pip", "requirements", "wheelhouse")}
+    pod = _pod_options({k: fields.pop(k, None) for k in _POD_FIELDS})
     namespace = namespace or config.namespace or None
     if isinstance(backend, str) or backend is None:
-        backend = get_backend(backend or config.backend, storage=storage, namespace=namespace)
+        backend = _backend(backend or config.backend, storage, namespace, rendering)
     store = open_store(backend.storage)
     name = validate_name(name) if name is not None else _fresh_name()
     image = image or config.image or default_image(gpus)
@@ -197,11 +209,12 @@ def _prepare(source: str, options: dict[str, Any], frame: FrameType | None) -> S
         gpus=gpus,
         image=image,
         env=_env_pairs(fields.pop("env", ())),
-        namespace=namespace,
+        namespace=namespace or backend.namespace or None,  # the cluster's, for --dry-run
         legacy_keras=config.legacy_keras,
         artifacts=str(job_dir) if job_dir else "",
         code_files=tuple(bundle.files),
         storage_env=tuple(replica_env(store, name).items()),
+        pod=pod,
         **fields,
     )
     packages = None
@@ -291,6 +304,49 @@ def _replica_python(backend: Backend, image: str) -> str | None:
     local interpreter's): when it is not the kernel's, names travel by source."""
     probe = getattr(backend, "replica_python", None)
     return probe(image) if callable(probe) else None
+
+
+_POD_FIELDS = (
+    "image_pull_secrets",
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "priority_class",
+    "gpu_type",
+)
+
+
+def _pod_options(given: dict[str, Any]) -> PodOptions:
+    """The pods' options: the arguments over the ``Kfnb`` settings (lists add up)."""
+    from kfnb.config import settings
+    from kfnb.pod_options import PodOptions, key_value_pairs
+
+    config = settings()
+    options: dict[str, Any] = {}
+    for key in ("image_pull_secrets", "tolerations"):
+        options[key] = [*getattr(config, key), *(given[key] or ())]
+    for key in ("node_selector", "labels", "annotations"):
+        options[key] = {**getattr(config, key), **dict(key_value_pairs(key, given[key] or ()))}
+    for key in ("priority_class", "gpu_type"):
+        options[key] = given[key] or getattr(config, key)
+    return PodOptions.make(
+        **options, istio_sidecar=config.istio_sidecar, pod_template=config.pod_template
+    )
+
+
+def _backend(name: str, storage: str | None, namespace: str | None, rendering: bool) -> Backend:
+    """The backend ``name``; for rendering only, the Kubernetes one even with no cluster
+    configured (``--dry-run`` prints what a cluster would get)."""
+    from kfnb.backends import get_backend
+
+    if rendering and name == "kubernetes":
+        from kfnb.backends.kube_api import cluster_configured
+        from kfnb.backends.kubernetes import KubernetesBackend
+
+        if not cluster_configured():
+            return KubernetesBackend.offline(storage, namespace)
+    return get_backend(name, storage=storage, namespace=namespace)
 
 
 def _fresh_name() -> str:

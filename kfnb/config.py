@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, CaselessStrEnum, Unicode, default, observe
+from traitlets import Bool, CaselessStrEnum, Dict, List, Unicode, Union, default, observe
 from traitlets.config import Configurable
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -50,6 +50,37 @@ class Kfnb(Configurable):
         True,
         help="Set TF_USE_LEGACY_KERAS=1 in multi-worker jobs: Keras 3 cannot fit under "
         "MultiWorkerMirroredStrategy (keras-team/keras#20585), tf-keras can.",
+    ).tag(config=True)
+    istio_sidecar = Bool(
+        False,
+        help="Let Istio inject its sidecar into TFJob replicas. Off: replicas are labelled and "
+        "annotated sidecar.istio.io/inject=false, since a sidecar keeps a finished replica "
+        "Running and can start after TensorFlow (kubeflow/trainer#1778).",
+    ).tag(config=True)
+    image_pull_secrets = List(
+        Unicode(), help="Secrets for pulling images (--image-pull-secret)."
+    ).tag(config=True)
+    node_selector = Dict(help="Node labels every replica pod needs (--node-selector).").tag(
+        config=True
+    )
+    tolerations = List(Unicode(), help="KEY[=VALUE]:EFFECT taints replicas tolerate.").tag(
+        config=True
+    )
+    labels = Dict(help="Labels of every replica pod: PodDefaults select by them (--label).").tag(
+        config=True
+    )
+    annotations = Dict(help="Annotations of every replica pod (--annotation).").tag(config=True)
+    priority_class = Unicode("", help="PriorityClass of replica pods (--priority-class).").tag(
+        config=True
+    )
+    gpu_type = Unicode(
+        "", help="nvidia.com/gpu.product nodes must have for GPU jobs (--gpu-type)."
+    ).tag(config=True)
+    pod_template = Union(
+        [Dict(), Unicode()],
+        default_value={},
+        help="A pod template (dict or YAML) merged into every replica pod, for what no flag "
+        "covers; named lists (containers, volumes, env) merge by name.",
     ).tag(config=True)
     install_packages = Bool(
         True,

@@ -11,7 +11,10 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kfnb.pod_options import PodOptions
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "TFJob"
@@ -134,6 +137,8 @@ class JobSpec:
     # The init container installs TensorFlow's CUDA wheels (nvidia-*): their libraries'
     # directories, under PACKAGES_DIR, go on the training replicas' LD_LIBRARY_PATH.
     cuda_libraries: tuple[str, ...] = ()
+    # Istio, Pod Security, scheduling and pull secrets for every replica pod (None: defaults).
+    pod: PodOptions | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -296,7 +301,12 @@ class JobSpec:
             )
             pod["initContainers"] = [self._packages_container()]
             pod["volumes"].append({"name": PACKAGES_CONTAINER, "emptyDir": {}})
-        return {"metadata": {"labels": {**MANAGED_BY, "kfnb/job": self.name}}, "spec": pod}
+        from kfnb.pod_options import PodOptions
+
+        template = {"metadata": {"labels": {**MANAGED_BY, "kfnb/job": self.name}}, "spec": pod}
+        # Replicas never call the API server: no token in their pods.
+        pod["automountServiceAccountToken"] = False
+        return (self.pod or PodOptions()).apply(template)
 
     def to_manifest(self) -> dict[str, Any]:
         """The TFJob, as the Training Operator 1.9 reads it."""

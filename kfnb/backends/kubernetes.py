@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kfnb.backends import BackendError, JobNotFound
 from kfnb.backends.kube_api import (
@@ -107,8 +107,28 @@ def stop_watchers() -> None:
         _watchers.clear()
 
 
+class _NoCluster:
+    """The API of an offline backend: it has a namespace, and no server to ask."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        raise BackendError(
+            "no Kubernetes cluster is configured: set KUBECONFIG (or run in a pod), or use "
+            "--backend local; --dry-run prints what a cluster would get without one"
+        )
+
+
 class KubernetesBackend:
     name = "kubernetes"
+
+    @classmethod
+    def offline(cls, storage: str | Path | None, namespace: str | None) -> KubernetesBackend:
+        """A backend that renders what a cluster would get and never calls one (--dry-run
+        with no cluster configured): the namespace is the one given, set, or ``default``."""
+        where = namespace or settings().namespace or "default"
+        return cls(storage, where, api=cast(KubeApi, _NoCluster(where)))
 
     def __init__(
         self,

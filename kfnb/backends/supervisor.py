@@ -141,6 +141,7 @@ def _localized(
         return value
 
     env = {e["name"]: here(str(e.get("value", ""))) for e in container.get("env", [])}
+    env.pop("HOME", None)  # a pod's scratch HOME; processes here keep the user's
     command = [
         python if c == "python" else here(c)
         for c in container.get("command", []) + container.get("args", [])

@@ -7,10 +7,18 @@ from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 
+# Arguments whose flag is singular, given once per item (--label a=1 --label b=2 works too).
+_SINGULAR_FLAGS = {
+    "image_pull_secrets": "--image-pull-secret",
+    "tolerations": "--toleration",
+    "labels": "--label",
+    "annotations": "--annotation",
+}
+
 
 def flag(field: str) -> str:
     """The magics' flag for a `kfnb.api` argument: ``restart_policy`` is ``--restart-policy``."""
-    return "--" + field.replace("_", "-")
+    return _SINGULAR_FLAGS.get(field) or "--" + field.replace("_", "-")
 
 
 @contextmanager

@@ -29,8 +29,24 @@ def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _pod_flags() -> list[Callable[[F], F]]:
+    """Flags for every replica pod on Kubernetes (also settable with ``%config Kfnb.*``)."""
+    many = {"nargs": "+", "action": "extend", "default": []}
+    return [
+        argument("--image-pull-secret", metavar="NAME", help="Secret to pull the image", **many),
+        argument("--node-selector", metavar="KEY=VALUE", help="node label pods need", **many),
+        argument("--toleration", metavar="KEY[=VALUE]:EFFECT", help="taint pods tolerate", **many),
+        argument(
+            "--label", metavar="KEY=VALUE", help="pod label (PodDefaults select by it)", **many
+        ),
+        argument("--annotation", metavar="KEY=VALUE", help="pod annotation", **many),
+        argument("--priority-class", metavar="NAME", help="the pods' PriorityClass"),
+        argument("--gpu-type", metavar="PRODUCT", help="nvidia.com/gpu.product of GPU nodes"),
+    ]
+
+
 def _job_flags(func: F) -> F:
-    decorators = [
+    decorators: list[Callable[[F], F]] = [
         magic_arguments(),
         argument("--name", help="job name, a DNS-1035 label (default: a fresh tfjob-xxxxxx)"),
         argument("--workers", type=int, default=1, help="worker replicas (default 1)"),
@@ -80,6 +96,7 @@ def _job_flags(func: F) -> F:
         argument(
             "--timeout", type=int, help="seconds before the job fails (activeDeadlineSeconds)"
         ),
+        *_pod_flags(),
         argument(
             "--pip",
             nargs="+",
@@ -151,6 +168,13 @@ class JobMagics(Magics):  # type: ignore[misc]
             "pip": args.pip,
             "requirements": args.requirements,
             "wheelhouse": args.wheelhouse,
+            "image_pull_secrets": args.image_pull_secret,
+            "node_selector": args.node_selector,
+            "tolerations": args.toleration,
+            "labels": args.label,
+            "annotations": args.annotation,
+            "priority_class": args.priority_class,
+            "gpu_type": args.gpu_type,
         }
         with usage_errors():
             if args.dry_run:
