@@ -33,6 +33,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 TRAINING_TYPES = ("chief", "master", "worker")
@@ -142,8 +143,8 @@ class TFJobContext:
 
         backup_dir = os.path.join(self.checkpoint_dir, "backup")
         base = tf.keras.callbacks.BackupAndRestore
-        push = self._push_checkpoints
-        return type(base.__name__, (base,), _pushing_methods(base, push))(backup_dir, **kwargs)
+        methods = {**_pushing_methods(base, self._push_checkpoints), **_saying_methods(base)}
+        return type(base.__name__, (base,), methods)(backup_dir, **kwargs)
 
     def _push_checkpoints(self) -> None:
         """Upload a backup before training goes on, so a restart finds the newest one."""
@@ -211,6 +212,25 @@ def _pushing_methods(base: Any, push: Any) -> dict[str, Any]:
         "on_train_batch_end": on_train_batch_end,
         "on_train_end": on_train_end,
     }
+
+
+def _saying_methods(base: Any) -> dict[str, Any]:
+    """``on_train_begin`` and ``on_epoch_begin`` of ``base`` that say in the log when
+    ``fit`` goes on from a backup, and at which epoch (1-based, as Keras counts)."""
+
+    def on_train_begin(self: Any, logs: Any = None) -> None:
+        backup = Path(self.backup_dir)  # looked at before Keras restores from it
+        self._kfnb_resuming = backup.is_dir() and any(p.is_file() for p in backup.rglob("*"))
+        base.on_train_begin(self, logs)
+
+    def on_epoch_begin(self: Any, epoch: int, logs: Any = None) -> None:
+        base.on_epoch_begin(self, epoch, logs)
+        if getattr(self, "_kfnb_resuming", False):
+            self._kfnb_resuming = False
+            epochs = self.params.get("epochs", "?")
+            print(f"kfnb: resuming from the backup at epoch {epoch + 1}/{epochs}", flush=True)
+
+    return {"on_train_begin": on_train_begin, "on_epoch_begin": on_epoch_begin}
 
 
 class ReplicaError(Exception):
@@ -443,9 +463,23 @@ class _Tee:
         self.file.close()
 
 
+def artifacts_dir(env: Mapping[str, str]) -> Path:
+    """The directory this replica writes its files into: ``KFNB_ARTIFACTS``. With an
+    ``s3://`` store (``KFNB_STORE``) it is scratch the uploads read from; a URL there
+    (as earlier kfnb manifests set it) is not a path, so scratch in the temp directory
+    is used, never the working directory, which a pod may mount read-only."""
+    given = env.get("KFNB_ARTIFACTS", "")
+    if given and "://" not in given:
+        return Path(given)
+    if given or env.get("KFNB_STORE", "").startswith("s3://"):
+        job = env.get("KFNB_JOB_NAME", "job")
+        return Path(tempfile.gettempdir()) / "kfnb-artifacts" / job
+    return Path(os.getcwd())
+
+
 def main() -> int:
     code_dir = Path(os.environ.get("KFNB_CODE_DIR") or Path(__file__).resolve().parent)
-    artifacts = Path(os.environ.get("KFNB_ARTIFACTS") or os.getcwd())
+    artifacts = artifacts_dir(os.environ)
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     job_name = os.environ.get("KFNB_JOB_NAME", "job")
     context = TFJobContext(job_name, artifacts, tf_config)
@@ -490,7 +524,8 @@ def main() -> int:
         sys.stderr.write(formatted)
     published = context.finish(exit_code == 0)
     if published:
-        print(f"kfnb: model saved as version {Path(published).name} in {published}")
+        where = f"{os.environ['KFNB_STORE'].rstrip('/')}/model" if uploads else published
+        print(f"kfnb: model saved as version {Path(published).name} in {where}")
     sys.stdout.flush()
     sys.stderr.flush()
     not_uploaded: dict[str, str] = {}

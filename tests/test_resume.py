@@ -102,6 +102,7 @@ def test_backup_and_restore_resumes_at_the_epoch_that_was_killed() -> None:
     log0 = job.logs("worker-0")
     assert epochs_after_restart(log0) == list(range(KILL_AT, EPOCHS)), log0
     assert "kfnb-test: done" in log0
+    assert f"kfnb: resuming from the backup at epoch {KILL_AT + 1}/{EPOCHS}" in log0
     # Worker 1 lost its peer mid all-reduce (UnavailableError): it restarts too, and
     # resumes from the chief's backup at the same epoch, or the all-reduces would not match.
     log1 = job.logs("worker-1")
@@ -117,3 +118,4 @@ def test_without_backup_and_restore_a_restart_starts_over() -> None:
     assert job.status().phase == "Succeeded"
     log0 = job.logs("worker-0")
     assert epochs_after_restart(log0) == list(range(EPOCHS)), log0
+    assert "kfnb: resuming" not in log0

@@ -19,7 +19,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from kfnb.job import Job
-from kfnb.status import JobStatus
+from kfnb.status import JobStatus, ReplicaStatus
 from kfnb.widgets.plots import Points, svg_plot
 from kfnb.widgets.tf_messages import is_tensorflow_message
 
@@ -46,9 +46,35 @@ def _badge(phase: str) -> str:
 DIM, UNDIM = "\x1b[38;5;245m", "\x1b[0m"
 
 
+# The supervisor's restart marker (``--- kfnb: restart 2 of worker-0 ---``) in orange
+# and bold, so where a replica started over stands out in its log.
+RESTART, UNRESTART = "\x1b[1;38;5;208m", "\x1b[0m"
+RESTART_MARKER = "--- kfnb: restart "
+
+
 def _dimmed(line: str) -> str:
+    return _coloured(line, DIM, UNDIM)
+
+
+def _coloured(line: str, start: str, end: str) -> str:
     body = line.rstrip("\r\n")
-    return f"{DIM}{body}{UNDIM}{line[len(body):]}"
+    return f"{start}{body}{end}{line[len(body) :]}"
+
+
+def tab_title(replica: ReplicaStatus) -> str:
+    """A log tab's title: the replica, and how often it restarted, if it did."""
+    return f"{replica.name} ↻{replica.restarts}" if replica.restarts else replica.name
+
+
+def restarts_note(status: JobStatus) -> str:
+    """One line naming the replicas that restarted and how often; empty when none did."""
+    restarted = [f"{r.name} {r.restarts}×" for r in status.replicas if r.restarts]
+    if not restarted:
+        return ""
+    return (
+        f"↻ restarted: {', '.join(restarted)} (the restart policy started them again; a "
+        "cell with tfjob.backup_and_restore() goes on from its last epoch)"
+    )
 
 
 class LogPane:
@@ -81,6 +107,8 @@ class LogPane:
 
     def _view(self, line: str) -> str | None:
         """How ``line`` appears in the pane: as is, dimmed, or not at all (None)."""
+        if line.startswith(RESTART_MARKER):
+            return _coloured(line, RESTART, UNRESTART)
         if not is_tensorflow_message(line):
             return line
         return _dimmed(line) if self.tensorflow_messages else None
@@ -171,6 +199,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         self.tensorflow_messages.add_class("kfnb-tf-messages")
         self.tensorflow_messages.observe(self._on_tensorflow_messages, names="value")
         self.failure = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.restarts = widgets.HTML(layout=widgets.Layout(display="none"))
         # What replicas warned of as they started (a GPU asked for, none seen).
         self.warnings = widgets.HTML(layout=widgets.Layout(display="none"))
         self.replica_warnings: dict[str, tuple[str, ...]] = {}  # replicas that recorded theirs
@@ -181,9 +210,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             replicas = job.replicas
         except Exception:  # e.g. its directory is gone: refresh() says so below
             replicas = []
-        self.panes = {
-            name: LogPane(job, name, max_lines, tensorflow_messages) for name in replicas
-        }
+        self.panes = {name: LogPane(job, name, max_lines, tensorflow_messages) for name in replicas}
         self.tabs.children = [pane.box for pane in self.panes.values()]
         self.tabs.titles = tuple(replicas)
         self.scalars: dict[str, dict[str, Points]] = {}  # what the reader has read so far
@@ -195,6 +222,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             children=[
                 widgets.HBox([self.header, self.stop_button, self.tensorflow_messages]),
                 self.replica_table,
+                self.restarts,
                 self.warnings,
                 self.failure,
                 self.tabs,
@@ -283,6 +311,7 @@ class JobView(widgets.VBox):  # type: ignore[misc]
             '<table class="kfnb-replicas"><tr><th>type</th><th>index</th><th>phase</th>'
             f"<th>restarts</th><th>exit code</th></tr>{rows}</table>"
         )
+        self._render_restarts(status)
         if status.finished:
             self.stop_button.disabled = True
             self.stop_button.button_style = ""
@@ -297,6 +326,19 @@ class JobView(widgets.VBox):  # type: ignore[misc]
                 f"{html.escape(str(failure))}</b><pre>{html.escape(detail)}</pre></div>"
             )
             self.failure.layout.display = None
+
+    def _render_restarts(self, status: JobStatus) -> None:
+        note = restarts_note(status)
+        self.restarts.value = (
+            f'<div class="kfnb-restarts" style="color:#ef6c00">{html.escape(note)}</div>'
+            if note
+            else ""
+        )
+        self.restarts.layout.display = None if note else "none"
+        titles = {r.name: tab_title(r) for r in status.replicas}
+        wanted = tuple(titles.get(name, name) for name in self.panes)
+        if tuple(self.tabs.titles) != wanted:
+            self.tabs.titles = wanted
 
     def _update_warnings(self, again: bool) -> None:
         """Ask the replicas that have not recorded their start yet (all of them ``again``,

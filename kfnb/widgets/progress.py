@@ -13,7 +13,9 @@ from kfnb.widgets.tf_messages import is_tensorflow_message
 
 
 def _line(status: JobStatus) -> str:
-    replicas = ", ".join(f"{r.name} {r.phase}" for r in status.replicas)
+    replicas = ", ".join(
+        f"{r.name} {r.phase}" + (f" ↻{r.restarts}" if r.restarts else "") for r in status.replicas
+    )
     elapsed = f" {status.elapsed:.0f}s" if status.elapsed is not None else ""
     return f"[{status.name}] {status.phase}{elapsed} ({replicas})"
 
@@ -50,7 +52,7 @@ def print_progress(
                 for replica, warnings in job.warnings().items():
                     for warning in warnings:
                         print(f"[{replica}] kfnb warning: {warning}", file=out, flush=True)
-            phases = (status.phase, tuple(r.phase for r in status.replicas))
+            phases = (status.phase, tuple((r.phase, r.restarts) for r in status.replicas))
             if phases != shown:  # a line per change, not per poll
                 shown = phases
                 print(_line(status), file=out, flush=True)
