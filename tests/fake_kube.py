@@ -211,6 +211,12 @@ class FakeKube:
     bookmark_every: float = 0.5  # seconds an idle watch waits before a BOOKMARK (real: ~60)
     log_zone: int = 0  # minutes east of UTC that log lines are stamped in (+08:00: 480)
     tls: bool = False  # HTTPS with a CA made for the test (in-cluster mode)
+    # namespace -> its pod-security.kubernetes.io/enforce level: the fake operator's pod
+    # creations are refused as PodSecurity admission refuses them (tests/pod_security.py).
+    pod_security: dict[str, str] = field(default_factory=dict)
+    # Every pod's first init container fails with this log (the kubelet's termination
+    # message under FallbackToLogsOnError), as kfnb-packages does when the index is away.
+    init_failure: str = ""
 
     def __post_init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
@@ -393,7 +399,13 @@ class FakeKube:
             return obj
 
     def event(
-        self, namespace: str, pod: str, reason: str, message: str, kind: str = "Warning"
+        self,
+        namespace: str,
+        pod: str,
+        reason: str,
+        message: str,
+        kind: str = "Warning",
+        involved: str = "Pod",
     ) -> None:
         self._put(
             CORE,
@@ -403,7 +415,7 @@ class FakeKube:
                 "apiVersion": "v1",
                 "kind": "Event",
                 "metadata": {"name": f"{pod}.{uuid.uuid4().hex[:12]}"},
-                "involvedObject": {"kind": "Pod", "name": pod, "namespace": namespace},
+                "involvedObject": {"kind": involved, "name": pod, "namespace": namespace},
                 "reason": reason,
                 "message": message,
                 "type": kind,
@@ -603,23 +615,34 @@ class FakeKube:
         for kind, spec in tfjob["spec"]["tfReplicaSpecs"].items():
             for index in range(spec.get("replicas", 1)):
                 replica = f"{kind.lower()}-{index}"
-                container = spec["template"]["spec"]["containers"][0]
+                template = spec["template"]
+                container = template["spec"]["containers"][0]
                 pod = {
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": {
                         "name": f"{job}-{replica}",
                         "ownerReferences": [owner],
+                        "annotations": dict(template.get("metadata", {}).get("annotations", {})),
                         "labels": {
+                            **template.get("metadata", {}).get("labels", {}),
                             "training.kubeflow.org/job-name": job,
                             "training.kubeflow.org/replica-type": kind.lower(),
                             "training.kubeflow.org/replica-index": str(index),
                             "training.kubeflow.org/operator-name": "tfjob-controller",
                         },
                     },
-                    "spec": {"containers": [container]},
+                    "spec": json.loads(json.dumps(template["spec"])),
                     "status": {"phase": "Pending"},
                 }
+                refused = self._admission(namespace, pod)
+                if refused:
+                    # The operator's create fails; it says so on the TFJob and retries later.
+                    self.event(
+                        namespace, job, "FailedCreatePod", f"Error creating: {refused}",
+                        involved="TFJob",
+                    )  # fmt: skip
+                    return
                 self._put(CORE, "pods", namespace, pod)
                 pods.append((replica, f"{job}-{replica}", container))
         time.sleep(self.step)
@@ -736,6 +759,50 @@ class FakeKube:
                 ),
             )
 
+    def _admission(self, namespace: str, pod: dict[str, Any]) -> str:
+        """PodSecurity admission's refusal of ``pod`` in ``namespace``, or ""."""
+        from tests.pod_security import (
+            admission_message,
+            baseline_violations,
+            restricted_violations,
+        )
+
+        level = self.pod_security.get(namespace, "privileged")
+        check = {"restricted": restricted_violations, "baseline": baseline_violations}.get(level)
+        violations = check(pod["spec"]) if check else []
+        name = pod["metadata"]["name"]
+        return admission_message("pods", name, level, violations) if violations else ""
+
+    def _initialize(self, namespace: str, pods: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """The pods' init containers run first; False when they fail (``init_failure``)."""
+        failed = False
+        for _, pod, _ in pods:
+            spec = (self.get(CORE, "pods", namespace, pod) or {}).get("spec", {})
+            init = (spec.get("initContainers") or [None])[0]
+            if init is None:
+                continue
+            terminated: dict[str, Any] = {"exitCode": 0, "reason": "Completed"}
+            if self.init_failure:
+                terminated = {"exitCode": 1, "reason": "Error"}
+                if init.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                    terminated["message"] = self.init_failure
+                failed = True
+            waiting = {"waiting": {"reason": "PodInitializing"}}
+            self.update(
+                CORE,
+                "pods",
+                namespace,
+                pod,
+                lambda o, t=terminated, n=init["name"], w=waiting: o["status"].update(
+                    phase="Failed" if t["exitCode"] else "Pending",
+                    initContainerStatuses=[
+                        {**_container_status({"terminated": t}, False), "name": n}
+                    ],
+                    containerStatuses=[_container_status(w, False)],
+                ),
+            )
+        return not failed
+
     def _run(
         self,
         namespace: str,
@@ -744,6 +811,11 @@ class FakeKube:
         scripts: dict[str, ReplicaScript],
     ) -> bool:
         """The pods run their scripts and end; False if the job went away meanwhile."""
+        if not self._initialize(namespace, pods):
+            kind = pods[0][0].split("-")[0].capitalize()
+            message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
+            self.update(*TFJOBS, namespace, job, _condition("Failed", "TFJobFailed", message))
+            return False
         for _, pod, _ in pods:
             self.update(
                 CORE,

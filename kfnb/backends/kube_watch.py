@@ -129,6 +129,33 @@ def _container(pod: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in statuses if c.get("name") == CONTAINER_NAME), {})
 
 
+def init_failure(pod: dict[str, Any]) -> tuple[int, str] | None:
+    """The exit code and words of a failed init container (kfnb-packages: its last line,
+    the termination message under FallbackToLogsOnError), None while none failed."""
+    for status in pod.get("status", {}).get("initContainerStatuses") or []:
+        ended = status.get("state", {}).get("terminated") or status.get("lastState", {}).get(
+            "terminated"
+        )
+        if ended and ended.get("exitCode"):
+            lines = [ln for ln in str(ended.get("message") or "").splitlines() if ln.strip()]
+            said = lines[-1].removeprefix("kfnb: ") if lines else ended.get("reason", "")
+            name = status.get("name", "init")
+            return int(ended["exitCode"]), f"its {name} init container failed: {said}"
+    return None
+
+
+def _refused_pods(message: str) -> str:
+    """The operator's "Error creating: pods ... violates PodSecurity ..." as one line."""
+    _, _, rules = message.partition("violates PodSecurity ")
+    level, _, violations = rules.partition(": ")
+    first, _, more = violations.partition("), ")
+    extra = f" (and {more.count('), ') + 1} more)" if more else ""
+    return (
+        f"the namespace refuses the job's pods (PodSecurity {level}): {first})"
+        f"{extra}: change it with %config Kfnb.pod_template, or ask the cluster admin"
+    )
+
+
 class JobWatcher:
     """Caches of one job's TFJob, pods and pending reasons, kept current by watches."""
 
@@ -174,6 +201,12 @@ class JobWatcher:
                 f"{core}/events",
                 {"fieldSelector": "involvedObject.kind=Pod"},
                 self._on_event,
+            ),
+            (
+                "job-events",  # the operator's: a pod it could not create (PodSecurity)
+                f"{core}/events",
+                {"fieldSelector": f"involvedObject.kind=TFJob,involvedObject.name={self.name}"},
+                self._on_job_event,
             ),
         ]
         for kind, path, query, handle in watches:
@@ -348,6 +381,12 @@ class JobWatcher:
             self.pending.pop(replica, None)
         self._notify()
 
+    def _on_job_event(self, kind: str, event: dict[str, Any]) -> None:
+        message = str(event.get("message", ""))
+        if kind != "DELETED" and "violates PodSecurity" in message:
+            self.pending["job"] = _refused_pods(message)
+            self._notify()
+
     # -- logs ----------------------------------------------------------------------
 
     def _pod_done(self, replica: str) -> bool:
@@ -437,7 +476,16 @@ class JobWatcher:
         replicas = tuple(self._replica(name) for name in self.replica_names())
         waiting = [self._why_pending(r.name) for r in replicas if r.phase == "Pending"]
         waiting = [w for w in waiting if w]
-        if waiting and phase in ("Created", "Running", "Restarting"):
+        if "job" in self.pending and not self.pods:
+            waiting.insert(0, self.pending["job"])
+        failed_init = [
+            f"{name}: {found[1]}"
+            for name, pod in self.pods.items()
+            if (found := init_failure(pod)) is not None
+        ]
+        if failed_init and phase in ("Created", "Running", "Restarting", "Failed"):
+            message = failed_init[0]
+        elif waiting and phase in ("Created", "Running", "Restarting"):
             message = waiting[0]
         elif "events" in self.errors and phase == "Created":
             message = f"{message} (Pending reasons unknown: {self.errors['events']})".strip()

@@ -35,7 +35,7 @@ from kfnb.backends.kube_manifests import (
     image_python,
     owned_by,
 )
-from kfnb.backends.kube_watch import JobWatcher
+from kfnb.backends.kube_watch import JobWatcher, init_failure
 from kfnb.bundle import Bundle
 from kfnb.config import settings
 from kfnb.spec import CONTAINER_NAME, MANAGED_BY
@@ -368,6 +368,9 @@ class KubernetesBackend:
         pod = self._watcher(name).pods.get(replica)
         if pod is None:
             return None
+        failed_init = init_failure(pod)
+        if failed_init is not None:  # the cell never ran: the init container says why
+            return {"exit_code": failed_init[0], "error": failed_init[1]}
         for status in pod.get("status", {}).get("containerStatuses") or []:
             if status.get("name") != CONTAINER_NAME:
                 continue
