@@ -32,8 +32,8 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 TRAINING_TYPES = ("chief", "master", "worker")

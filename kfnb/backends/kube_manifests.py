@@ -18,7 +18,9 @@ from kfnb.spec import CONTAINER_NAME, MANAGED_BY, PACKAGES_CONTAINER, configmap_
 # etcd's limit on one object; the ConfigMap's own metadata and keys need some of it.
 CONFIGMAP_LIMIT = 1024 * 1024
 CONFIGMAP_HEADROOM = 8 * 1024
-POD_ARTIFACTS = "/tmp/kfnb-artifacts"  # scratch in the pod when the store is not shared
+# The replica's scratch in the pod (/tmp is a writable emptyDir): the job's files stay
+# there with a store the pods cannot see; with an s3:// store the runtime uploads them.
+POD_ARTIFACTS = "/tmp/kfnb-artifacts"
 # Python of the official tensorflow/tensorflow images (Ubuntu 22.04 base, python3.11;
 # tensorflow/tensorflow#82529 shows 2.18's). Images not listed are not guessed at.
 _TF_IMAGE_PYTHON = [
@@ -101,11 +103,12 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_env(settings: ClusterSettings, job: str) -> list[dict[str, Any]]:
-    if not settings.shared_store:
-        return [{"name": "KFNB_ARTIFACTS", "value": f"{POD_ARTIFACTS}/{job}"}]
-    env: list[dict[str, Any]] = [
-        {"name": "KFNB_ARTIFACTS", "value": f"{settings.storage.rstrip('/')}/{job}"}
-    ]
+    # KFNB_ARTIFACTS is a directory, never the store's URL (KFNB_STORE carries that): an
+    # s3:// URL there became the relative path s3:/... under a read-only working directory.
+    env: list[dict[str, Any]] = [{"name": "KFNB_ARTIFACTS", "value": f"{POD_ARTIFACTS}/{job}"}]
+    if not settings.storage.startswith("s3://"):
+        return env
+    env.append({"name": "KFNB_STORE", "value": f"{settings.storage.rstrip('/')}/{job}"})
     if settings.s3_endpoint:
         env.append({"name": "S3_ENDPOINT", "value": settings.s3_endpoint})
     if settings.s3_secret:
