@@ -318,21 +318,9 @@ _POD_FIELDS = (
 
 
 def _pod_options(given: dict[str, Any]) -> PodOptions:
-    """The pods' options: the arguments over the ``Kfnb`` settings (lists add up)."""
-    from kfnb.config import settings
-    from kfnb.pod_options import PodOptions, key_value_pairs
+    from kfnb.pod_options import PodOptions
 
-    config = settings()
-    options: dict[str, Any] = {}
-    for key in ("image_pull_secrets", "tolerations"):
-        options[key] = [*getattr(config, key), *(given[key] or ())]
-    for key in ("node_selector", "labels", "annotations"):
-        options[key] = {**getattr(config, key), **dict(key_value_pairs(key, given[key] or ()))}
-    for key in ("priority_class", "gpu_type"):
-        options[key] = given[key] or getattr(config, key)
-    return PodOptions.make(
-        **options, istio_sidecar=config.istio_sidecar, pod_template=config.pod_template
-    )
+    return PodOptions.from_settings(**given)
 
 
 def _backend(name: str, storage: str | None, namespace: str | None, rendering: bool) -> Backend:

@@ -154,6 +154,25 @@ class PodOptions:
             pod_template=json.dumps(dict(template), sort_keys=True) if template else "",
         )
 
+    @classmethod
+    def from_settings(cls, **given: Any) -> PodOptions:
+        """The ``given`` arguments over the ``Kfnb`` settings: lists add up, a mapping's
+        keys override the setting's, a name given replaces the setting."""
+        from kfnb.config import settings
+
+        config = settings()
+        options: dict[str, Any] = {}
+        for key in ("image_pull_secrets", "tolerations"):
+            options[key] = [*getattr(config, key), *(given.get(key) or ())]
+        for key in ("node_selector", "labels", "annotations"):
+            extra = dict(key_value_pairs(key, given.get(key) or ()))
+            options[key] = {**getattr(config, key), **extra}
+        for key in ("priority_class", "gpu_type"):
+            options[key] = given.get(key) or getattr(config, key)
+        return cls.make(
+            **options, istio_sidecar=config.istio_sidecar, pod_template=config.pod_template
+        )
+
     def __post_init__(self) -> None:
         for field_name, pairs in (("node_selector", self.node_selector), ("labels", self.labels)):
             for key, value in pairs:
@@ -209,6 +228,27 @@ class PodOptions:
         if self.pod_template:
             template = merge(template, json.loads(self.pod_template))
         return template
+
+    def apply_to_predictor(self, predictor: dict[str, Any]) -> dict[str, Any]:
+        """A KServe predictor with these options: the InferenceService inlines the pod's
+        fields in ``predictor`` and the model container's in ``predictor.model``. KServe's
+        own containers (storage initializer, queue proxy) are KServe's to secure."""
+        predictor = copy.deepcopy(predictor)
+        template = self.apply(
+            {"metadata": {}, "spec": {"containers": [predictor["model"]]}}, replica=False
+        )
+        pod, metadata = template["spec"], template["metadata"]
+        (predictor["model"],) = pod.pop("containers")
+        pod.pop("volumes", None)  # /tmp's emptyDir: the runtime's container has its own
+        predictor["model"].pop("volumeMounts", None)
+        predictor["model"]["env"] = [e for e in predictor["model"]["env"] if e["name"] != "HOME"]
+        if not predictor["model"]["env"]:
+            del predictor["model"]["env"]
+        predictor.update(pod)
+        for key in ("labels", "annotations"):
+            if metadata.get(key):
+                predictor[key] = metadata[key]
+        return predictor
 
 
 def _load_template(text: str) -> dict[str, Any]:

@@ -205,6 +205,10 @@ class FakeKube:
         default=lambda job, replica: ReplicaScript([f"{replica} says {i}" for i in range(6)])
     )
     deny: set[tuple[str, str, str]] = field(default_factory=set)  # (verb, group, resource)
+    # A Role's rules (deploy/rbac.yaml's): when given, only what they grant is allowed.
+    rules: list[dict[str, Any]] | None = None
+    # The OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift).
+    owner_enforcement: bool = False
     legacy_forbidden: bool = False  # seed 000's pre-1.11 wording of a 403
     garbage: bool = False  # answer everything with an HTML page, as a wrong proxy would
     lag: dict[str, float] = field(default_factory=dict)  # plural -> seconds its watches lag
@@ -234,6 +238,38 @@ class FakeKube:
         self.stopping = False
         for name, gpus in self.gpu_nodes.items():
             self._put(CORE, "nodes", "", self._node(name, gpus))
+
+    def allows(self, verb: str, group: str, resource: str) -> bool:
+        """RBAC's answer for the fake's user: not denied, and granted by ``rules`` if set."""
+        if (verb, group, resource) in self.deny:
+            return False
+        return self.rules is None or any(
+            group in rule.get("apiGroups", ())
+            and resource in rule.get("resources", ())
+            and (verb in rule.get("verbs", ()) or "*" in rule.get("verbs", ()))
+            for rule in self.rules
+        )
+
+    def owner_refusal(self, group: str, plural: str, obj: dict[str, Any]) -> str:
+        """Why OwnerReferencesPermissionEnforcement refuses to create ``obj``, in its own
+        words (plugin/pkg/admission/gc), or "": an ownerReference needs ``delete`` on the
+        object; ``blockOwnerDeletion`` needs ``update`` on the owner's finalizers."""
+        refs = obj.get("metadata", {}).get("ownerReferences") or []
+        if not self.owner_enforcement or not refs:
+            return ""
+        if not self.allows("delete", group, plural):
+            return "cannot set an ownerRef on a resource you can't delete: , <nil>"
+        for ref in refs:
+            owner_group = ref["apiVersion"].rpartition("/")[0]
+            owner = next((p for p, k in KINDS.items() if k == ref["kind"]), "")
+            if ref.get("blockOwnerDeletion") and not self.allows(
+                "update", owner_group, f"{owner}/finalizers"
+            ):
+                return (
+                    "cannot set blockOwnerDeletion if an ownerReference refers to a resource "
+                    "you can't set finalizers on: , <nil>"
+                )
+        return ""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -1055,7 +1091,7 @@ class _Handler(BaseHTTPRequestHandler):
             resource = attrs.get("resource", "")
             if attrs.get("subresource"):
                 resource += "/" + attrs["subresource"]
-            allowed = (attrs.get("verb"), attrs.get("group", ""), resource) not in kube.deny
+            allowed = kube.allows(attrs.get("verb", ""), attrs.get("group", ""), resource)
             self._send(201, {**body, "status": {"allowed": allowed}})
             return
         if not rest:  # discovery
@@ -1082,7 +1118,7 @@ class _Handler(BaseHTTPRequestHandler):
             method, "get" if name else ("watch" if watch else "list")
         )
         resource = f"{plural}/{sub}" if sub else plural
-        if (verb, group, resource) in kube.deny:
+        if not kube.allows(verb, group, resource):
             self._forbidden(verb, group, resource, name, ns)
             return
         full = f"{plural}.{group}" if group else plural
@@ -1137,6 +1173,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._status(
                 404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
             )
+            return
+        refused = kube.owner_refusal("" if prefix == CORE else prefix.split("/")[1], plural, body)
+        if refused:
+            message = f'{full} "{name}" is forbidden: {refused}'
+            self._status(403, "Forbidden", message, {"name": name, "kind": plural})
             return
         with kube.cond:
             if kube.get(prefix, plural, ns, name) is not None:

@@ -22,7 +22,7 @@ from kfnb.backends import BackendError, get_backend
 from kfnb.backends.kube_api import forbidden_message
 from kfnb.backends.kube_manifests import ClusterSettings, configmap_for, for_cluster, owned_by
 from kfnb.backends.kube_watch import LogBuffer, parse_time
-from kfnb.backends.kubernetes import KubernetesBackend, choose_auto
+from kfnb.backends.kubernetes import NEEDED, KubernetesBackend, choose_auto
 from kfnb.bundle import build_bundle
 from kfnb.job import Job, JobFailed
 from kfnb.spec import JobSpec
@@ -392,6 +392,57 @@ def test_access_review_names_what_is_missing(
     assert f"may not {verb} {what} in namespace alice" in one_line(error)
     assert "deploy/rbac.yaml" in str(error.value)
     assert not any(m == "POST" and "tfjobs" in p for m, p in fake_kube.requests)
+
+
+def role_rules() -> list[dict[str, Any]]:
+    """The rules of the Role an admin applies (deploy/rbac.yaml)."""
+    role = next(d for d in yaml.safe_load_all(Path("deploy/rbac.yaml").read_text()))
+    assert role["kind"] == "Role"
+    rules: list[dict[str, Any]] = role["rules"]
+    return rules
+
+
+def test_the_role_grants_everything_the_access_review_asks() -> None:
+    fake = FakeKube(rules=role_rules())
+    missing = [needed for needed in NEEDED if not fake.allows(*needed)]
+    assert missing == []
+    assert ("delete", "", "configmaps") in NEEDED  # OwnerReferencesPermissionEnforcement's
+
+
+def test_a_job_runs_under_owner_reference_enforcement_with_the_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake admits an ownerReference only with delete on the object, and
+    blockOwnerDeletion only with update on the owner's finalizers, as OpenShift does."""
+    with FakeKube(rules=role_rules(), owner_enforcement=True) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        backend, name = submit(workers=1)
+        assert Job(name, backend).wait(timeout=20).phase == "Succeeded"
+        configmap = fake.get(CORE, "configmaps", "alice", f"{name}-code")
+        assert configmap is not None and configmap["metadata"]["ownerReferences"][0]["controller"]
+        # The fake's own refusals, in the admission plugin's words.
+        owner = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "blockOwnerDeletion": True}
+        blocking = {"metadata": {"ownerReferences": [owner]}}
+        refusal = fake.owner_refusal("", "configmaps", blocking)
+        assert refusal.startswith("cannot set blockOwnerDeletion")
+        fake.deny.add(("delete", "", "configmaps"))
+        refusal = fake.owner_refusal("", "configmaps", blocking)
+        assert refusal.startswith("cannot set an ownerRef on a resource you can't delete")
+
+
+def test_a_role_without_configmap_delete_is_named_before_submitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = [dict(rule) for rule in role_rules()]
+    for rule in rules:
+        if rule["resources"] == ["configmaps"]:
+            rule["verbs"] = ["create"]  # the Role as it was
+    with FakeKube(rules=rules, owner_enforcement=True) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        with pytest.raises(BackendError) as error:
+            submit(workers=1)
+        assert "may not delete configmaps in namespace alice" in one_line(error)
+        assert not any(m == "POST" and "tfjobs" in p for m, p in fake.requests)
 
 
 def test_403_on_pods_log_and_events_after_submission(fake_kube: FakeKube) -> None:

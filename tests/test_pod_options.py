@@ -186,3 +186,26 @@ def test_dry_run_prints_what_a_cluster_would_get_with_no_cluster_configured(
     assert "namespace: bob" in capsys.readouterr().out
     with pytest.raises(UsageError, match="no Kubernetes cluster is configured"):
         shell.run_cell_magic("tfjob", "--backend kubernetes", "print(1)\n")
+
+
+def test_serving_pods_meet_restricted_and_keep_the_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfnb.api import render_serving
+    from tests.conftest import schema_errors
+
+    monkeypatch.setenv("KFNB_S3_SECRET", "minio-creds")
+    settings().tolerations = ["nvidia.com/gpu:NoSchedule"]
+    (deployment, _) = render_serving("s3://runs/mnist/model", name="mnist", runtime="tfserving")
+    template = deployment["spec"]["template"]
+    assert restricted_violations(template["spec"]) == []
+    assert ISTIO_INJECT not in template["metadata"]["labels"]  # KServe and the mesh expect it
+    assert template["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    isvc = next(
+        m
+        for m in render_serving("s3://runs/mnist/model", name="mnist")
+        if m["kind"] == "InferenceService"
+    )
+    assert schema_errors(isvc) == []
+    predictor = isvc["spec"]["predictor"]
+    pod = {**predictor, "containers": [predictor["model"]]}
+    assert restricted_violations(pod) == []  # what kfnb renders; KServe adds its own containers
+    assert predictor["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -87,7 +87,12 @@ def configmap_for(bundle: Bundle, job: str, namespace: str) -> dict[str, Any]:
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` with ``owner`` as its controller, so deleting the owner deletes it."""
+    """``obj`` with ``owner`` as its controller, so deleting the owner deletes it.
+
+    No ``blockOwnerDeletion``: kfnb deletes in the background, so nothing waits on it, and
+    under OwnerReferencesPermissionEnforcement setting it needs ``update`` on the owner's
+    ``finalizers`` subresource, a right a profile's Role rarely has.
+    """
     obj = copy.deepcopy(obj)
     obj["metadata"]["ownerReferences"] = [
         {
@@ -96,7 +101,6 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
             "name": owner["metadata"]["name"],
             "uid": owner["metadata"]["uid"],
             "controller": True,
-            "blockOwnerDeletion": True,
         }
     ]
     return obj

@@ -49,6 +49,9 @@ NEEDED = (
     ("watch", TFJOB_GROUP, "tfjobs"),
     ("delete", TFJOB_GROUP, "tfjobs"),
     ("create", "", "configmaps"),
+    # Under OwnerReferencesPermissionEnforcement (OpenShift) an object may be created with
+    # an ownerReference only by whoever may delete it: the code ConfigMap, owned by its TFJob.
+    ("delete", "", "configmaps"),
     ("get", "", "pods"),
     ("list", "", "pods"),
     ("watch", "", "pods"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from kfnb.artifact_sync import S3Config
 from kfnb.config import settings
+from kfnb.pod_options import PodOptions
 from kfnb.serving.compat import (
     ServingRelease,
     image_tf_version,
@@ -93,6 +94,7 @@ def serving_spec(
         s3_region=s3.region or "us-east-1",
         source=source,
         release=release_for(source),
+        pod=PodOptions.from_settings(),
     )
 
 

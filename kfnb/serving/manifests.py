@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kfnb.pod_options import PodOptions
 from kfnb.serving.compat import ServingRelease, serving_release
 
 __all__ = [
@@ -47,6 +48,8 @@ class ServingSpec:
     cpu: str = "1"
     memory: str = "2Gi"
     release: ServingRelease = serving_release(None)  # the TF Serving that loads the model
+    # Pod Security restricted, pull secrets, scheduling, labels: `kfnb.pod_options`.
+    pod: PodOptions = PodOptions()
 
     @property
     def service_account(self) -> str:
@@ -124,6 +127,7 @@ def inference_service(spec: ServingSpec) -> dict[str, Any]:
         predictor["serviceAccountName"] = spec.service_account
     if spec.canary_percent is not None:
         predictor["canaryTrafficPercent"] = spec.canary_percent
+    predictor = spec.pod.apply_to_predictor(predictor)
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -154,56 +158,59 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     ]
     image = spec.release.image(spec.gpus)
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {**spec._metadata(f"{spec.name}-tf-serving"), "labels": labels},
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": {"app": labels["app"]}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "initContainers": [
-                        {
-                            "name": "copy-model",
-                            "image": MC_IMAGE,
-                            "command": ["sh", "-c", copy],
-                            "env": [
-                                {"name": "MC_CONFIG_DIR", "value": "/tmp/mc"},
-                                *(key_env if spec.s3_secret else []),
-                            ],
-                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                            # A failed copy's last log lines become its termination
-                            # message, which kfnb reports (`ClusterServing.wait`).
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "tf-serving",
-                            "image": image,
-                            "args": [
-                                "--port=8500",
-                                "--rest_api_port=8501",
-                                f"--model_name={spec.name}",
-                                f"--model_base_path=/models/{spec.name}",
-                            ],
-                            "ports": [
-                                {"name": "grpc", "containerPort": 8500},
-                                {"name": "http", "containerPort": 8501},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"path": f"/v1/models/{spec.name}", "port": 8501},
-                                "periodSeconds": 5,
-                            },
-                            "resources": spec._resources(),
-                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                        }
-                    ],
-                    "volumes": [{"name": "models", "emptyDir": {}}],
+            "template": spec.pod.apply(
+                {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "initContainers": [
+                            {
+                                "name": "copy-model",
+                                "image": MC_IMAGE,
+                                "command": ["sh", "-c", copy],
+                                "env": [
+                                    {"name": "MC_CONFIG_DIR", "value": "/tmp/mc"},
+                                    *(key_env if spec.s3_secret else []),
+                                ],
+                                "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                                # A failed copy's last log lines become its termination
+                                # message, which kfnb reports (`ClusterServing.wait`).
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }
+                        ],
+                        "containers": [
+                            {
+                                "name": "tf-serving",
+                                "image": image,
+                                "args": [
+                                    "--port=8500",
+                                    "--rest_api_port=8501",
+                                    f"--model_name={spec.name}",
+                                    f"--model_base_path=/models/{spec.name}",
+                                ],
+                                "ports": [
+                                    {"name": "grpc", "containerPort": 8500},
+                                    {"name": "http", "containerPort": 8501},
+                                ],
+                                "readinessProbe": {
+                                    "httpGet": {"path": f"/v1/models/{spec.name}", "port": 8501},
+                                    "periodSeconds": 5,
+                                },
+                                "resources": spec._resources(),
+                                "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                            }
+                        ],
+                        "volumes": [{"name": "models", "emptyDir": {}}],
+                    },
                 },
-            },
+                replica=False,  # serving pods keep the Istio sidecar KServe expects
+            ),
         },
     }
     service = {
