@@ -12,6 +12,7 @@ same image (`kfnb.spec`) installs it with ``install_packages.py``.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -86,16 +87,15 @@ def image_facts(image: str) -> ImageFacts | None:
 
 @dataclass(frozen=True)
 class Package:
-    """One distribution to install: ``name==version`` (or a spec as the user wrote it)."""
+    """One distribution to install, pinned: ``name==version``, and why."""
 
     name: str
     version: str | None
     why: str
-    spec: str = ""  # as given with --pip, when it is not pinned
 
     @property
     def requirement(self) -> str:
-        return f"{self.name}=={self.version}" if self.version else (self.spec or self.name)
+        return f"{self.name}=={self.version}" if self.version else self.name
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,6 @@ class PackagePlan:
     @property
     def key(self) -> str:
         """One name per set of pins and target, for wheelhouses and local caches."""
-        import hashlib
-
         text = json.dumps([sorted(self.requirements), self.python, PLATFORM_TAG])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -194,10 +192,11 @@ def _installed() -> dict[str, metadata.Distribution]:
     return found
 
 
-def _requires(dist: metadata.Distribution, python: str, extra: str = "") -> list[str]:
+def _requires(dist: metadata.Distribution, python: str) -> list[str]:
+    """What ``dist`` needs on the replica (its extras left out)."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    env = {**_marker_env(python), "extra": extra}
+    env = _marker_env(python)
     names = []
     for line in dist.requires or []:
         try:
@@ -205,8 +204,6 @@ def _requires(dist: metadata.Distribution, python: str, extra: str = "") -> list
         except InvalidRequirement:
             continue
         if req.marker is None or req.marker.evaluate(env):
-            if extra and (req.marker is None or "extra" not in str(req.marker)):
-                continue  # with an extra, only what the extra adds
             names.append(normalize(req.name))
     return names
 
