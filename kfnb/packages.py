@@ -43,6 +43,10 @@ class PackageError(ValueError):
     """What the replicas need cannot be worked out; the message says what to do."""
 
 
+class IndexUnreachable(PackageError):
+    """pip could not reach the package index from the notebook."""
+
+
 @dataclass(frozen=True)
 class ImageFacts:
     """What an official TensorFlow image holds (tensorflow/build's runtime Dockerfiles:
@@ -87,15 +91,17 @@ def image_facts(image: str) -> ImageFacts | None:
 
 @dataclass(frozen=True)
 class Package:
-    """One distribution to install, pinned: ``name==version``, and why."""
+    """One distribution to install, pinned (``name==version``) unless the notebook could
+    not resolve it (then as the user wrote it), and why."""
 
     name: str
     version: str | None
     why: str
+    spec: str = ""  # --pip as written, when the index was out of the notebook's reach
 
     @property
     def requirement(self) -> str:
-        return f"{self.name}=={self.version}" if self.version else self.name
+        return f"{self.name}=={self.version}" if self.version else (self.spec or self.name)
 
 
 @dataclass(frozen=True)
@@ -339,7 +345,12 @@ def plan_packages(
                     f"TensorFlow {facts.tensorflow} needs 9.3 or later",
                 ),
             )
-    for package in _user_packages(needs, python, has):
+    try:
+        extra = _user_packages(needs, python, has)
+    except IndexUnreachable as err:  # offline notebook: the replicas install them as written
+        extra = [Package(_spec_name(s), None, why, spec=s) for s, why in _user_specs(needs)]
+        notes.append(f"{err}: the replicas install {', '.join(p.spec for p in extra)} as written")
+    for package in extra:
         packages[package.name] = package
     return PackagePlan(
         packages=tuple(sorted(packages.values(), key=lambda p: p.name)),
@@ -380,9 +391,8 @@ def cuda_wheels(python: str) -> dict[str, str]:
     return wheels
 
 
-def _user_packages(needs: Needs, python: str, has: set[str]) -> list[Package]:
-    """``--pip`` and ``--requirements``, resolved with TensorFlow's own pins where the
-    notebook reaches the index (a conflict is one line, before any pod starts)."""
+def _user_specs(needs: Needs) -> list[tuple[str, str]]:
+    """``--pip`` and ``--requirements`` specs, each with where it came from."""
     specs = [(spec, "--pip") for spec in needs.pip]
     if needs.requirements:
         path = Path(needs.requirements).expanduser()
@@ -392,6 +402,13 @@ def _user_packages(needs: Needs, python: str, has: set[str]) -> list[Package]:
             line = line.split("#", 1)[0].strip()
             if line and not line.startswith("-"):
                 specs.append((line, f"--requirements {path.name}"))
+    return specs
+
+
+def _user_packages(needs: Needs, python: str, has: set[str]) -> list[Package]:
+    """``--pip`` and ``--requirements``, resolved with TensorFlow's own pins where the
+    notebook reaches the index (a conflict is one line, before any pod starts)."""
+    specs = _user_specs(needs)
     if not specs:
         return []
     resolved = resolve([spec for spec, _ in specs], python)
@@ -432,12 +449,28 @@ def resolve(specs: Sequence[str], python: str) -> dict[str, str]:
         report = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
         command += ["--quiet", "--report", str(report), "--target", str(Path(tmp) / "target")]
+        command += ["--timeout", "10", "--retries", "1"]  # offline: say so in seconds
         command += pip_platform_args(python) + pins + list(specs)
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 and _offline(done.stderr):
+            raise IndexUnreachable("the notebook cannot reach the package index to check them")
         if done.returncode != 0:
             raise PackageError(f"pip cannot install {' '.join(specs)}: {_pip_error(done.stderr)}")
         installs = json.loads(report.read_text())["install"]
     return {normalize(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+
+
+_OFFLINE_SIGNS = (
+    "NewConnectionError",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "ConnectTimeoutError",
+    "Connection refused",
+)
+
+
+def _offline(stderr: str) -> bool:
+    return any(sign in stderr for sign in _OFFLINE_SIGNS)
 
 
 def _pip_error(stderr: str) -> str:

@@ -343,3 +343,15 @@ def test_gpu_replicas_find_the_cuda_wheels_libraries(
     assert paths[-1] == "/usr/local/nvidia/lib64"  # the driver, where the NVIDIA images put it
     assert prepared.packages is not None
     assert "nvidia-cudnn-cu12" in {p.name for p in prepared.packages.packages}
+
+
+def test_an_offline_notebook_passes_pip_specs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")  # nor pip.conf's other indexes
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    bundle = build_bundle("print(1)", {}, job_name="j")
+    started = time.monotonic()
+    plan = plan_packages(bundle, Needs(pip=("requests-toolbelt>=1",)), image="x/y:1")
+    assert time.monotonic() - started < 60
+    assert by_name(plan)["requests-toolbelt"].requirement == "requests-toolbelt>=1"
+    assert any("cannot reach the package index" in note for note in plan.notes)
