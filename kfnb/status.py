@@ -1,6 +1,7 @@
 """Typed job state shared by the backends, the `Job` handle and the widgets.
 
-The phases are the TFJob condition types of the Training Operator, plus
+The phases are the TFJob condition types of the Training Operator (``Suspended``
+while ``runPolicy.suspend`` holds it, as Kueue does until it admits the job), plus
 ``Deleted`` for a job stopped by the user (on a cluster the TFJob is gone then;
 its logs and artifacts stay in the store).
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from kfnb._util import write_json
 
-PHASES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Deleted")
+PHASES = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed", "Deleted")
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Deleted"})
 
 
@@ -41,7 +42,7 @@ class JobStatus:
     phase: str = "Created"
     reason: str = ""
     message: str = ""
-    start_time: float | None = None
+    start_time: float | None = None  # when it started Running: elapsed counts from there
     completion_time: float | None = None
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
     # Store keys the job could not upload (an s3:// store that failed): its data is

@@ -209,6 +209,10 @@ class FakeKube:
     rules: list[dict[str, Any]] | None = None
     # The OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift).
     owner_enforcement: bool = False
+    # Kueue managing every job (manageJobsWithoutQueueName): its webhook creates each TFJob
+    # with runPolicy.suspend true, and it stays Suspended until admit().
+    kueue: bool = False
+    pull_seconds: float = 0.0  # pods wait this long (pulling images) before they run
     legacy_forbidden: bool = False  # seed 000's pre-1.11 wording of a 403
     garbage: bool = False  # answer everything with an HTML page, as a wrong proxy would
     lag: dict[str, float] = field(default_factory=dict)  # plural -> seconds its watches lag
@@ -270,6 +274,19 @@ class FakeKube:
                     "you can't set finalizers on: , <nil>"
                 )
         return ""
+
+    def admit(self, namespace: str, job: str) -> None:
+        """Kueue admits the job: runPolicy.suspend false. The operator resumes it as
+        Training Operator 1.9 does (Suspended False, TFJobResumed, startTime now)."""
+
+        def resume(obj: dict[str, Any]) -> None:
+            obj["spec"]["runPolicy"]["suspend"] = False
+            message = f"TFJob {job} is resumed."
+            _condition("Suspended", "TFJobResumed", message, "False")(obj)
+            obj["status"]["startTime"] = stamp(time.time_ns())[:19] + "Z"
+
+        self.update(*TFJOBS, namespace, job, resume)
+        self._react(*TFJOBS, namespace, self.get(*TFJOBS, namespace, job) or {})
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -647,6 +664,10 @@ class FakeKube:
             job,
             _condition("Created", "TFJobCreated", f"TFJob {namespace}/{job} is created."),
         )
+        if tfjob["spec"].get("runPolicy", {}).get("suspend"):  # no pods until resumed
+            message = f"TFJob {job} is suspended."
+            self.update(*TFJOBS, namespace, job, _condition("Suspended", "TFJobSuspended", message))
+            return
         pods: list[tuple[str, str, dict[str, Any]]] = []
         for kind, spec in tfjob["spec"]["tfReplicaSpecs"].items():
             for index in range(spec.get("replicas", 1)):
@@ -681,6 +702,11 @@ class FakeKube:
                     return
                 self._put(CORE, "pods", namespace, pod)
                 pods.append((replica, f"{job}-{replica}", container))
+
+        def started(obj: dict[str, Any]) -> None:  # the operator's first status update
+            obj["status"].setdefault("startTime", stamp(time.time_ns())[:19] + "Z")
+
+        self.update(*TFJOBS, namespace, job, started)
         time.sleep(self.step)
         blocked = False
         for _, pod, container in pods:
@@ -744,6 +770,7 @@ class FakeKube:
             if self.get(*TFJOBS, namespace, job) is None or self.stopping:
                 return
             time.sleep(self.step / 5)
+        time.sleep(self.pull_seconds)
         scripts = {replica: self.script(job, replica) for replica, _, _ in pods}
         if not self._run(namespace, job, pods, scripts):
             return
@@ -900,20 +927,39 @@ class FakeKube:
     _stamp = 0
 
 
-def _condition(kind: str, reason: str, message: str) -> Callable[[dict[str, Any]], None]:
-    """The operator's change to a TFJob's status conditions."""
+def _condition(
+    kind: str, reason: str, message: str, state: str = "True"
+) -> Callable[[dict[str, Any]], None]:
+    """The operator's change to a TFJob's status conditions, as its setCondition makes it
+    (pkg/util/status.go): one condition per type, the changed one last; Running and
+    Restarting replace each other; Running turns False at the end; lastTransitionTime
+    moves only when the condition's status does."""
 
     def change(obj: dict[str, Any]) -> None:
         status = obj.setdefault("status", {})
         conditions = status.setdefault("conditions", [])
+        now = stamp(time.time_ns())[:19] + "Z"
+        current = next((c for c in conditions if c["type"] == kind), None)
+        if current is not None and (current["status"], current["reason"]) == (state, reason):
+            return
+        since = current["lastTransitionTime"] if current and current["status"] == state else now
+        kept = []
         for c in conditions:
-            if c["type"] == "Running" and kind in ("Succeeded", "Failed", "Restarting"):
+            if c["type"] == kind or {c["type"], kind} == {"Running", "Restarting"}:
+                continue
+            if c["type"] == "Running" and kind in ("Succeeded", "Failed"):
                 c["status"] = "False"
-            if c["type"] == "Restarting" and kind == "Running":
-                c["status"] = "False"
-        conditions.append({"type": kind, "status": "True", "reason": reason, "message": message})
-        if kind == "Running":
-            status.setdefault("startTime", stamp(time.time_ns())[:19] + "Z")
+            kept.append(c)
+        status["conditions"] = kept + [
+            {
+                "type": kind,
+                "status": state,
+                "reason": reason,
+                "message": message,
+                "lastUpdateTime": now,
+                "lastTransitionTime": since,
+            }
+        ]
         if kind in ("Succeeded", "Failed"):
             status["completionTime"] = stamp(time.time_ns())[:19] + "Z"
 
@@ -1179,6 +1225,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = f'{full} "{name}" is forbidden: {refused}'
             self._status(403, "Forbidden", message, {"name": name, "kind": plural})
             return
+        if kube.kueue and (prefix, plural) == TFJOBS:  # Kueue's mutating webhook
+            body.setdefault("spec", {}).setdefault("runPolicy", {})["suspend"] = True
         with kube.cond:
             if kube.get(prefix, plural, ns, name) is not None:
                 details = {"name": name, "kind": plural}

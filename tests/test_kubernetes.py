@@ -252,9 +252,10 @@ def test_exit_code_retry_keeps_the_log_of_the_new_pod(fake_kube: FakeKube) -> No
     backend, name = submit(workers=1, restart_policy="ExitCode")
     job = Job(name, backend)
     assert job.wait(timeout=20).phase == "Succeeded"
-    tfjob = fake_kube.get(*TFJOBS, "alice", name)
-    assert tfjob is not None
-    assert "Restarting" in [c["type"] for c in tfjob["status"]["conditions"]]
+    # The operator's Running condition replaces Restarting: the restart is in the history.
+    seen = [o for _, c, _, _, o in fake_kube.history if c.endswith("/tfjobs")]
+    conditions = [c for o in seen for c in o.get("status", {}).get("conditions", [])]
+    assert any(c["type"] == "Restarting" for c in conditions)
     assert backend.read_log_since(name, "worker-0", 0, True)[0] == "".join(
         f"{line}\n" for line in first + second
     )
@@ -392,6 +393,41 @@ def test_access_review_names_what_is_missing(
     assert f"may not {verb} {what} in namespace alice" in one_line(error)
     assert "deploy/rbac.yaml" in str(error.value)
     assert not any(m == "POST" and "tfjobs" in p for m, p in fake_kube.requests)
+
+
+def test_a_suspended_job_is_phase_suspended_until_kueue_admits_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeKube(kueue=True) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        backend, name = submit(workers=1)
+        job = Job(name, backend)
+        wait_for(lambda: job.status().phase == "Suspended")
+        status = job.status()
+        assert status.message == f"TFJob {name} is suspended." and not status.finished
+        assert status.elapsed is None  # it has not run
+        fake.admit("alice", name)
+        assert job.wait(timeout=20).phase == "Succeeded"
+        conditions = fake.get(*TFJOBS, "alice", name)["status"]["conditions"]  # type: ignore[index]
+        assert {c["type"]: c["status"] for c in conditions}["Suspended"] == "False"
+
+
+def test_elapsed_time_counts_from_running_not_the_operators_first_reconcile(
+    fake_kube: FakeKube,
+) -> None:
+    fake_kube.pull_seconds = 2.0  # the operator sets startTime before the pods run
+    backend, name = submit(workers=1)
+    job = Job(name, backend)
+    wait_for(lambda: job.status().phase == "Running")
+    status = job.status()
+    tfjob = fake_kube.get(*TFJOBS, "alice", name)
+    assert tfjob is not None and status.start_time is not None
+    reconciled = (parse_time(tfjob["status"]["startTime"]) or 0) / 1e9
+    assert 0 <= fake_kube.running_at[name] - status.start_time < 1.0  # stamps: whole seconds
+    assert status.start_time - reconciled >= 1.0
+    assert status.elapsed is not None and status.elapsed < 1.5
+    done = job.wait(timeout=20)
+    assert done.start_time == status.start_time and done.elapsed is not None
 
 
 def role_rules() -> list[dict[str, Any]]:

@@ -175,6 +175,7 @@ class JobWatcher:
         self.changed = threading.Condition()
         self._lock = threading.Lock()
         self._started = False
+        self._running_since: int | None = None  # ns; see running_since
 
     # -- watches -------------------------------------------------------------------
 
@@ -491,7 +492,7 @@ class JobWatcher:
             message = f"{message} (Pending reasons unknown: {self.errors['events']})".strip()
         if self.refused and phase not in FINAL_PHASES:
             message = next(iter(self.refused.values()))  # what is shown may be stale
-        start = parse_time(status.get("startTime"))
+        start = self.running_since(status)
         end = parse_time(status.get("completionTime"))
         return JobStatus(
             self.name,
@@ -503,6 +504,18 @@ class JobWatcher:
             end / 1e9 if end else None,
             replicas,
         )
+
+    def running_since(self, status: dict[str, Any]) -> int | None:
+        """When the job started Running: its Running condition's lastTransitionTime (kept
+        when that turns False at the end), not ``status.startTime``, the operator's first
+        reconcile, before pods are scheduled and images pulled. The operator drops the
+        condition while the job restarts: the earliest time seen is kept."""
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "Running":
+                seen = parse_time(condition.get("lastTransitionTime"))
+                if seen is not None and (self._running_since or seen) >= seen:
+                    self._running_since = seen
+        return self._running_since
 
     def _replica(self, name: str) -> ReplicaStatus:
         kind, _, index = name.rpartition("-")
