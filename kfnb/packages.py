@@ -244,12 +244,19 @@ def imported_modules(bundle: Bundle) -> dict[str, str]:
     found: dict[str, str] = {}
     for module in bundle.meta.get("imports", ()):
         found.setdefault(module.split(".")[0], "a name the cell reads")
-    for path, data in sorted(bundle.files.items()):
-        if not (path == "cell.py" or (path.startswith("include/") and path.endswith(".py"))):
-            continue
-        where = "the cell" if path == "cell.py" else path.removeprefix("include/")
+    sources = [
+        ("the cell" if path == "cell.py" else path.removeprefix("include/"), data.decode())
+        for path, data in sorted(bundle.files.items())
+        if path == "cell.py" or (path.startswith("include/") and path.endswith(".py"))
+    ]
+    if "definitions.json" in bundle.files:  # notebook functions and classes sent as source
+        sources += [
+            (f"the notebook's {d['name']}", d["source"])
+            for d in json.loads(bundle.files["definitions.json"])
+        ]
+    for where, text in sources:
         try:
-            tree = ast.parse(data.decode("utf-8", "replace"))
+            tree = ast.parse(text)
         except SyntaxError:
             continue
         for node in ast.walk(tree):

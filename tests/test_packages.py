@@ -355,3 +355,18 @@ def test_an_offline_notebook_passes_pip_specs_as_written(monkeypatch: pytest.Mon
     assert time.monotonic() - started < 60
     assert by_name(plan)["requests-toolbelt"].requirement == "requests-toolbelt>=1"
     assert any("cannot reach the package index" in note for note in plan.notes)
+
+
+def test_imports_inside_notebook_functions_sent_as_source_count() -> None:
+    from dataclasses import asdict
+
+    from kfnb.bundle_source import Definition
+
+    bundle = build_bundle("print(1)", {}, job_name="j")
+    definition = Definition(
+        name="load", source="def load():\n    import mlxtend\n", filename="<cell>", line=1
+    )
+    files = {**bundle.files, "definitions.json": json.dumps([asdict(definition)]).encode()}
+    bundle = type(bundle)(files=files, meta=bundle.meta)
+    plan = plan_packages(bundle, Needs(), image="tensorflow/tensorflow:2.21.0")
+    assert by_name(plan)["mlxtend"].why == "imported by the notebook's load"
