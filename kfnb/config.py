@@ -6,6 +6,7 @@ can set defaults for all users in the spawner without touching notebooks.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -45,6 +46,11 @@ class Kfnb(Configurable):
         "",
         help="Kubernetes Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which "
         "pods get by reference (KFNB_S3_SECRET); keys never enter a manifest.",
+    ).tag(config=True)
+    pvc_mounts = Dict(
+        help="Where this notebook has each PersistentVolumeClaim mounted, {claim: path}, for "
+        "pvc://CLAIM/PATH storage (KFNB_PVC_MOUNTS, JSON). In a notebook pod, found from the "
+        "pod's own spec when the API allows; set it where it does not.",
     ).tag(config=True)
     legacy_keras = Bool(
         True,
@@ -135,6 +141,10 @@ class Kfnb(Configurable):
     def _s3_secret_default(self) -> str:
         return os.environ.get("KFNB_S3_SECRET", "")
 
+    @default("pvc_mounts")
+    def _pvc_mounts_default(self) -> dict[str, str]:
+        return _json_mapping("KFNB_PVC_MOUNTS")
+
     @default("wheelhouse")
     def _wheelhouse_default(self) -> str:
         return os.environ.get("KFNB_WHEELHOUSE") or "auto"
@@ -146,6 +156,22 @@ class Kfnb(Configurable):
     @default("python")
     def _python_default(self) -> str:
         return os.environ.get("KFNB_PYTHON") or sys.executable
+
+
+def _json_mapping(variable: str) -> dict[str, str]:
+    """A ``{"name": "value"}`` JSON object from the environment ({} when unset); a value
+    that is not one is refused with the variable's name, not ignored."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        example = '{"claim": "/home/jovyan/data"}'
+        raise ValueError(f"{variable} must be a JSON object of paths, such as {example}")
+    return {str(k): v for k, v in found.items()}
 
 
 class _StderrHandler(logging.Handler):

@@ -1,8 +1,10 @@
 """Artifact stores: where jobs keep code, logs, TensorBoard events, models and status.
 
 One URL names a store (``--storage``, ``%config Kfnb.storage``, ``KFNB_STORAGE``):
-a local directory (the default) or ``s3://bucket/prefix`` on S3 or MinIO. Every
-store has the same layout, one prefix per job::
+a local directory (the default), ``s3://bucket/prefix`` on S3 or MinIO, or
+``pvc://CLAIM/PATH`` on a PersistentVolumeClaim, which pods mount and this notebook
+reads where it has the same claim mounted (`PvcStore`). Every store has the same
+layout, one prefix per job::
 
     <job>/code/  <job>/manifest.json  <job>/status.json  <job>/status/<replica>.json
     <job>/logs/<replica>.log  <job>/tensorboard/...  <job>/model/<version>/ (a SavedModel)
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -34,6 +37,9 @@ __all__ = [
     "Store",
     "LocalStore",
     "S3Store",
+    "PvcStore",
+    "PvcUrl",
+    "parse_pvc",
     "StoreMirror",
     "open_store",
     "replica_env",
@@ -319,16 +325,103 @@ def _config_from_settings() -> S3Config:
     return S3Config.from_env(os.environ, endpoint=settings().s3_endpoint)
 
 
+POD_PVC_ROOT = "/mnt/kfnb-store"  # where every pod of a pvc:// store mounts the claim
+_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS-1123 subdomain
+PVC_MOUNTS_FIX = (
+    "mount the claim in this notebook server (Kubeflow: a data volume), or tell kfnb where it "
+    "is mounted with %config Kfnb.pvc_mounts = {{'{claim}': '/home/jovyan/...'}}"
+)
+
+
+@dataclass(frozen=True)
+class PvcUrl:
+    """``pvc://CLAIM/PATH``: a PersistentVolumeClaim of the namespace and a directory on it."""
+
+    claim: str
+    path: str  # inside the claim, without leading or trailing "/"; "" for its root
+
+    @property
+    def url(self) -> str:
+        return f"pvc://{self.claim}" + (f"/{self.path}" if self.path else "")
+
+    def pod_path(self, *parts: str) -> str:
+        """The absolute path in a pod that mounts the claim at `POD_PVC_ROOT`."""
+        return "/" + _join(POD_PVC_ROOT, self.path, *parts)
+
+
+def parse_pvc(url: str) -> PvcUrl:
+    """The claim and path of ``pvc://CLAIM/PATH``; StoreError naming what is wrong."""
+    claim, _, path = url.removeprefix("pvc://").partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not _CLAIM_NAME.match(claim):
+        raise StoreError(
+            f"storage {url!r}: {claim!r} is not a PersistentVolumeClaim name (lower-case "
+            "letters, digits, '-' and '.'): write pvc://CLAIM/PATH"
+        )
+    if any(p in (".", "..") for p in parts):
+        raise StoreError(f"storage {url!r}: the path on the claim may not hold '.' or '..'")
+    return PvcUrl(claim, "/".join(parts))
+
+
+def pvc_directory(pvc: PvcUrl) -> Path:
+    """Where this notebook sees ``pvc``'s directory: the claim's mount from
+    ``Kfnb.pvc_mounts``, else (in a pod) from the notebook pod's own spec."""
+    from kfnb.config import settings
+
+    mounts = settings().pvc_mounts
+    if pvc.claim in mounts:
+        return Path(mounts[pvc.claim]).expanduser() / pvc.path
+    from kfnb.backends.kube_api import in_cluster
+
+    if in_cluster():
+        from kfnb.backends.kube_pvc import notebook_directory
+
+        return notebook_directory(pvc)
+    raise StoreError(
+        f"storage {pvc.url}: this notebook does not know where claim {pvc.claim} is mounted: "
+        + PVC_MOUNTS_FIX.format(claim=pvc.claim)
+    )
+
+
+class PvcStore(LocalStore):
+    """``pvc://CLAIM/PATH``: a local directory here (the claim's mount), the claim in pods.
+
+    Pods write to it directly, so the notebook reads logs, events and models from its
+    own mount of the same claim, as it reads a local store.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.pvc = parse_pvc(url)
+        super().__init__(pvc_directory(self.pvc))
+        self.url = self.pvc.url
+
+    def check(self) -> None:
+        mount = self.root
+        for _ in self.pvc.path.split("/") if self.pvc.path else ():
+            mount = mount.parent
+        if not mount.is_dir():
+            raise StoreError(
+                f"storage {self.url}: claim {self.pvc.claim} is said to be mounted at {mount}, "
+                "which is not a directory here: " + PVC_MOUNTS_FIX.format(claim=self.pvc.claim)
+            )
+        super().check()
+
+    def __repr__(self) -> str:
+        return f"<PvcStore {self.url} at {self.root}>"
+
+
 # scheme -> factory. A bare path (no scheme) and file:// are local directories.
 _STORES: dict[str, Callable[[str], Store]] = {
     "": LocalStore,
     "file": lambda url: LocalStore(url.removeprefix("file://")),
     "s3": S3Store,
+    "pvc": PvcStore,
 }
 
 
 def open_store(url: str | Path) -> Store:
-    """The store named by ``url``: a directory, ``file://dir`` or ``s3://bucket/prefix``."""
+    """The store named by ``url``: a directory, ``file://dir``, ``s3://bucket/prefix`` or
+    ``pvc://CLAIM/PATH``."""
     text = str(url)
     scheme = text.split("://", 1)[0] if "://" in text else ""
     factory = _STORES.get(scheme)

@@ -19,6 +19,9 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
 - watches as the API server's watch cache serves them: BOOKMARK events when asked for
   (``allowWatchBookmarks``), and an ERROR event with a 410 Expired Status when a watch
   asks for a resourceVersion older than the history kept (see `while_disconnected`);
+- PersistentVolumeClaims (`claim`), and for pods whose claim is missing, unbound, or
+  ReadWriteOnce and attached on another node, the scheduler's and the attach
+  controller's events in their words;
 - log lines stamped in a zone other than UTC, and stderr lines stamped out of order;
 - in-cluster mode (``tls=True`` and `service_account`): HTTPS with a CA made for the
   test, and every request must carry the service account's current bearer token (401
@@ -59,6 +62,7 @@ KINDS = {
     "secrets": "Secret",
     "inferenceservices": "InferenceService",
     "serviceaccounts": "ServiceAccount",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 
@@ -475,6 +479,27 @@ class FakeKube:
             },
         )
 
+    def claim(
+        self,
+        name: str,
+        namespace: str = "alice",
+        phase: str = "Bound",
+        modes: tuple[str, ...] = ("ReadWriteMany",),
+    ) -> dict[str, Any]:
+        """A PersistentVolumeClaim, bound to a volume unless ``phase`` says otherwise."""
+        status: dict[str, Any] = {"phase": phase}
+        spec: dict[str, Any] = {
+            "accessModes": list(modes),
+            "resources": {"requests": {"storage": "10Gi"}},
+        }
+        if phase == "Bound":
+            spec["volumeName"] = f"pvc-{uuid.uuid4()}"
+            status.update(accessModes=list(modes), capacity={"storage": "10Gi"})
+        obj = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name}}
+        return self._put(
+            CORE, "persistentvolumeclaims", namespace, {**obj, "spec": spec, "status": status}
+        )
+
     # -- controllers -----------------------------------------------------------------
 
     def _react(self, prefix: str, plural: str, namespace: str, obj: dict[str, Any]) -> None:
@@ -763,6 +788,7 @@ class FakeKube:
                 )
                 self.event(namespace, pod, "Failed", message)
                 blocked = True
+        blocked = self._schedule_claims(namespace, [pod for _, pod, _ in pods]) or blocked
         if blocked:
             return
         configmap = f"{job}-code"
@@ -865,6 +891,74 @@ class FakeKube:
                 ),
             )
         return not failed
+
+    def _schedule_claims(self, namespace: str, pods: list[str]) -> bool:
+        """The fake scheduler and attach/detach controller for claims: pods go to the nodes
+        in turn; a missing or unbound claim is a FailedScheduling event, a ReadWriteOnce
+        volume already attached on another node a Multi-Attach error (the pod stays
+        ContainerCreating), each worded as Kubernetes words it. True if any pod is stuck."""
+        nodes, n = sorted(self.gpu_nodes), len(self.gpu_nodes)
+        attached: dict[str, tuple[str, str]] = {}  # volume -> (node, pod)
+        stuck = False
+        for index, pod in enumerate(pods):
+            spec = (self.get(CORE, "pods", namespace, pod) or {}).get("spec", {})
+            node = nodes[index % n]
+            for volume in spec.get("volumes") or []:
+                claim_name = volume.get("persistentVolumeClaim", {}).get("claimName")
+                if not claim_name:
+                    continue
+                claim = self.get(CORE, "persistentvolumeclaims", namespace, claim_name)
+                later = f"preemption: 0/{n} nodes are available: {n} Preemption is not helpful "
+                if claim is None or claim["status"]["phase"] != "Bound":
+                    why = (
+                        f'persistentvolumeclaim "{claim_name}" not found'
+                        if claim is None
+                        else "pod has unbound immediate PersistentVolumeClaims"
+                    )
+                    message = f"0/{n} nodes are available: {why}. {later}for scheduling."
+                    self.update(
+                        CORE,
+                        "pods",
+                        namespace,
+                        pod,
+                        lambda o, m=message: o["status"].update(
+                            conditions=[
+                                {
+                                    "type": "PodScheduled",
+                                    "status": "False",
+                                    "reason": "Unschedulable",
+                                    "message": m,
+                                }
+                            ]
+                        ),
+                    )
+                    self.event(namespace, pod, "FailedScheduling", message)
+                    stuck = True
+                    continue
+                self.update(
+                    CORE, "pods", namespace, pod, lambda o, w=node: o["spec"].update(nodeName=w)
+                )
+                self.event(
+                    namespace,
+                    pod,
+                    "Scheduled",
+                    f"Successfully assigned {namespace}/{pod} to {node}",
+                    kind="Normal",
+                )
+                volume_name = claim["spec"]["volumeName"]
+                where = attached.setdefault(volume_name, (node, pod))
+                one_node = "ReadWriteMany" not in claim["spec"]["accessModes"]
+                if one_node and where[0] != node:
+                    self.event(
+                        namespace,
+                        pod,
+                        "FailedAttachVolume",
+                        f"Multi-Attach error for "
+                        f'volume "{volume_name}" Volume is already used by pod(s) '
+                        f"{where[1]}",
+                    )
+                    stuck = True
+        return stuck
 
     def _run(
         self,

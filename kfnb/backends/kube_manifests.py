@@ -14,6 +14,7 @@ from typing import Any
 from kfnb.backends import BackendError
 from kfnb.bundle import Bundle
 from kfnb.spec import CONTAINER_NAME, MANAGED_BY, PACKAGES_CONTAINER, configmap_key
+from kfnb.storage import POD_PVC_ROOT, PvcUrl, parse_pvc
 
 # etcd's limit on one object; the ConfigMap's own metadata and keys need some of it.
 CONFIGMAP_LIMIT = 1024 * 1024
@@ -21,6 +22,7 @@ CONFIGMAP_HEADROOM = 8 * 1024
 # The replica's scratch in the pod (/tmp is a writable emptyDir): the job's files stay
 # there with a store the pods cannot see; with an s3:// store the runtime uploads them.
 POD_ARTIFACTS = "/tmp/kfnb-artifacts"
+STORE_VOLUME = "kfnb-store"  # the pvc:// store's claim, in every replica pod
 # Python of the official tensorflow/tensorflow images (Ubuntu 22.04 base, python3.11;
 # tensorflow/tensorflow#82529 shows 2.18's). Images not listed are not guessed at.
 _TF_IMAGE_PYTHON = [
@@ -35,13 +37,17 @@ class ClusterSettings:
     """Where and how a job runs on the cluster; nothing secret, only a Secret's name."""
 
     namespace: str
-    storage: str  # s3://bucket/prefix, or a local path the pods cannot see
+    storage: str  # s3://bucket/prefix, pvc://CLAIM/PATH, or a local path the pods cannot see
     s3_endpoint: str = ""
     s3_secret: str = ""
 
     @property
     def shared_store(self) -> bool:
-        return self.storage.startswith("s3://")
+        return self.storage.startswith(("s3://", "pvc://"))
+
+    @property
+    def pvc(self) -> PvcUrl | None:
+        return parse_pvc(self.storage) if self.storage.startswith("pvc://") else None
 
 
 def image_python(image: str) -> str | None:
@@ -107,6 +113,8 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_env(settings: ClusterSettings, job: str) -> list[dict[str, Any]]:
+    if settings.pvc is not None:  # the claim is a directory in the pod: written directly
+        return [{"name": "KFNB_ARTIFACTS", "value": settings.pvc.pod_path(job)}]
     # KFNB_ARTIFACTS is a directory, never the store's URL (KFNB_STORE carries that): an
     # s3:// URL there became the relative path s3:/... under a read-only working directory.
     env: list[dict[str, Any]] = [{"name": "KFNB_ARTIFACTS", "value": f"{POD_ARTIFACTS}/{job}"}]
@@ -142,7 +150,22 @@ def for_cluster(manifest: dict[str, Any], settings: ClusterSettings) -> dict[str
                 continue
             kept = [e for e in container.get("env", []) if e["name"] not in names]
             container["env"] = kept + copy.deepcopy(added)
+        if settings.pvc is not None:
+            mount_claim(pod, settings.pvc.claim)
     return manifest
+
+
+def mount_claim(pod: dict[str, Any], claim: str, read_only: bool = False) -> None:
+    """Mount ``claim`` at `POD_PVC_ROOT` in the pod's main container (``tensorflow``, or
+    the only one); the pod's fsGroup makes it writable by the non-root user."""
+    source: dict[str, Any] = {"claimName": claim, **({"readOnly": True} if read_only else {})}
+    volume = {"name": STORE_VOLUME, "persistentVolumeClaim": source}
+    pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != STORE_VOLUME] + [volume]
+    containers = pod["containers"]
+    main = next((c for c in containers if c["name"] == CONTAINER_NAME), containers[0])
+    mount = {"name": STORE_VOLUME, "mountPath": POD_PVC_ROOT, "readOnly": read_only}
+    kept = [m for m in main.get("volumeMounts", []) if m["name"] != STORE_VOLUME]
+    main["volumeMounts"] = kept + [mount]
 
 
 def check_volume(manifest: dict[str, Any], configmap: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from kfnb.backends import kube_pvc
 from kfnb.backends.kube_api import ApiError, KubeApi
 from kfnb.spec import CONTAINER_NAME, REPLICA_TYPES
 from kfnb.status import FINAL_PHASES, PHASES, JobStatus, ReplicaStatus
@@ -375,7 +376,10 @@ class JobWatcher:
         replica = pod[len(prefix) :]
         reason, message = event.get("reason", ""), event.get("message", "")
         if reason == "FailedScheduling":
-            self.pending[replica] = _unschedulable(replica, message)
+            claim = kube_pvc.unschedulable(replica, message, self.namespace)
+            self.pending[replica] = claim or _unschedulable(replica, message)
+        elif reason == "FailedAttachVolume":
+            self.pending[replica] = kube_pvc.attach_problem(replica, message)
         elif reason in ("Failed", "BackOff") and "image" in message.lower():
             self.pending[replica] = _image_problem(replica, message)
         elif reason in ("Scheduled", "Pulled", "Started"):

@@ -35,6 +35,7 @@ from kfnb.backends.kube_manifests import (
     image_python,
     owned_by,
 )
+from kfnb.backends.kube_pvc import check_claim
 from kfnb.backends.kube_watch import JobWatcher, init_failure
 from kfnb.bundle import Bundle
 from kfnb.config import settings
@@ -215,6 +216,10 @@ class KubernetesBackend:
                 "the model and TensorBoard events stay inside the pods and go with them: "
                 "keep them with --storage s3://bucket/prefix (%config Kfnb.storage)"
             )
+        elif self.cluster.pvc is not None:
+            specs = manifest["spec"]["tfReplicaSpecs"].values()
+            replicas = sum(spec.get("replicas", 1) for spec in specs)
+            warnings += check_claim(self.api, self.namespace, self.cluster.pvc, replicas)
         elif not self.cluster.s3_secret:
             warnings.append(
                 "no Secret with the S3 keys is named, so pods get none: create one with "
@@ -386,7 +391,14 @@ class KubernetesBackend:
         return None
 
     def job_dir(self, name: str) -> Path | None:
-        return None  # artifacts live in the pods or the S3 store, not on this machine
+        """The job's directory on this notebook's mount of a pvc:// store, which the pods
+        write directly; otherwise None: artifacts live in the pods or the S3 store."""
+        if self.cluster.pvc is None:
+            return None
+        from kfnb.storage import open_store
+
+        root = open_store(self.storage).local_root
+        return root / name if root is not None else None
 
     def replica_python(self, image: str) -> str | None:
         """The Python in ``image`` when it is a known official TensorFlow image."""

@@ -39,11 +39,12 @@ __all__ = [
 ]
 
 RUNTIMES = ("kserve", "tfserving")
+SHARED = ("s3://", "pvc://")  # stores a cluster's model servers read (KServe reads pvc://)
 
 
 def storage_uri(source: str) -> str:
-    """The ``s3://`` URL of the numbered model versions that ``source`` names."""
-    if source.startswith("s3://"):
+    """The ``s3://`` or ``pvc://`` URL of the numbered model versions that ``source`` names."""
+    if source.startswith(SHARED):
         return source.rstrip("/")
     from kfnb.records import load_record
 
@@ -53,7 +54,7 @@ def storage_uri(source: str) -> str:
             f"a cluster serves jobs trained with s3:// storage or s3:// URLs; {source} is "
             "neither: give a job from `%kfnb list` or an s3://bucket/path of model versions"
         )
-    if not record.storage.startswith("s3://"):
+    if not record.storage.startswith(SHARED):
         raise ServeError(
             f"job {source} keeps its model on this machine ({record.storage}), which a cluster "
             "cannot read: train it with --storage s3://bucket/prefix"
@@ -66,7 +67,7 @@ def release_for(source: str) -> ServingRelease:
     job's image, else (an s3:// URL, an image kfnb cannot read) this kernel's, which
     kfnb's default image for jobs matches."""
     record = None
-    if not source.startswith("s3://"):
+    if not source.startswith(SHARED):
         from kfnb.records import load_record
 
         record = load_record(source)

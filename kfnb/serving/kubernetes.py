@@ -63,7 +63,7 @@ class ClusterServing:
     def check_s3(self, spec: ServingSpec, runtime: str) -> None:
         """For KServe: the S3 Secret must say where the store is (`check_secret`)."""
         wanted = secret_annotations(spec)
-        if runtime == "kserve" and spec.s3_secret and wanted:
+        if runtime == "kserve" and spec.s3_secret and wanted and spec.storage_uri[:5] == "s3://":
             fix = annotate_command(spec.s3_secret, self.namespace, wanted)
             self.check_secret(spec.s3_secret, wanted, fix)
 

@@ -225,4 +225,23 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
             ],
         },
     }
+    if spec.storage_uri.startswith("pvc://"):
+        _serve_from_claim(deployment, spec)
     return [deployment, service]
+
+
+def _serve_from_claim(deployment: Any, spec: ServingSpec) -> None:
+    """TF Serving reads the model straight from a pvc:// store's claim, mounted read-only
+    where replicas mount it: no copy, and no S3 keys."""
+    from kfnb.backends.kube_manifests import mount_claim
+    from kfnb.storage import parse_pvc
+
+    pvc = parse_pvc(spec.storage_uri)
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    pod.pop("initContainers", None)
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "models"]
+    server = pod["containers"][0]
+    server["volumeMounts"] = [m for m in server["volumeMounts"] if m["name"] != "models"]
+    server["args"] = [a for a in server["args"] if not a.startswith("--model_base_path=")]
+    server["args"].append(f"--model_base_path={pvc.pod_path()}")
+    mount_claim(pod, pvc.claim, read_only=True)
