@@ -3,8 +3,9 @@
 ``%load_ext kfnb`` registers ``%%tfjob``, ``%kfnb`` and ``%serve``, a thin layer over
 the Python API: ``kfnb.submit(source, workers=2)`` returns a `Job`, ``kfnb.render``
 its TFJob manifest, ``kfnb.serve(job_name)`` a served model, ``kfnb.attach(name)``
-a job from its record. Importing kfnb imports no TensorFlow, Kubernetes client or
-widgets: those load when first used.
+a job from its record, ``kfnb.check()`` what a first job needs (``%kfnb check``).
+Importing kfnb imports no TensorFlow, Kubernetes client or widgets: those load when
+first used.
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
+    "CheckResult",
     "Job",
     "JobFailed",
     "JobSpec",
     "attach",
+    "backend_choice",
+    "check",
     "load_ipython_extension",
     "prepare",
     "render",
     "serve",
+    "settings",
     "submit",
     "__version__",
 ]
 _API = ("attach", "prepare", "render", "serve", "submit")
+_CHECKS = ("CheckResult", "backend_choice", "check")
 
 if TYPE_CHECKING:
     from kfnb.api import attach, prepare, render, serve, submit
+    from kfnb.checks import CheckResult, backend_choice, check
+    from kfnb.config import settings
     from kfnb.job import Job, JobFailed
     from kfnb.spec import JobSpec
 
@@ -41,6 +49,14 @@ def __getattr__(name: str) -> Any:
         from kfnb import api
 
         return getattr(api, name)
+    if name in _CHECKS:
+        from kfnb import checks
+
+        return getattr(checks, name)
+    if name == "settings":  # the object `%config Kfnb.*` changes
+        from kfnb.config import settings
+
+        return settings
     if name == "JobSpec":
         from kfnb.spec import JobSpec
 

@@ -254,7 +254,7 @@ def _plan_packages(
 
     from kfnb.config import settings
     from kfnb.packages import Needs, interpreter_contents, plan_packages, pod_index_env
-    from kfnb.wheelhouse import default_root
+    from kfnb.wheelhouse import choose_root
 
     env = {e["name"]: e["value"] for e in spec.container_env()}
     needs = Needs(
@@ -272,17 +272,7 @@ def _plan_packages(
         )
     else:
         plan = plan_packages(bundle, needs, image=spec.image)
-    root = wheelhouse or settings().wheelhouse
-    if root == "auto":
-        shared = local or store_url.startswith("s3://")
-        root = default_root(store_url) if shared else "off"
-    elif root != "off" and not local and not root.startswith("s3://"):
-        from kfnb.packages import PackageError
-
-        raise PackageError(
-            f"--wheelhouse {root}: pods cannot read a directory of this machine: "
-            "use an s3:// prefix, or off to install from the package index"
-        )
+    root = choose_root(wheelhouse or settings().wheelhouse, store_url, local)
     if root != "off" and plan.packages:
         return replace(plan, wheelhouse=f"{root.rstrip('/')}/{plan.key}")
     return replace(plan, index=pod_index_env(dict(os.environ)))

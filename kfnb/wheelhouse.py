@@ -34,6 +34,23 @@ def default_root(store_url: str) -> str:
     return f"{store_url.rstrip('/')}/{PREFIX}"
 
 
+def choose_root(setting: str, store_url: str, local: bool) -> str:
+    """Where replicas take their wheels: a wheelhouse root, or ``off`` (the package index).
+
+    ``auto`` is a wheelhouse in the job's store where the replicas can read it (local
+    replicas, or an ``s3://`` store), else the index; a directory serves local replicas only.
+    """
+    if setting == "auto":
+        shared = local or store_url.startswith("s3://")
+        return default_root(store_url) if shared else "off"
+    if setting != "off" and not local and not setting.startswith("s3://"):
+        raise PackageError(
+            f"--wheelhouse {setting}: pods cannot read a directory of this machine: "
+            "use an s3:// prefix, or off to install from the package index"
+        )
+    return setting
+
+
 def missing(store: Store, plan: PackagePlan) -> list[str] | None:
     """Files the wheelhouse lacks; None when it has no index (never filled, or interrupted)."""
     data = store.read(f"{plan.key}/{WHEELHOUSE_INDEX}")

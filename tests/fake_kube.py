@@ -12,6 +12,9 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
 - SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them;
+- Namespace objects with the labels a profile's namespace has (``namespace_labels``:
+  Istio injection, Pod Security), and API discovery per group and version, with
+  Argo's Workflow and Katib's Experiment CRDs on or off (``argo``, ``katib``);
 - a fake KServe controller: an InferenceService (created or replaced) becomes Ready
   with a URL and the traffic split its ``canaryTrafficPercent`` asks for; a
   Deployment becomes available;
@@ -57,6 +60,7 @@ KINDS = {
     "pods": "Pod",
     "events": "Event",
     "nodes": "Node",
+    "namespaces": "Namespace",
     "services": "Service",
     "deployments": "Deployment",
     "secrets": "Secret",
@@ -65,6 +69,12 @@ KINDS = {
     "persistentvolumeclaims": "PersistentVolumeClaim",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
+# What discovery lists for a custom resource group/version (other prefixes: all KINDS).
+DISCOVERY = {
+    "apis/kubeflow.org/v1": ["tfjobs"],
+    "apis/kubeflow.org/v1beta1": ["experiments", "suggestions", "trials"],
+    "apis/argoproj.io/v1alpha1": ["workflows"],
+}
 
 
 UNAUTHORIZED = {
@@ -199,6 +209,10 @@ class FakeKube:
     user: str = "system:serviceaccount:alice:default-editor"
     crd: bool = True
     kserve: bool = True  # the InferenceService CRD is installed
+    argo: bool = True  # Argo's Workflow CRD (argoproj.io/v1alpha1) is installed
+    katib: bool = True  # Katib's Experiment CRD (kubeflow.org/v1beta1) is installed
+    # Labels of the namespace objects (istio-injection, pod-security.kubernetes.io/enforce).
+    namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     # The fake KServe's storage initializer finds models only at this S3 endpoint ("": any).
     store_endpoint: str = ""
     load_failures: dict[str, str] = field(default_factory=dict)  # storageUri -> why it fails
@@ -246,6 +260,11 @@ class FakeKube:
         self.stopping = False
         for name, gpus in self.gpu_nodes.items():
             self._put(CORE, "nodes", "", self._node(name, gpus))
+        for name in sorted(self.namespaces):
+            labels = {"kubernetes.io/metadata.name": name, **self.namespace_labels.get(name, {})}
+            meta = {"name": name, "labels": labels}
+            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+            self._put(CORE, "namespaces", "", namespace)
 
     def allows(self, verb: str, group: str, resource: str) -> bool:
         """RBAC's answer for the fake's user: not denied, and granted by ``rules`` if set."""
@@ -1221,12 +1240,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"404 page not found", "text/plain")
             return
-        if (group == "kubeflow.org" and not kube.crd) or (
-            group == "serving.kserve.io" and not kube.kserve
+        if (
+            (group == "kubeflow.org" and not kube.crd)
+            or (group == "serving.kserve.io" and not kube.kserve)
+            or (group == "argoproj.io" and not kube.argo)
+            or (prefix == "apis/kubeflow.org/v1beta1" and not kube.katib)
         ):
             self._send(404, b"404 page not found\n", "text/plain")
             return
         if group == "authorization.k8s.io" and rest == ["selfsubjectaccessreviews"]:
+            if ("create", group, "selfsubjectaccessreviews") in kube.deny:  # may not even ask
+                self._forbidden("create", group, "selfsubjectaccessreviews", "", "")
+                return
             attrs = (body or {}).get("spec", {}).get("resourceAttributes", {})
             resource = attrs.get("resource", "")
             if attrs.get("subresource"):
@@ -1235,7 +1260,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, {**body, "status": {"allowed": allowed}})
             return
         if not rest:  # discovery
-            plurals = ["tfjobs"] if group == "kubeflow.org" else sorted(KINDS)
+            plurals = DISCOVERY.get(prefix, sorted(KINDS))
             self._send(
                 200,
                 {

@@ -3,11 +3,11 @@
 nbval runs the notebook as on a machine with no cluster (notebooks/conftest.py), so its
 ``if on_cluster:`` branches never run there. Here its code cells run in order in IPython's
 test shell, with a kubeconfig pointing at tests/fake_kube.py (a fake API server playing the
-Training Operator and KServe's controller) and S3 settings pointing at moto: the backend and
-namespace check, the access review, `%kfnb nodes`, the data set upload, both TFJobs, the
-InferenceService and its canary, the clean-up. The fake's pods run no code, so no model is
-trained, and the one cell that asks the served model for predictions is left out. This is
-not a cluster: nothing here shows that the notebook works on one.
+Training Operator and KServe's controller) and S3 settings pointing at moto: `%kfnb check`
+(backend, namespace, access review, store...), `%kfnb nodes`, the data set upload, both
+TFJobs, the InferenceService and its canary, the clean-up. The fake's pods run no code, so
+no model is trained, and the one cell that asks the served model for predictions is left
+out. This is not a cluster: nothing here shows that the notebook works on one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from tests.fake_kube import TFJOBS, FakeKube
+from tests.fake_kube import CORE, TFJOBS, FakeKube
 
 pytest.importorskip("minio")
 pytest.importorskip("moto")
@@ -49,6 +49,15 @@ def cluster_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "kfnb-test-access")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "kfnb-test-secret")
         monkeypatch.setenv("KFNB_S3_SECRET", "minio-creds")
+        # The Secret as its user makes it for KServe: the keys, and where the store is.
+        where = {"s3-endpoint": f"127.0.0.1:{port}", "s3-usehttps": "0", "s3-region": "us-east-1"}
+        meta = {
+            "name": "minio-creds",
+            "annotations": {f"serving.kserve.io/{k}": v for k, v in where.items()},
+        }
+        fake._put(
+            CORE, "secrets", "alice", {"apiVersion": "v1", "kind": "Secret", "metadata": meta}
+        )
         monkeypatch.chdir(NOTEBOOK.parent)  # the notebook's `sys.path.insert(0, "..")`
         yield fake
     moto.stop()
@@ -84,8 +93,13 @@ def test_the_cluster_branches_against_the_fake_cluster(
     printed = "\n".join(outputs)
 
     assert f"backend: kubernetes (cluster {cluster_env.url}, namespace alice)" in printed
-    assert "namespace: alice" in printed
-    assert "access review in namespace alice: nothing kfnb needs is missing" in printed
+    # %kfnb check's table: the fake's namespace, the access review, the bucket.
+    assert re.search(r"^namespace +ok +alice \(", printed, re.M)
+    assert re.search(
+        r"^access +ok +all \d+ permissions kfnb needs are granted in alice$", printed, re.M
+    )
+    assert re.search(r"^store +ok +s3://tfmnist/kfnb: reachable and writable$", printed, re.M)
+    assert "Nothing stops a first job here" in printed
     assert "Allocated/Total GPUs in cluster: 0/2 (0%)" in printed
     assert "workers read MNIST from s3://tfmnist/data/mnist.npz" in printed
     assert "storage: s3://tfmnist/kfnb;" in printed

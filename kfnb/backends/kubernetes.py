@@ -157,6 +157,22 @@ class KubernetesBackend:
         key = (self.api.info.server, self.namespace)
         if key in _checked:
             return
+        missing = self.denied()
+        if missing is None:
+            return  # may not even ask: the requests themselves will say what fails
+        if missing:
+            verb, what = missing[0]
+            raise BackendError(
+                f"your account may not {verb} {what} in namespace {self.namespace}, which "
+                f"kfnb needs: {RBAC_FIX}"
+            )
+        _checked.add(key)
+
+    def denied(self) -> list[tuple[str, str]] | None:
+        """(verb, resource.group) of what kfnb needs and the account may not do, in
+        `NEEDED`'s order; None when it may not even ask (403 on the review itself): its
+        requests will then say what fails."""
+        missing = []
         for verb, group, resource in NEEDED:
             plural, _, sub = resource.partition("/")
             attributes = {
@@ -178,15 +194,11 @@ class KubernetesBackend:
                 )
             except ApiError as err:
                 if err.status == 403:
-                    return  # may not even ask: the requests themselves will say what fails
+                    return None
                 raise
             if not answer.get("status", {}).get("allowed"):
-                what = f"{resource}.{group}" if group else resource
-                raise BackendError(
-                    f"your account may not {verb} {what} in namespace {self.namespace}, which "
-                    f"kfnb needs: {RBAC_FIX}"
-                )
-        _checked.add(key)
+                missing.append((verb, f"{resource}.{group}" if group else resource))
+        return missing
 
     def check_operator(self) -> None:
         """The TFJob resource must be served (the API group alone is not enough)."""

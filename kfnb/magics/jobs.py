@@ -190,7 +190,8 @@ class JobMagics(Magics):  # type: ignore[misc]
     @line_magic
     def kfnb(self, line: str) -> Any:
         """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
-        | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes"""
+        | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes
+        | check [--backend B] [--namespace NS] [--storage URL]"""
         command, _, rest = line.strip().partition(" ")
         handlers = {
             "list": self._list,
@@ -200,6 +201,7 @@ class JobMagics(Magics):  # type: ignore[misc]
             "attach": self._attach,
             "tensorboard": self._tensorboard,
             "nodes": self._nodes,
+            "check": self._check,
         }
         if command not in handlers:
             raise UsageError(
@@ -318,6 +320,32 @@ class JobMagics(Magics):  # type: ignore[misc]
         total, used = sum(r.allocatable for r in rows), sum(r.allocated for r in rows)
         share = f" ({100 * used / total:.0f}%)" if total else ""
         print(f"Allocated/Total GPUs in cluster: {used}/{total}{share}")
+
+    @magic_arguments()
+    @argument("--backend", choices=("auto", "local", "kubernetes"), help="default: Kfnb.backend")
+    @argument("--namespace", help="Kubernetes namespace (default: Kfnb.namespace)")
+    @argument("--storage", help="the store to check (default: Kfnb.storage)")
+    def _check_args(self, line: str) -> None:
+        """%kfnb check [--backend B] [--namespace NS] [--storage URL]"""
+
+    def _check(self, rest: str) -> None:
+        """What a first job needs, one row each, with the fix under each problem."""
+        from kfnb.checks import check
+
+        args = parse_argstring(self._check_args, rest)
+        results = check(args.backend, args.namespace, args.storage)
+        rows: list[tuple[str, ...]] = []
+        for result in results:
+            rows.append((result.what, result.status, result.detail))
+            if result.fix:
+                rows.append(("", "", f"fix: {result.fix}"))
+        print(table(("CHECK", "STATUS", "DETAIL"), rows))
+        failed = sum(r.status == "fail" for r in results)
+        warned = sum(r.status == "warn" for r in results)
+        if failed:
+            print(f"{failed} problem(s) stop jobs here, {warned} warning(s): see each fix.")
+        else:
+            print(f"Nothing stops a first job here; {warned} warning(s).")
 
     def _delete(self, rest: str) -> None:
         from kfnb.records import delete_record
