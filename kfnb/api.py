@@ -228,6 +228,10 @@ def _prepare(
         plan = json.dumps(packages.to_json(), indent=1).encode()
         installer = Path(__file__).with_name("install_packages.py").read_bytes()
         files = {**bundle.files, PLAN_FILE: plan, "install_packages.py": installer}
+        if packages.wheelhouse.startswith("s3://"):  # read with the bundle's minio client
+            from kfnb.bundle import vendored_minio
+
+            files.update(vendored_minio())
         bundle = replace(bundle, files=files)
         spec = replace(
             spec,
@@ -273,6 +277,10 @@ def _plan_packages(
     else:
         plan = plan_packages(bundle, needs, image=spec.image)
     root = choose_root(wheelhouse or settings().wheelhouse, store_url, local)
+    if local and root.startswith("pvc://"):  # local replicas read the notebook's mount
+        from kfnb.storage import open_store
+
+        root = str(open_store(root).local_root)
     if root != "off" and plan.packages:
         return replace(plan, wheelhouse=f"{root.rstrip('/')}/{plan.key}")
     return replace(plan, index=pod_index_env(dict(os.environ)))
@@ -281,10 +289,13 @@ def _plan_packages(
 def _fill_wheelhouse(plan: PackagePlan) -> None:
     """Fill the plan's wheelhouse from the notebook before the replicas need it."""
     from kfnb.storage import open_store
-    from kfnb.wheelhouse import fill
+    from kfnb.wheelhouse import fill, missing
 
     root = plan.wheelhouse.rsplit("/", 1)[0]
-    done = fill(open_store(root), plan)
+    store = open_store(root)
+    if missing(store, plan) != []:  # the download takes a while: say what it is
+        print(f"kfnb: filling the wheelhouse {plan.wheelhouse} with {len(plan.packages)} wheels")
+    done = fill(store, plan)
     if done:
         print(f"kfnb: {done} in {root}")
 

@@ -244,7 +244,7 @@ _MINIO_ADMIN_IMPORT = "from .minioadmin import MinioAdmin as MinioAdmin\n"
 _MINIO_ADMIN_FILES = ("minioadmin.py", "crypto.py")
 
 
-def _vendored_minio() -> dict[str, bytes]:
+def vendored_minio() -> dict[str, bytes]:
     """The pure-Python minio client for replicas' S3 uploads (urllib3 and certifi come
     with TensorFlow's requests)."""
     try:
@@ -382,7 +382,7 @@ def build_bundle(
     files["artifact_sync.py"] = Path(__file__).with_name("artifact_sync.py").read_bytes()
     files.update(_vendored_cloudpickle())
     if s3:
-        files.update(_vendored_minio())
+        files.update(vendored_minio())
     meta = {
         "format": BUNDLE_FORMAT,
         "job": job_name,

@@ -88,7 +88,13 @@ def verify_wheelhouse(directory: Path, where: str) -> dict[str, Any]:
 
 
 def fetch_wheelhouse(url: str, scratch: Path) -> Path:
-    """A local directory holding the wheelhouse at ``url`` (downloaded from S3)."""
+    """A local directory holding the wheelhouse at ``url``: downloaded from S3, or on the
+    pvc:// store's claim, which the pod mounts at ``KFNB_PVC_ROOT``."""
+    if url.startswith("pvc://"):
+        root = os.environ.get("KFNB_PVC_ROOT")
+        if not root:
+            raise InstallError(f"the wheelhouse {url} is on a claim this pod does not mount")
+        return Path(root) / url.removeprefix("pvc://").partition("/")[2]
     if not url.startswith("s3://"):
         return Path(url)
     code_dir = Path(__file__).resolve().parent

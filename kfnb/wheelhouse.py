@@ -38,17 +38,35 @@ def choose_root(setting: str, store_url: str, local: bool) -> str:
     """Where replicas take their wheels: a wheelhouse root, or ``off`` (the package index).
 
     ``auto`` is a wheelhouse in the job's store where the replicas can read it (local
-    replicas, or an ``s3://`` store), else the index; a directory serves local replicas only.
+    replicas, an ``s3://`` store, or the claim of a ``pvc://`` store, which every pod
+    mounts), else the index; a directory serves local replicas only. Pods read an
+    ``s3://`` wheelhouse with the store's settings and Secret, so only beside such a store.
     """
     if setting == "auto":
-        shared = local or store_url.startswith("s3://")
+        shared = local or store_url.startswith(("s3://", "pvc://"))
         return default_root(store_url) if shared else "off"
-    if setting != "off" and not local and not setting.startswith("s3://"):
+    if setting == "off" or local:
+        return setting
+    if setting.startswith("s3://") and not store_url.startswith("s3://"):
+        raise PackageError(
+            f"--wheelhouse {setting}: pods read an s3:// wheelhouse with the s3:// store's "
+            "settings and Secret: use --storage s3://..., or --wheelhouse auto or off"
+        )
+    if setting.startswith("pvc://") and _claim(setting) != _claim(store_url):
+        raise PackageError(
+            f"--wheelhouse {setting}: pods mount only the store's claim: put the wheelhouse "
+            f"on {_claim(store_url) or 'a pvc:// store'}, or use --wheelhouse auto or off"
+        )
+    if not setting.startswith(("s3://", "pvc://")):
         raise PackageError(
             f"--wheelhouse {setting}: pods cannot read a directory of this machine: "
             "use an s3:// prefix, or off to install from the package index"
         )
     return setting
+
+
+def _claim(url: str) -> str:
+    return url.removeprefix("pvc://").split("/")[0] if url.startswith("pvc://") else ""
 
 
 def missing(store: Store, plan: PackagePlan) -> list[str] | None:

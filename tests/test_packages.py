@@ -32,7 +32,7 @@ from kfnb.packages import (
     plan_packages,
     pod_index_env,
 )
-from kfnb.spec import PACKAGES_CONTAINER, PACKAGES_DIR
+from kfnb.spec import PACKAGES_CONTAINER, PACKAGES_DIR, JobSpec
 from kfnb.storage import LocalStore
 from tests.conftest import validate_tfjob
 from tests.fake_kube import FakeKube
@@ -370,3 +370,36 @@ def test_imports_inside_notebook_functions_sent_as_source_count() -> None:
     bundle = type(bundle)(files=files, meta=bundle.meta)
     plan = plan_packages(bundle, Needs(), image="tensorflow/tensorflow:2.21.0")
     assert by_name(plan)["mlxtend"].why == "imported by the notebook's load"
+
+
+def test_where_replicas_take_their_wheels() -> None:
+    choose = wheelhouse.choose_root
+    assert choose("auto", "pvc://data/runs", local=False) == "pvc://data/runs/wheelhouse"
+    assert choose("auto", "s3://b/runs", local=False) == "s3://b/runs/wheelhouse"
+    assert choose("auto", "/home/me/jobs", local=False) == "off"  # pods cannot see it
+    assert choose("auto", "/home/me/jobs", local=True) == "/home/me/jobs/wheelhouse"
+    with pytest.raises(PackageError, match="s3:// store's settings"):
+        choose("s3://b/wheels", "/home/me/jobs", local=False)
+    with pytest.raises(PackageError, match="only the store's claim"):
+        choose("pvc://other/wheels", "pvc://data/runs", local=False)
+    with pytest.raises(PackageError, match="cannot read a directory"):
+        choose("/wheels", "s3://b/runs", local=False)
+
+
+def test_a_wheelhouse_on_the_stores_claim_is_read_where_the_pod_mounts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kfnb.backends.kube_manifests import ClusterSettings, for_cluster
+    from kfnb.storage import POD_PVC_ROOT
+
+    plan = small_plan()
+    wheelhouse.fill(LocalStore(tmp_path / "claim" / "runs" / "wheelhouse"), plan)
+    monkeypatch.setenv("KFNB_PVC_ROOT", str(tmp_path / "claim"))  # as the pod mounts it
+    url = f"pvc://data/runs/wheelhouse/{plan.key}"
+    said = install_packages.install(installer_plan(plan, url), tmp_path / "target")
+    assert said.startswith("installed 2 packages")
+    spec = JobSpec(name="j", workers=2, packages=True)
+    manifest = for_cluster(spec.to_manifest(), ClusterSettings("alice", "pvc://data/runs"))
+    init = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["initContainers"][0]
+    assert {"name": "KFNB_PVC_ROOT", "value": POD_PVC_ROOT} in init["env"]
+    assert any(m["mountPath"] == POD_PVC_ROOT and m["readOnly"] for m in init["volumeMounts"])

@@ -152,7 +152,17 @@ def for_cluster(manifest: dict[str, Any], settings: ClusterSettings) -> dict[str
             container["env"] = kept + copy.deepcopy(added)
         if settings.pvc is not None:
             mount_claim(pod, settings.pvc.claim)
+            _wheelhouse_on_claim(pod)
     return manifest
+
+
+def _wheelhouse_on_claim(pod: dict[str, Any]) -> None:
+    """The packages init container reads a pvc:// wheelhouse on the store's claim."""
+    for init in pod.get("initContainers", []):
+        if init["name"] == PACKAGES_CONTAINER:
+            mount = {"name": STORE_VOLUME, "mountPath": POD_PVC_ROOT, "readOnly": True}
+            init["volumeMounts"] = [*init.get("volumeMounts", []), mount]
+            init["env"] = [*init.get("env", []), {"name": "KFNB_PVC_ROOT", "value": POD_PVC_ROOT}]
 
 
 def mount_claim(pod: dict[str, Any], claim: str, read_only: bool = False) -> None:
