@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -250,6 +251,7 @@ class FakeKube:
         self.logs: dict[tuple[str, str], list[tuple[int, str]]] = {}
         self.running_at: dict[str, float] = {}  # job -> when the fake set Running
         self.requests: list[tuple[str, str]] = []
+        self.counts: Counter[str] = Counter()  # requests by kind ("watch pods", "log follow")
         self.version = 0
         self.drops = 0
         self.compacted = 0  # resourceVersions up to this one are no longer kept
@@ -1040,6 +1042,23 @@ class FakeKube:
     _stamp = 0
 
 
+def request_kind(method: str, path: str, query: dict[str, str]) -> str:
+    """What a request is, for counting: ``list pods``, ``watch tfjobs``, ``log follow``..."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    if not rest:
+        return "get discovery"
+    plural, named = rest[0], len(rest) > 1
+    if rest[2:] == ["log"]:
+        return "log follow" if query.get("follow") == "true" else "log read"
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update"}.get(method)
+    if verb is None:
+        verb = "get" if named else ("watch" if query.get("watch") in ("true", "1") else "list")
+    return f"{verb} {plural}"
+
+
 def _condition(
     kind: str, reason: str, message: str, state: str = "True"
 ) -> Callable[[dict[str, Any]], None]:
@@ -1225,6 +1244,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         kube.requests.append((method, url.path))
+        kube.counts[request_kind(method, url.path, query)] += 1
         if not self._authenticated():
             kube.refused += 1
             self._send(401, UNAUTHORIZED)

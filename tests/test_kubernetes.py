@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,21 @@ def test_elapsed_time_counts_from_running_not_the_operators_first_reconcile(
     assert status.elapsed is not None and status.elapsed < 1.5
     done = job.wait(timeout=20)
     assert done.start_time == status.start_time and done.elapsed is not None
+
+
+def test_status_and_log_reads_send_no_requests_while_the_job_runs(fake_kube: FakeKube) -> None:
+    """Watches and log streams feed them: a view polling 4 times a second costs nothing."""
+    fake_kube.script = lambda job, replica: ReplicaScript([f"line {i}" for i in range(150)])
+    backend, name = submit(workers=4)
+    job = Job(name, backend)
+    wait_for(lambda: job.status().phase == "Running" and fake_kube.counts["log follow"] == 4)
+    before = Counter(fake_kube.counts)
+    for _ in range(30):
+        assert job.status().phase == "Running"
+        for replica in job.replicas:
+            job.log_since(replica, 0)
+        time.sleep(0.01)
+    assert fake_kube.counts - before == Counter()
 
 
 def role_rules() -> list[dict[str, Any]]:
