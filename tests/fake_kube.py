@@ -70,6 +70,7 @@ KINDS = {
     "persistentvolumeclaims": "PersistentVolumeClaim",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
+ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 # What discovery lists for a custom resource group/version (other prefixes: all KINDS).
 DISCOVERY = {
     "apis/kubeflow.org/v1": ["tfjobs"],
@@ -238,9 +239,6 @@ class FakeKube:
     bookmark_every: float = 0.5  # seconds an idle watch waits before a BOOKMARK (real: ~60)
     log_zone: int = 0  # minutes east of UTC that log lines are stamped in (+08:00: 480)
     tls: bool = False  # HTTPS with a CA made for the test (in-cluster mode)
-    # namespace -> its pod-security.kubernetes.io/enforce level: the fake operator's pod
-    # creations are refused as PodSecurity admission refuses them (tests/pod_security.py).
-    pod_security: dict[str, str] = field(default_factory=dict)
     # Every pod's first init container fails with this log (the kubelet's termination
     # message under FallbackToLogsOnError), as kfnb-packages does when the index is away.
     init_failure: str = ""
@@ -877,7 +875,9 @@ class FakeKube:
             restricted_violations,
         )
 
-        level = self.pod_security.get(namespace, "privileged")
+        # The namespace's pod-security.kubernetes.io/enforce label, as admission reads it.
+        ns = self.get(CORE, "namespaces", "", namespace) or {}
+        level = ns.get("metadata", {}).get("labels", {}).get(ENFORCE_LABEL, "privileged")
         check = {"restricted": restricted_violations, "baseline": baseline_violations}.get(level)
         violations = check(pod["spec"]) if check else []
         name = pod["metadata"]["name"]

@@ -13,13 +13,14 @@ import pytest
 import kfnb
 from kfnb.config import settings
 from kfnb.job import Job, JobFailed
-from tests.fake_kube import FakeKube
+from tests.fake_kube import ENFORCE_LABEL, FakeKube
 
 
 @pytest.fixture
 def restricted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
     """The fake, its namespace alice labelled pod-security.kubernetes.io/enforce: restricted."""
-    with FakeKube(pod_security={"alice": "restricted"}) as fake:
+    labels = {ENFORCE_LABEL: "restricted", "istio-injection": "enabled"}
+    with FakeKube(namespace_labels={"alice": labels}) as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
         yield fake
 
