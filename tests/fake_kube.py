@@ -242,6 +242,9 @@ class FakeKube:
     # Every pod's first init container fails with this log (the kubelet's termination
     # message under FallbackToLogsOnError), as kfnb-packages does when the index is away.
     init_failure: str = ""
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> more labels
+    # Images under this prefix need an existing image pull secret (others are public).
+    private_registry: str = "registry.example.com/private/"
 
     def __post_init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
@@ -410,7 +413,10 @@ class FakeKube:
         return {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, **self.node_labels.get(name, {})},
+            },
             "status": {
                 "allocatable": {"cpu": "8", "nvidia.com/gpu": str(gpus)},
                 "addresses": [{"type": "InternalIP", "address": f"10.0.0.{len(name)}"}],
@@ -755,7 +761,20 @@ class FakeKube:
         blocked = False
         for _, pod, container in pods:
             gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-            if gpus > max(self.gpu_nodes.values(), default=0):
+            spec = (self.get(CORE, "pods", namespace, pod) or {}).get("spec", {})
+            if not self._selectable(spec.get("nodeSelector") or {}):
+                n = len(self.gpu_nodes)
+                self._unschedulable(
+                    namespace,
+                    pod,
+                    f"0/{n} nodes are available: {n} node(s) didn't match Pod's node "
+                    f"affinity/selector. preemption: 0/{n} nodes are available: {n} "
+                    "Preemption is not helpful for scheduling.",
+                )
+                blocked = True
+            elif self._pull_refused(namespace, pod, container["image"], spec):
+                blocked = True
+            elif gpus > max(self.gpu_nodes.values(), default=0):
                 n = len(self.gpu_nodes)
                 short = sum(1 for g in self.gpu_nodes.values() if g < gpus)
                 message = (
@@ -866,6 +885,54 @@ class FakeKube:
                     f"TFJob {namespace}/{job} successfully completed.",
                 ),
             )
+
+    def _selectable(self, selector: dict[str, str]) -> bool:
+        """Some node has every label the pod's nodeSelector asks for."""
+        nodes = [self._node(name, gpus) for name, gpus in self.gpu_nodes.items()]
+        labels = [n["metadata"]["labels"] for n in nodes]
+        return any(all(have.get(k) == v for k, v in selector.items()) for have in labels)
+
+    def _unschedulable(self, namespace: str, pod: str, message: str) -> None:
+        condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+        self.update(
+            CORE,
+            "pods",
+            namespace,
+            pod,
+            lambda o: o["status"].update(conditions=[{**condition, "message": message}]),
+        )
+        self.event(namespace, pod, "FailedScheduling", message)
+
+    def _pull_refused(self, namespace: str, pod: str, image: str, spec: dict[str, Any]) -> bool:
+        """The kubelet's words for pull secrets it cannot find, and a private image's
+        pull that fails without them (public images pull anyway)."""
+        names = [r["name"] for r in spec.get("imagePullSecrets") or []]
+        absent = [n for n in names if self.get(CORE, "secrets", namespace, n) is None]
+        if absent:
+            self.event(
+                namespace,
+                pod,
+                "FailedToRetrieveImagePullSecret",
+                f"Unable to retrieve some image pull secrets ({', '.join(absent)}); attempting "
+                "to pull the image may not succeed.",
+            )
+        if not image.startswith(self.private_registry) or (names and not absent):
+            return False
+        message = (
+            f'Failed to pull image "{image}": failed to pull and unpack image "{image}": '
+            f'failed to resolve reference "{image}": pull access denied, repository does not '
+            "exist or may require authorization: authorization failed: no basic auth credentials"
+        )
+        waiting = {"waiting": {"reason": "ErrImagePull", "message": message}}
+        self.update(
+            CORE,
+            "pods",
+            namespace,
+            pod,
+            lambda o: o["status"].update(containerStatuses=[_container_status(waiting, False)]),
+        )
+        self.event(namespace, pod, "Failed", message)
+        return True
 
     def _admission(self, namespace: str, pod: dict[str, Any]) -> str:
         """PodSecurity admission's refusal of ``pod`` in ``namespace``, or ""."""

@@ -94,3 +94,37 @@ def test_an_init_container_failure_is_the_jobs_message(
     )
     assert "--wheelhouse" in message and "\n" not in message
     assert "cannot reach the package index" in str(failed.value)
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    with FakeKube(node_labels={"node-a": {"pool": "training"}}) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        yield fake
+
+
+def test_a_pull_secret_that_does_not_exist_is_named_before_and_after_submitting(
+    fake_kube: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = fake_kube.private_registry + "trainer:1"
+    job = kfnb.submit(
+        "print(1)\n", names={}, backend="kubernetes", image=image, image_pull_secrets=["regcred"]
+    )
+    assert "the image pull secret regcred is not in namespace alice" in capsys.readouterr().err
+    message = wait_for_message(job, "cannot pull")
+    assert "pull access denied" in message
+    assert "its image pull secret regcred is not in namespace alice" in message
+    assert "\n" not in message
+    job.delete()
+
+
+def test_a_node_selector_no_node_matches_is_said_in_words(fake_kube: FakeKube) -> None:
+    fine = kfnb.submit(
+        "print(1)\n", names={}, backend="kubernetes", node_selector=["pool=training"]
+    )
+    assert fine.wait(timeout=20).phase == "Succeeded"
+    job = kfnb.submit("print(1)\n", names={}, backend="kubernetes", gpu_type="NVIDIA-H200")
+    message = wait_for_message(job, "Pending")
+    assert message.startswith("worker-0 is Pending: no node has the labels it asks for (0/2 nodes")
+    assert "--node-selector and --gpu-type" in message
+    job.delete()

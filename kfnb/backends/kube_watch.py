@@ -165,6 +165,7 @@ class JobWatcher:
         self.tfjob: dict[str, Any] = {}
         self.pods: dict[str, dict[str, Any]] = {}  # by replica name (worker-0)
         self.pending: dict[str, str] = {}  # replica -> why it waits, from events
+        self.missing_secrets: dict[str, str] = {}  # replica -> pull secrets not found
         self.errors: dict[str, str] = {}  # watch -> why it stopped (403)
         self.refused: dict[str, str] = {}  # watch -> the 401 it retries after
         self._versions: dict[str, str | None] = {}  # watch -> resourceVersion to resume at
@@ -381,7 +382,10 @@ class JobWatcher:
         elif reason == "FailedAttachVolume":
             self.pending[replica] = kube_pvc.attach_problem(replica, message)
         elif reason in ("Failed", "BackOff") and "image" in message.lower():
-            self.pending[replica] = _image_problem(replica, message)
+            self.pending[replica] = self._image_problem(replica, message)
+        elif reason == "FailedToRetrieveImagePullSecret":  # the kubelet's: names them
+            names = message.partition("(")[2].partition(")")[0]
+            self.missing_secrets[replica] = names
         elif reason in ("Scheduled", "Pulled", "Started"):
             self.pending.pop(replica, None)
         self._notify()
@@ -391,6 +395,18 @@ class JobWatcher:
         if kind != "DELETED" and "violates PodSecurity" in message:
             self.pending["job"] = _refused_pods(message)
             self._notify()
+
+    def _image_problem(self, replica: str, message: str) -> str:
+        """Why the image does not pull, naming the pull secrets the kubelet could not find."""
+        absent = self.missing_secrets.get(replica)
+        if not absent:
+            return _image_problem(replica, message)
+        return (
+            f"{replica} cannot pull its image ({message.rstrip('.')}): its image pull secret "
+            f"{absent} is not in namespace {self.namespace}: create it (kubectl -n "
+            f"{self.namespace} create secret docker-registry {absent.split(',')[0]} ...), "
+            "or fix --image-pull-secret"
+        )
 
     # -- logs ----------------------------------------------------------------------
 
@@ -545,7 +561,7 @@ class JobWatcher:
         pod = self.pods.get(replica, {})
         waiting = _container(pod).get("state", {}).get("waiting", {})
         if waiting.get("reason") in _IMAGE_REASONS:
-            return _image_problem(replica, waiting.get("message") or waiting["reason"])
+            return self._image_problem(replica, waiting.get("message") or waiting["reason"])
         if replica in self.pending:
             return self.pending[replica]
         for condition in pod.get("status", {}).get("conditions") or []:
@@ -562,6 +578,11 @@ def _unschedulable(replica: str, message: str) -> str:
         return (
             f"{replica} is Pending: no node has the GPUs it asks for ({message.rstrip('.')}): "
             "use fewer --gpus, or see `%kfnb nodes` for free GPUs"
+        )
+    if "didn't match Pod's node affinity/selector" in message:
+        return (
+            f"{replica} is Pending: no node has the labels it asks for ({message.rstrip('.')}): "
+            "check --node-selector and --gpu-type against `kubectl get nodes --show-labels`"
         )
     return f"{replica} is Pending: it cannot be scheduled ({message.rstrip('.')})"
 

@@ -237,6 +237,29 @@ class KubernetesBackend:
                 "no Secret with the S3 keys is named, so pods get none: create one with "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and set %config Kfnb.s3_secret"
             )
+        return warnings + self._absent_pull_secrets(manifest)
+
+    def _absent_pull_secrets(self, manifest: dict[str, Any]) -> list[str]:
+        """Image pull secrets the namespace lacks (one it may not read is not asked about)."""
+        names = sorted(
+            {
+                ref["name"]
+                for spec in manifest["spec"]["tfReplicaSpecs"].values()
+                for ref in spec["template"]["spec"].get("imagePullSecrets", [])
+            }
+        )
+        warnings = []
+        for name in names:
+            try:
+                self.api.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
+            except ApiError as err:
+                if err.status == 404:
+                    warnings.append(
+                        f"the image pull secret {name} is not in namespace {self.namespace}, "
+                        "so a private image will not pull: create it (kubectl -n "
+                        f"{self.namespace} create secret docker-registry {name} ...) or drop "
+                        "--image-pull-secret"
+                    )
         return warnings
 
     def submit(self, manifest: dict[str, Any], bundle: Bundle) -> JobStatus:
