@@ -171,6 +171,7 @@ def _prepare(
     the public function's, whose caller's globals are the names outside IPython."""
     from kfnb.bundle import BundleError, build_bundle
     from kfnb.config import settings
+    from kfnb.pod_options import POD_FIELDS
     from kfnb.spec import JobSpec, validate_name
     from kfnb.storage import open_store, replica_env
 
@@ -186,7 +187,7 @@ def _prepare(
     include, cwd = fields.pop("include", ()), fields.pop("cwd", None)
     gpus, image = fields.pop("gpus", 0), fields.pop("image", None)
     needs = {k: fields.pop(k, None) for k in ("pip", "requirements", "wheelhouse")}
-    pod = _pod_options({k: fields.pop(k, None) for k in _POD_FIELDS})
+    pod = _pod_options({k: fields.pop(k, None) for k in POD_FIELDS})
     namespace = namespace or config.namespace or None
     if isinstance(backend, str) or backend is None:
         backend = _backend(backend or config.backend, storage, namespace, rendering)
@@ -307,17 +308,6 @@ def _replica_python(backend: Backend, image: str) -> str | None:
     return probe(image) if callable(probe) else None
 
 
-_POD_FIELDS = (
-    "image_pull_secrets",
-    "node_selector",
-    "tolerations",
-    "labels",
-    "annotations",
-    "priority_class",
-    "gpu_type",
-)
-
-
 def _pod_options(given: dict[str, Any]) -> PodOptions:
     from kfnb.pod_options import PodOptions
 
@@ -402,23 +392,33 @@ def serve(
     canary: str | None = None,
     percent: int | None = None,
     runtime: str = "kserve",
+    image_pull_secrets: Iterable[str] = (),
+    node_selector: Mapping[str, str] | Iterable[str] = (),
+    tolerations: Iterable[str] = (),
+    labels: Mapping[str, str] | Iterable[str] = (),
+    annotations: Mapping[str, str] | Iterable[str] = (),
+    priority_class: str | None = None,
+    gpu_type: str | None = None,
 ) -> ServedModel:
     """Serve ``source`` (a job name, a SavedModel directory or an s3:// URL) as ``name``.
 
     Locally (the default) a model server process answers TF Serving's REST and gRPC
     APIs and picks up new versions; with ``backend="kubernetes"`` KServe or TF
-    Serving (``runtime``) serves it in the cluster, ``canary`` taking ``percent``.
+    Serving (``runtime``) serves it in the cluster, ``canary`` taking ``percent``, its
+    pods with the pods' options of `submit` (pull secrets, node selector, tolerations,
+    labels, annotations, priority class, GPU type) over the ``Kfnb`` settings.
     """
+    pod = _given_pod(locals())
     from kfnb.serving.local import LocalServing, model_base_path
 
     serving = LocalServing()
     if backend == "kubernetes":
         served, _ = serve_on_cluster(
             source, name=name, runtime=runtime, replicas=replicas, gpus=gpus,
-            canary=canary, percent=percent,
+            canary=canary, percent=percent, **pod,
         )  # fmt: skip
         return served
-    _check_local_serving(backend, replicas, gpus, canary, percent)
+    _check_local_serving(backend, replicas, gpus, canary, percent, pod)
     base = model_base_path(source, name, serving.root.parent)
     return serving.start(name, base, source, port, grpc_port, host=host)
 
@@ -440,7 +440,9 @@ def stop_serving(name: str) -> ServedModel:
 
 
 def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[dict[str, Any]]:
-    """The Kubernetes manifests `serve` would apply with ``backend="kubernetes"``."""
+    """The Kubernetes manifests `serve` would apply with ``backend="kubernetes"`` and the
+    same cluster arguments (``runtime``, ``replicas``, ``gpus``, ``canary``, ``percent``
+    and the pods' options)."""
     from kfnb.serving.cluster import cluster_manifests
 
     return cluster_manifests(name, source, **options)
@@ -466,8 +468,16 @@ def serve_on_cluster(
     gpus: int = 0,
     canary: str | None = None,
     percent: int | None = None,
+    image_pull_secrets: Iterable[str] = (),
+    node_selector: Mapping[str, str] | Iterable[str] = (),
+    tolerations: Iterable[str] = (),
+    labels: Mapping[str, str] | Iterable[str] = (),
+    annotations: Mapping[str, str] | Iterable[str] = (),
+    priority_class: str | None = None,
+    gpu_type: str | None = None,
 ) -> tuple[ServedModel, Rollout]:
     """`serve` on Kubernetes, with the rollout KServe reports (its traffic split)."""
+    pod = _given_pod(locals())
     from kfnb.serving.cluster import serving_spec, storage_uri
     from kfnb.serving.kubernetes import ClusterServing
     from kfnb.serving.local import LocalServing
@@ -475,10 +485,11 @@ def serve_on_cluster(
 
     manifests = render_serving(
         source, name=name, runtime=runtime, replicas=replicas, gpus=gpus, canary=canary,
-        percent=percent,
+        percent=percent, **pod,
     )  # fmt: skip
     cluster = ClusterServing()
-    cluster.check_s3(serving_spec(name, source, replicas, gpus, cluster.namespace), runtime)
+    spec = serving_spec(name, source, replicas, gpus, cluster.namespace, **pod)
+    cluster.check_s3(spec, runtime)
     cluster.apply(manifests)
     rollout = cluster.wait(name, runtime)
     served = ClusterServer.from_rollout(rollout, canary or source, storage_uri(canary or source))
@@ -486,14 +497,36 @@ def serve_on_cluster(
     return served, rollout
 
 
+def _given_pod(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The pods' options among a function's ``arguments``."""
+    from kfnb.pod_options import POD_FIELDS
+
+    return {field: arguments[field] for field in POD_FIELDS}
+
+
 def _check_local_serving(
-    backend: str | None, replicas: int, gpus: int, canary: str | None, percent: int | None
+    backend: str | None,
+    replicas: int,
+    gpus: int,
+    canary: str | None,
+    percent: int | None,
+    pod: Mapping[str, Any],
 ) -> None:
     """Options that only mean something on Kubernetes are refused locally, with the reason."""
     from kfnb.spec import SpecError
 
     if backend not in (None, "auto", "local"):
         raise SpecError(f"{{backend}} {backend!r}: use auto, local or kubernetes", "backend")
+    given = [field for field, value in pod.items() if value]
+    if given:
+        fields = ", ".join("{" + f + "}" for f in given)
+        raise SpecError(
+            f"{fields} {'apply' if len(given) > 1 else 'applies'} to a Kubernetes server "
+            "({backend} kubernetes): the local server is a process on this machine, not a "
+            "pod: leave them out",
+            *given,
+            "backend",
+        )
     if replicas != 1 or gpus:
         raise SpecError(
             "{replicas} and {gpus} apply to a Kubernetes server; the local server is one "

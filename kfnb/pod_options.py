@@ -33,6 +33,16 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA's GPU feature disc
 POD_USER = 1000  # any numeric non-root user: the stock images run as root by default
 SCRATCH_VOLUME = "kfnb-tmp"
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# The options a caller gives per job or server (the rest come from settings only).
+POD_FIELDS = (
+    "image_pull_secrets",
+    "node_selector",
+    "tolerations",
+    "labels",
+    "annotations",
+    "priority_class",
+    "gpu_type",
+)
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _LABEL_KEY = re.compile(
     rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_NAME}$"
@@ -159,6 +169,10 @@ class PodOptions:
         """The ``given`` arguments over the ``Kfnb`` settings: lists add up, a mapping's
         keys override the setting's, a name given replaces the setting."""
         from kfnb.config import settings
+
+        unknown = sorted(set(given) - set(POD_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown pod options: {', '.join(unknown)}")
 
         config = settings()
         options: dict[str, Any] = {}

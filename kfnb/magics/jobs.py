@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from kfnb.magics._common import table, usage_errors
+from kfnb.magics._common import pod_flags, pod_options, table, usage_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,22 +27,6 @@ def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--env {item!r} is not KEY=VALUE")
         pairs.append((key, value))
     return tuple(pairs)
-
-
-def _pod_flags() -> list[Callable[[F], F]]:
-    """Flags for every replica pod on Kubernetes (also settable with ``%config Kfnb.*``)."""
-    many = {"nargs": "+", "action": "extend", "default": []}
-    return [
-        argument("--image-pull-secret", metavar="NAME", help="Secret to pull the image", **many),
-        argument("--node-selector", metavar="KEY=VALUE", help="node label pods need", **many),
-        argument("--toleration", metavar="KEY[=VALUE]:EFFECT", help="taint pods tolerate", **many),
-        argument(
-            "--label", metavar="KEY=VALUE", help="pod label (PodDefaults select by it)", **many
-        ),
-        argument("--annotation", metavar="KEY=VALUE", help="pod annotation", **many),
-        argument("--priority-class", metavar="NAME", help="the pods' PriorityClass"),
-        argument("--gpu-type", metavar="PRODUCT", help="nvidia.com/gpu.product of GPU nodes"),
-    ]
 
 
 def _job_flags(func: F) -> F:
@@ -96,7 +80,7 @@ def _job_flags(func: F) -> F:
         argument(
             "--timeout", type=int, help="seconds before the job fails (activeDeadlineSeconds)"
         ),
-        *_pod_flags(),
+        *pod_flags(),
         argument(
             "--pip",
             nargs="+",
@@ -168,13 +152,7 @@ class JobMagics(Magics):  # type: ignore[misc]
             "pip": args.pip,
             "requirements": args.requirements,
             "wheelhouse": args.wheelhouse,
-            "image_pull_secrets": args.image_pull_secret,
-            "node_selector": args.node_selector,
-            "tolerations": args.toleration,
-            "labels": args.label,
-            "annotations": args.annotation,
-            "priority_class": args.priority_class,
-            "gpu_type": args.gpu_type,
+            **pod_options(args),
         }
         with usage_errors():
             if args.dry_run:

@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from kfnb.magics._common import table, usage_errors
+from kfnb.magics._common import pod_options, table, usage_errors, with_pod_flags
 
 SUBCOMMANDS = ("list", "stop", "restart")
 
@@ -33,6 +33,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
     @argument("--canary", metavar="JOB", help="serve JOB's model to --percent of requests")
     @argument("--percent", type=int, help="share of requests for the --canary, 1-99")
     @argument("--runtime", default="kserve", help="on Kubernetes: kserve or tfserving")
+    @with_pod_flags  # on Kubernetes: pull secrets, scheduling, labels, as %%tfjob's
     @argument("--dry-run", action="store_true", help="print the Kubernetes manifests only")
     @argument("--list", action="store_true", help="the same as `%%serve list`")
     @argument("--stop", metavar="NAME", help="the same as `%%serve stop NAME`")
@@ -95,6 +96,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
             gpus=args.gpus,
             canary=args.canary,
             percent=args.percent,
+            **pod_options(args),
         )
         grpc = f"; gRPC {served.grpc}" if served.grpc else ""
         print(
@@ -113,6 +115,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
             "gpus": args.gpus,
             "canary": args.canary,
             "percent": args.percent,
+            **pod_options(args),
         }
 
     def _dry_run(self, args: Any) -> None:

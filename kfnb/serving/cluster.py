@@ -77,9 +77,16 @@ def release_for(source: str) -> ServingRelease:
 
 
 def serving_spec(
-    name: str, source: str, replicas: int = 1, gpus: int = 0, namespace: str | None = None
+    name: str,
+    source: str,
+    replicas: int = 1,
+    gpus: int = 0,
+    namespace: str | None = None,
+    **pod: Any,
 ) -> ServingSpec:
-    """What to serve and how, from ``%serve``'s arguments and the notebook's settings."""
+    """What to serve and how, from ``%serve``'s arguments and the notebook's settings;
+    ``pod`` holds the pods' options given (`kfnb.pod_options.POD_FIELDS`), over the
+    settings as for a job's replicas."""
     config = settings()
     # The notebook's S3 settings, as the store reads them; the keys stay out.
     s3 = S3Config.from_env(os.environ, endpoint=config.s3_endpoint or None)
@@ -95,7 +102,7 @@ def serving_spec(
         s3_region=s3.region or "us-east-1",
         source=source,
         release=release_for(source),
-        pod=PodOptions.from_settings(),
+        pod=PodOptions.from_settings(**pod),
     )
 
 
@@ -139,12 +146,14 @@ def cluster_manifests(
     canary: str | None = None,
     percent: int | None = None,
     namespace: str | None = None,
+    **pod: Any,
 ) -> list[dict[str, Any]]:
     """The objects to apply, in order. With ``canary``, the InferenceService comes twice:
     first as it serves ``source``, then updated to ``canary`` with ``percent`` of traffic,
-    which is how KServe rolls out a canary (the previous revision keeps the rest)."""
+    which is how KServe rolls out a canary (the previous revision keeps the rest).
+    ``pod`` holds the pods' options (`serving_spec`)."""
     check_options(runtime, canary, percent)
-    spec = serving_spec(name, source, replicas, gpus, namespace)
+    spec = serving_spec(name, source, replicas, gpus, namespace, **pod)
     if runtime == "tfserving":
         return tf_serving(spec)
     # The ServiceAccount only lists the Secret: without one KServe's default account does.
