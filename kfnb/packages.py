@@ -34,8 +34,10 @@ PLAN_FILE = "packages.json"  # in the bundle, read by install_packages.py
 TENSORFLOW_DISTS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel")
 # Installed by pip itself in every image, never worth provisioning.
 _ALWAYS_THERE = frozenset({"pip", "setuptools", "wheel"})
+# Ubuntu 22.04 with python3.11 from 2.16 on (tensorflow/tensorflow#82529 shows 2.18's);
+# -jupyter builds add Jupyter on top of the same.
 _OFFICIAL_IMAGE = re.compile(
-    r"^(?:docker\.io/)?tensorflow/tensorflow:(?P<version>\d+\.\d+\.\d+)(?P<gpu>-gpu)?$"
+    r"^(?:docker\.io/)?tensorflow/tensorflow:(?P<version>\d+\.\d+\.\d+)(?P<gpu>-gpu)?(-jupyter)?$"
 )
 
 

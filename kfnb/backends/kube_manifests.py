@@ -7,7 +7,6 @@ TFJob CRD schema and kubernetes-validate without a cluster.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,6 @@ CONFIGMAP_HEADROOM = 8 * 1024
 # there with a store the pods cannot see; with an s3:// store the runtime uploads them.
 POD_ARTIFACTS = "/tmp/kfnb-artifacts"
 STORE_VOLUME = "kfnb-store"  # the pvc:// store's claim, in every replica pod
-# Python of the official tensorflow/tensorflow images (Ubuntu 22.04 base, python3.11;
-# tensorflow/tensorflow#82529 shows 2.18's). Images not listed are not guessed at.
-_TF_IMAGE_PYTHON = [
-    (re.compile(r"^(docker\.io/)?tensorflow/tensorflow:2\.(1[6-9]|2[0-9])\b"), "3.11")
-]
 # Non-secret S3 settings the TF S3 filesystem and boto-style clients read.
 _S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -52,7 +46,10 @@ class ClusterSettings:
 
 def image_python(image: str) -> str | None:
     """The Python version inside a known official TensorFlow image, else None."""
-    return next((py for pattern, py in _TF_IMAGE_PYTHON if pattern.match(image)), None)
+    from kfnb.packages import image_facts
+
+    facts = image_facts(image)
+    return facts.python if facts else None
 
 
 def configmap_for(bundle: Bundle, job: str, namespace: str) -> dict[str, Any]:
