@@ -782,23 +782,7 @@ class FakeKube:
                     f"preemption: 0/{n} nodes are available: {n} No preemption victims "
                     "found for incoming pod."
                 )
-                self.update(
-                    CORE,
-                    "pods",
-                    namespace,
-                    pod,
-                    lambda o, m=message: o["status"].update(
-                        conditions=[
-                            {
-                                "type": "PodScheduled",
-                                "status": "False",
-                                "reason": "Unschedulable",
-                                "message": m,
-                            }
-                        ]
-                    ),
-                )
-                self.event(namespace, pod, "FailedScheduling", message)
+                self._unschedulable(namespace, pod, message)
                 blocked = True
             elif "does-not-exist" in container["image"]:
                 image = container["image"]
@@ -1004,23 +988,7 @@ class FakeKube:
                         else "pod has unbound immediate PersistentVolumeClaims"
                     )
                     message = f"0/{n} nodes are available: {why}. {later}for scheduling."
-                    self.update(
-                        CORE,
-                        "pods",
-                        namespace,
-                        pod,
-                        lambda o, m=message: o["status"].update(
-                            conditions=[
-                                {
-                                    "type": "PodScheduled",
-                                    "status": "False",
-                                    "reason": "Unschedulable",
-                                    "message": m,
-                                }
-                            ]
-                        ),
-                    )
-                    self.event(namespace, pod, "FailedScheduling", message)
+                    self._unschedulable(namespace, pod, message)
                     stuck = True
                     continue
                 self.update(

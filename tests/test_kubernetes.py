@@ -432,8 +432,9 @@ def test_elapsed_time_counts_from_running_not_the_operators_first_reconcile(
 
 
 def test_status_and_log_reads_send_no_requests_while_the_job_runs(fake_kube: FakeKube) -> None:
-    """Watches and log streams feed them: a view polling 4 times a second costs nothing."""
-    fake_kube.script = lambda job, replica: ReplicaScript([f"line {i}" for i in range(150)])
+    """Watches and log streams feed them: a view polling 4 times a second costs nothing.
+    (The replicas print for about 15 s, so that a loaded machine still polls a running job.)"""
+    fake_kube.script = lambda job, replica: ReplicaScript([f"line {i}" for i in range(900)])
     backend, name = submit(workers=4)
     job = Job(name, backend)
     wait_for(lambda: job.status().phase == "Running" and fake_kube.counts["log follow"] == 4)

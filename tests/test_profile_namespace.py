@@ -111,9 +111,11 @@ def test_a_pull_secret_that_does_not_exist_is_named_before_and_after_submitting(
         "print(1)\n", names={}, backend="kubernetes", image=image, image_pull_secrets=["regcred"]
     )
     assert "the image pull secret regcred is not in namespace alice" in capsys.readouterr().err
-    message = wait_for_message(job, "cannot pull")
-    assert "pull access denied" in message
-    assert "its image pull secret regcred is not in namespace alice" in message
+    # The pod's state and the kubelet's events come on two watches, in either order.
+    message = wait_for_message(job, "its image pull secret regcred is not in namespace alice")
+    assert (
+        message.startswith("worker-0 cannot pull its image (") and "pull access denied" in message
+    )
     assert "\n" not in message
     job.delete()
 

@@ -222,6 +222,22 @@ class Supervisor:
         self._next_gpu += replica.gpus
         return ",".join(chosen)
 
+    def _spawn(
+        self, command: list[str], env: dict[str, str], out: IO[bytes]
+    ) -> subprocess.Popen[bytes]:
+        """A process of the job, as a container: its own session, output to its log, and
+        killed by the kernel if this supervisor dies."""
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=self.job_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
     def start(self, replica: Replica) -> None:
         log_dir = self.job_dir / "logs"
         log_dir.mkdir(exist_ok=True)
@@ -235,16 +251,7 @@ class Supervisor:
         # a single-replica job, which the operator runs without TF_CONFIG.
         inherited = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
         env = {**inherited, **replica.env, "CUDA_VISIBLE_DEVICES": self._gpu_env(replica)}
-        replica.process = subprocess.Popen(
-            replica.command,
-            env=env,
-            cwd=self.job_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        replica.process = self._spawn(replica.command, env, out)
         replica.phase, replica.exit_code = "Running", None
         log.debug("started %s: process %d", replica.name, replica.process.pid)
 
@@ -393,16 +400,7 @@ class Supervisor:
         self.publish(message=f"TFJob {self.name} is installing packages ({PACKAGES_CONTAINER}).")
         log_path = self.job_dir / "logs" / f"{PACKAGES_CONTAINER}.log"
         with open(log_path, "ab") as out:
-            process = subprocess.Popen(
-                command,
-                env={**os.environ, **env},
-                cwd=self.job_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            process = self._spawn(command, {**os.environ, **env}, out)
             while process.poll() is None:
                 if self.stop_requested:
                     _signal_group(process, signal.SIGKILL)
