@@ -203,9 +203,16 @@ def install(plan: dict[str, Any], target: Path) -> str:
             say(f"installing {len(packages)} packages ({names}) from {index}")
             probe_index(index)
         into = target
-        if not _is_empty_dir(target):  # a cache path: install beside it, then rename
+        if os.path.ismount(target):  # a pod's emptyDir: in place, after a failed try's leftovers
+            _empty(target)
+        elif not _is_empty_dir(target):  # a cache path: install beside it, then rename
             into = target.with_name(f".{target.name}.{os.getpid()}")
-        pip_install(requirements, into, wheelhouse)
+        try:
+            pip_install(requirements, into, wheelhouse)
+        except InstallError:
+            if into != target:
+                shutil.rmtree(into, ignore_errors=True)
+            raise
         (into / MARKER).write_text(json.dumps({"key": plan["key"], "requirements": requirements}))
         if into != target:
             try:  # another job may have installed the same set meanwhile: keep theirs
@@ -216,8 +223,15 @@ def install(plan: dict[str, Any], target: Path) -> str:
 
 
 def _is_empty_dir(path: Path) -> bool:
-    """A pod's emptyDir (a mount point, installed into in place) rather than a cache path."""
     return path.is_dir() and not any(path.iterdir())
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def main(argv: list[str]) -> int:

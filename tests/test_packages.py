@@ -403,3 +403,13 @@ def test_a_wheelhouse_on_the_stores_claim_is_read_where_the_pod_mounts_it(
     init = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["initContainers"][0]
     assert {"name": "KFNB_PVC_ROOT", "value": POD_PVC_ROOT} in init["env"]
     assert any(m["mountPath"] == POD_PVC_ROOT and m["readOnly"] for m in init["volumeMounts"])
+
+
+def test_a_failed_install_leaves_nothing_half_installed(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    (house / "index.json").write_text(json.dumps({"files": {}}))  # complete, and empty
+    plan = PackagePlan((Package("six", "1.17.0", "test"),), "3.11", "test", known_image=True)
+    with pytest.raises(install_packages.InstallError, match="pip could not install"):
+        install_packages.install(installer_plan(plan, str(house)), tmp_path / "cache" / "key")
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
