@@ -39,6 +39,31 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     reset_settings()
 
 
+@pytest.fixture
+def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake API server (tests/fake_kube.py) and a kubeconfig pointing at it (context
+    namespace alice). A fake, not Kubernetes."""
+    from tests.fake_kube import FakeKube
+
+    with FakeKube() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        yield fake
+
+
+@pytest.fixture
+def in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake in in-cluster mode, as a notebook pod sees its API server: HTTPS with a CA
+    made for the test, a bearer token required, and a service-account directory (token,
+    ca.crt, namespace alice) in place of /var/run/secrets/kubernetes.io/serviceaccount.
+    No kubeconfig exists (kfnb_home), so only the in-cluster path can reach it."""
+    from tests.fake_kube import FakeKube
+
+    with FakeKube(tls=True) as fake:
+        for key, value in fake.service_account(tmp_path / "serviceaccount").items():
+            monkeypatch.setenv(key, value)
+        yield fake
+
+
 @pytest.fixture(scope="module")
 def moto_port() -> Iterator[int]:
     """A real S3 server (moto's) on 127.0.0.1, one per test module that asks for it."""

@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +34,6 @@ SEED_000 = (
     'tfjobs.kubeflow.org is forbidden: User "system:serviceaccount:kubeflow:default" cannot '
     'create tfjobs.kubeflow.org in the namespace "kubeflow"'
 )
-
-
-@pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """A fake API server and a kubeconfig pointing at it (context namespace alice)."""
-    with FakeKube() as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
-        yield fake
-
-
-@pytest.fixture
-def in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """The fake in in-cluster mode, as a notebook pod sees its API server: HTTPS with a CA
-    made for the test, a bearer token required, and a service-account directory (token,
-    ca.crt, namespace alice) in place of /var/run/secrets/kubernetes.io/serviceaccount.
-    No kubeconfig exists (conftest), so only the in-cluster path can reach it."""
-    with FakeKube(tls=True) as fake:
-        for key, value in fake.service_account(tmp_path / "serviceaccount").items():
-            monkeypatch.setenv(key, value)
-        yield fake
 
 
 def raw_get(fake: FakeKube, path: str, token: str | None) -> tuple[int, dict[str, Any]]:

@@ -12,7 +12,6 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -151,14 +150,6 @@ def test_pods_get_the_index_settings_but_never_credentials() -> None:
     assert pod_index_env(env) == {"PIP_INDEX_URL": "https://mirror.example.com/simple"}
     with pytest.raises(PackageError, match="credentials"):
         pod_index_env({"PIP_INDEX_URL": "https://alice:s3cret@mirror.example.com/simple"})
-
-
-@pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """The fake API server (tests/fake_kube.py), for the Kubernetes backend's rendering."""
-    with FakeKube() as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
-        yield fake
 
 
 def test_the_manifest_installs_with_an_init_container_of_the_same_image(

@@ -97,16 +97,17 @@ def test_an_init_container_failure_is_the_jobs_message(
 
 
 @pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+def labelled_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """The fake, its node-a labelled pool=training."""
     with FakeKube(node_labels={"node-a": {"pool": "training"}}) as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
         yield fake
 
 
 def test_a_pull_secret_that_does_not_exist_is_named_before_and_after_submitting(
-    fake_kube: FakeKube, capsys: pytest.CaptureFixture[str]
+    labelled_nodes: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    image = fake_kube.private_registry + "trainer:1"
+    image = labelled_nodes.private_registry + "trainer:1"
     job = kfnb.submit(
         "print(1)\n", names={}, backend="kubernetes", image=image, image_pull_secrets=["regcred"]
     )
@@ -120,7 +121,7 @@ def test_a_pull_secret_that_does_not_exist_is_named_before_and_after_submitting(
     job.delete()
 
 
-def test_a_node_selector_no_node_matches_is_said_in_words(fake_kube: FakeKube) -> None:
+def test_a_node_selector_no_node_matches_is_said_in_words(labelled_nodes: FakeKube) -> None:
     fine = kfnb.submit(
         "print(1)\n", names={}, backend="kubernetes", node_selector=["pool=training"]
     )

@@ -46,22 +46,6 @@ def mount(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    with FakeKube() as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
-        yield fake
-
-
-@pytest.fixture
-def in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """The fake as a notebook pod sees it: TLS, a bearer token, a service-account dir."""
-    with FakeKube(tls=True) as fake:
-        for key, value in fake.service_account(tmp_path / "serviceaccount").items():
-            monkeypatch.setenv(key, value)
-        yield fake
-
-
 def notebook_pod(fake: FakeKube, home: Path, name: str = "nb-0") -> None:
     """A Kubeflow notebook's pod: workspace claim at home, claim ``data`` under it, a sidecar."""
     fake._put(

@@ -7,7 +7,6 @@ canary traffic split); nothing here ran on a real cluster or a real KServe.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,10 @@ JOB_B = "s3://tfmnist/jobs/tfjob-b/model"
 
 
 @pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    with FakeKube() as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        yield fake
+def fake_kube(fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> FakeKube:
+    """conftest's fake, with an S3 key in the notebook's environment."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    return fake_kube
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ flag; the local server refuses them in one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +138,6 @@ def test_the_local_server_refuses_them_in_one_line(shell: Any, tmp_path: Path) -
     with pytest.raises(SpecError, match="^labels applies to a Kubernetes server .backend kub"):
         serve(str(tmp_path), labels={"team": "vision"})
 
-
-@pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    pytest.importorskip("kubernetes")
-    from tests.fake_kube import FakeKube
-
-    with FakeKube() as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
-        yield fake
 
 
 def test_serve_on_the_fake_cluster_applies_them(shell: Any, fake_kube: Any) -> None:
