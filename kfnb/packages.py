@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kfnb.bundle import Bundle
+from kfnb.secret_env import url_credentials
 
 PLAN_FILE = "packages.json"  # in the bundle, read by install_packages.py
 # The names TensorFlow is published under; any of them is "TensorFlow" in an image.
@@ -524,7 +524,7 @@ def pod_index_env(env: Mapping[str, str]) -> dict[str, str]:
         if not value:
             continue
         urls = [u for u in value.split() if not u.startswith("file:")]
-        if any("@" in urllib.parse.urlsplit(u).netloc for u in urls if "://" in u):
+        if any(url_credentials(u) for u in urls):
             raise PackageError(
                 f"{key} holds credentials, which would be written into the pod spec: give the "
                 "pods the index with a PodDefault or Secret, or fill a wheelhouse (--wheelhouse)"

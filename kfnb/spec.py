@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kfnb.secret_env import SECRET_HOW_TO, secret_reason
+
 if TYPE_CHECKING:
     from kfnb.pod_options import PodOptions
 
@@ -35,7 +37,6 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "kfnb"}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_HINT = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 
 
 class SpecError(ValueError):
@@ -171,15 +172,16 @@ class JobSpec:
                 )
         _check_quantity("cpu", self.cpu)
         _check_quantity("memory", self.memory)
-        for key, _ in self.env:
+        for key, value in self.env:
             if not _ENV_NAME.match(key):
                 raise SpecError(
                     f"{{env}} {key!r} is not a valid variable name: write KEY=VALUE", "env"
                 )
-            if _SECRET_HINT.search(key):
+            why = secret_reason(key, value)
+            if why is not None:
                 raise SpecError(
-                    f"{{env}} {key} looks like a secret, and {{env}} values are written into "
-                    "the manifest: set it in the notebook's environment (os.environ) instead",
+                    f"{{env}} {key} looks like a secret ({why}), and {{env}} values are "
+                    f"written into the job's manifest: {SECRET_HOW_TO}",
                     "env",
                 )
 

@@ -236,3 +236,13 @@ def test_bad_feed_arguments_are_one_line_errors() -> None:
         PredictionFeed(predictor, np.zeros((3, 28, 28)), [1, 2, 3], batch_size=0)
     with pytest.raises(Exception, match=r"images have shape \[1, 4, 4\]"):
         PredictionFeed(predictor, np.zeros((3, 4, 4)), [1, 2, 3])
+
+
+def test_a_server_url_is_escaped_in_the_view() -> None:
+    """The URL is the user's text, shown in the header and in the "not answering" notice:
+    never as markup. Port 9 (discard) answers no HTTP: the notice is shown."""
+    view = PredictionView("http://127.0.0.1:9/<img src=x onerror=alert(1)>", refresh=False)
+    shown = view.header.value + view.notice.value
+    assert "is not answering" in view.notice.value
+    assert "&lt;img src=x onerror=alert(1)&gt;" in view.notice.value
+    assert "<img" not in shown

@@ -158,3 +158,52 @@ def test_bad_specs_say_what_to_do(fields: dict[str, Any], words: str) -> None:
 def test_yaml_round_trips() -> None:
     manifest = JobSpec(name="y", workers=2, gpus=1).to_manifest()
     assert yaml.safe_load(to_yaml(manifest)) == manifest
+
+
+# --env values are written into the manifest: secrets are refused, by name or by value.
+SECRET_ENV = [
+    ("WANDB_API_KEY", "abc123"),
+    ("API_KEY", "abc123"),
+    ("AWS_SECRET_ACCESS_KEY", "abc123"),
+    ("AWS_ACCESS_KEY_ID", "AKIA0000"),
+    ("DB_PASS", "hunter2"),
+    ("PGPASSWORD", "hunter2"),
+    ("MYSQL_PASSWORD", "hunter2"),
+    ("GITHUB_PAT", "ghp_0000"),
+    ("HF_TOKEN", "hf_0000"),
+    ("SLACK_BOT_TOKEN", "xoxb-0000"),
+    ("OAUTH_CLIENT_SECRET", "abc"),
+    ("GOOGLE_APPLICATION_CREDENTIALS", "/home/me/key.json"),
+    ("DATABASE_URL", "postgres://u:p@host:5432/db"),
+    ("EXTRA_ARGS", "--index https://__token__:pypi-0000@example.com/simple"),
+    ("REPO", "https://ghp_0000@github.com/me/repo.git"),
+]
+HARMLESS_ENV = [
+    ("TOKENIZERS_PARALLELISM", "false"),  # Hugging Face tokenizers, set by many notebooks
+    ("KEYBOARD", "us"),
+    ("PASSES", "3"),
+    ("BYPASS_CACHE", "1"),
+    ("COMPASS_HEADING", "90"),
+    # Where a secret lives is no secret (the *_FILE convention of official images).
+    ("POSTGRES_PASSWORD_FILE", "/run/secrets/db"),
+    ("SSH_KEY_PATH", "/home/me/.ssh/id_ed25519"),
+    ("DATABASE_URL", "postgres://host:5432/db"),
+    ("REPO", "ssh://git@github.com/me/repo.git"),  # a user name, no password
+    ("TF_CPP_MIN_LOG_LEVEL", "2"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), SECRET_ENV)
+def test_env_that_looks_like_a_secret_is_refused_without_echoing_it(key: str, value: str) -> None:
+    with pytest.raises(SpecError, match=f"{key} looks like a secret") as error:
+        JobSpec(name="leaky", env=((key, value),))
+    message = str(error.value)
+    assert "\n" not in message and value not in message
+    # It says how to pass one instead, locally and on a cluster.
+    assert "os.environ" in message and "secretKeyRef" in message
+
+
+@pytest.mark.parametrize(("key", "value"), HARMLESS_ENV)
+def test_common_harmless_env_is_not_taken_for_a_secret(key: str, value: str) -> None:
+    manifest = JobSpec(name="plain", env=((key, value),)).to_manifest()
+    assert {"name": key, "value": value} in container(manifest, "Worker")["env"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 import threading
 import time
@@ -381,3 +382,29 @@ def test_tensorflow_messages_are_told_from_the_cells_lines() -> None:
     ]
     assert [line for line in tensorflow if not is_tensorflow_message(line)] == []
     assert [line for line in cell if is_tensorflow_message(line)] == []
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_fields_from_a_status_json_are_escaped_in_the_view() -> None:
+    """status.json may come from a bucket anyone with write access filled: no field of it
+    reaches the view's HTML as markup."""
+    job = submit("hostile", "print('done')\n")
+    job.wait(timeout=30)
+    assert job.artifacts is not None
+    path = job.artifacts / "status.json"
+    data = json.loads(path.read_text())
+    data["message"] = data["reason"] = HOSTILE
+    data["replicas"] = [
+        {"type": HOSTILE, "index": HOSTILE, "phase": HOSTILE, "restarts": HOSTILE,
+         "exit_code": HOSTILE}
+    ]
+    path.write_text(json.dumps(data))
+    view = JobView(job)
+    html_values = [
+        w.value for w in (view.header, view.replica_table, view.restarts, view.notice,
+                          view.warnings, view.failure)
+    ]
+    assert any("&lt;img src=x onerror=alert(1)&gt;" in v for v in html_values)
+    assert not any("<img" in v for v in html_values), html_values

@@ -33,11 +33,16 @@ PHASE_COLOURS = {
 }
 
 
+def _text(value: object) -> str:
+    """A status field as HTML text: escaped whatever its type (None is blank)."""
+    return "" if value is None else html.escape(str(value))
+
+
 def _badge(phase: str) -> str:
     colour = PHASE_COLOURS.get(phase, "#777")
     return (
         f'<span class="kfnb-phase" style="background:{colour};color:white;'
-        f'padding:1px 7px;border-radius:8px">{html.escape(phase)}</span>'
+        f'padding:1px 7px;border-radius:8px">{_text(phase)}</span>'
     )
 
 
@@ -293,17 +298,18 @@ class JobView(widgets.VBox):  # type: ignore[misc]
         elapsed = f" · {status.elapsed:.0f} s" if status.elapsed is not None else ""
         # An unchanged value is not sent again: traitlets notifies on change only.
         self.header.value = (
-            f'<b class="kfnb-name">{html.escape(status.name)}</b> '
-            f'<span style="color:#777">({html.escape(status.backend)})</span> '
+            f'<b class="kfnb-name">{_text(status.name)}</b> '
+            f'<span style="color:#777">({_text(status.backend)})</span> '
             f"{_badge(status.phase)}{elapsed}"
-            f'<div style="color:#555">{html.escape(status.message)}</div>'
+            f'<div style="color:#555">{_text(status.message)}</div>'
         )
 
     def _render_status(self, status: JobStatus) -> None:
         self.status = status
+        # Every field escaped: a status.json read from a bucket is anyone's writing.
         rows = "".join(
-            f"<tr><td>{r.type}</td><td>{r.index}</td><td>{_badge(r.phase)}</td>"
-            f"<td>{r.restarts}</td><td>{'' if r.exit_code is None else r.exit_code}</td></tr>"
+            f"<tr><td>{_text(r.type)}</td><td>{_text(r.index)}</td><td>{_badge(r.phase)}</td>"
+            f"<td>{_text(r.restarts)}</td><td>{_text(r.exit_code)}</td></tr>"
             for r in status.replicas
         )
         self.replica_table.value = (

@@ -142,7 +142,8 @@ class PredictionView(widgets.VBox):  # type: ignore[misc]
         err = state.error
         if err is not None and err.server_down:
             text = (
-                f"model server at {self.feed.predictor.url} is not answering: restart it with "
+                f"model server at {html.escape(self.feed.predictor.url)} is not answering: "
+                "restart it with "
                 f"<code>{html.escape(self.serve_command)}</code>"
             )
             if self._thread is not None:
