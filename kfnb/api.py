@@ -427,14 +427,16 @@ def stop_serving(name: str) -> ServedModel:
     """Stop the server of ``name``: the local process, or its InferenceService or
     Deployment on the cluster (then its record is forgotten). Returns what was stopped."""
     from kfnb.serving.kubernetes import ClusterServing
-    from kfnb.serving.local import LocalServing
+    from kfnb.serving.local import LocalServing, ServeError
     from kfnb.serving.served import ClusterServer
 
     serving = LocalServing()
     served = serving.get(name)
     if isinstance(served, ClusterServer):
-        ClusterServing(served.namespace).delete(name, served.runtime)
-        serving.forget(name)
+        left = ClusterServing(served.namespace).delete(name, served.runtime)
+        serving.forget(name)  # what kfnb served is gone, even where another object has the name
+        if left:
+            raise ServeError(f"stopped {name}, and left {'; '.join(left)}")
         return served
     return serving.stop(name)
 

@@ -11,7 +11,8 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   which go Pending -> Running -> Succeeded/Failed, write timestamped log lines
   (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
-- SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them;
+- SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them,
+  DeleteOptions' uid and resourceVersion preconditions among them;
 - Namespace objects with the labels a profile's namespace has (``namespace_labels``:
   Istio injection, Pod Security), and API discovery per group and version, with
   Argo's Workflow and Katib's Experiment CRDs on or off (``argo``, ``katib``);
@@ -1153,6 +1154,22 @@ def _fresh_pod(old: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+def _precondition_failed(preconditions: dict[str, Any], obj: dict[str, Any] | None) -> str:
+    """The API server's words for a DeleteOptions precondition the object fails, or ""
+    (apiserver/pkg/storage/interfaces.go, Preconditions.Check)."""
+    if obj is None:
+        return ""
+    meta = obj["metadata"]
+    for word, key in (("UID", "uid"), ("ResourceVersion", "resourceVersion")):
+        wanted = preconditions.get(key)
+        if wanted is not None and wanted != meta.get(key):
+            return (
+                f"Precondition failed: {word} in precondition: {wanted}, "
+                f"{word} in object meta: {meta.get(key)}"
+            )
+    return ""
+
+
 def _expired(since: int, oldest: int) -> dict[str, Any]:
     """The Status of a watch from a resourceVersion older than the history kept."""
     return {
@@ -1355,8 +1372,19 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, obj)
         elif name and method == "DELETE":
-            obj = kube.delete(prefix, plural, ns, name)
-            if obj is None:
+            with kube.cond:  # DeleteOptions' preconditions, checked as the API server does
+                current = kube.get(prefix, plural, ns, name)
+                failed = _precondition_failed((body or {}).get("preconditions") or {}, current)
+                obj = None if failed else kube.delete(prefix, plural, ns, name)
+            if failed:  # the storage layer's error, as the API server passes it on
+                key = "/".join(filter(None, ("/registry", group, plural, ns, name)))
+                message = (
+                    f'Operation cannot be fulfilled on {full} "{name}": StorageError: invalid '
+                    f"object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
+                    + failed
+                )
+                self._status(409, "Conflict", message, {"name": name, "kind": plural})
+            elif obj is None:
                 self._not_found(full, name, group, plural)
             else:
                 self._send(200, obj)

@@ -35,6 +35,7 @@ from kfnb.backends.kube_manifests import (
     image_python,
     owned_by,
 )
+from kfnb.backends.kube_owned import delete_exactly, managed_by_kfnb, not_ours
 from kfnb.backends.kube_pvc import check_claim
 from kfnb.backends.kube_watch import JobWatcher, init_failure
 from kfnb.bundle import Bundle
@@ -278,7 +279,7 @@ class KubernetesBackend:
                 body=owned_by(configmap, created),
             )
         except BackendError:
-            self._delete_tfjob(name)  # a job without its code would wait for it forever
+            self._delete_tfjob(name, created)  # a job without its code would wait forever
             raise
         log.debug("submitted TFJob %s and its code ConfigMap to %s", name, self.namespace)
         return log_transition(
@@ -330,31 +331,42 @@ class KubernetesBackend:
             watcher.stop.set()
         return log_transition(log, self._phases, status)
 
-    def _delete_tfjob(self, name: str) -> bool:
+    def _delete_tfjob(self, name: str, checked: dict[str, Any]) -> bool:
+        """Delete the TFJob ``checked`` (by its uid: not another made since under its name)."""
         try:
-            self.api.request(
-                "DELETE",
-                f"{self._tfjobs}/{name}",
-                body={
-                    "kind": "DeleteOptions",
-                    "apiVersion": "v1",
-                    "propagationPolicy": "Background",
-                },
-            )
+            delete_exactly(self.api, f"{self._tfjobs}/{name}", checked)
         except ApiError as err:
             if err.status == 404:
                 return False
             raise
         return True
 
+    def _own_tfjob(self, name: str) -> dict[str, Any] | None:
+        """The TFJob ``name`` if kfnb created it, None if there is none; BackendError if
+        someone else's has the name (kfnb's may have been deleted and the name reused)."""
+        try:
+            tfjob = self.api.request("GET", f"{self._tfjobs}/{name}")
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        if not managed_by_kfnb(tfjob):
+            raise BackendError(
+                f"{not_ours(tfjob, 'TFJob', self.namespace)}: kfnb leaves it alone; forget "
+                f"kfnb's record of the job with kfnb.records.delete_record({name!r})"
+            )
+        return tfjob
+
     def delete(self, name: str, purge: bool = False) -> JobStatus:
         """Stop the job. The TFJob of a finished job stays (its pods keep the logs),
         unless ``purge``; deleting it removes the ConfigMap with it."""
+        tfjob = self._own_tfjob(name)
         status = self.status(name)
         if status.finished and not purge:
             return status
         log.debug("deleting TFJob %s from %s", name, self.namespace)
-        self._delete_tfjob(name)
+        if tfjob is not None:
+            self._delete_tfjob(name, tfjob)
         if status.finished:
             return status
         return replace(

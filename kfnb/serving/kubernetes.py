@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kfnb.backends.kube_api import ApiError, KubeApi, in_cluster
+from kfnb.backends.kube_owned import delete_exactly, managed_by_kfnb, not_ours, owner_said
 from kfnb.serving.cluster import annotate_command
 from kfnb.serving.local import ServeError
 from kfnb.serving.manifests import ServingSpec, secret_annotations
@@ -55,6 +56,8 @@ class ClusterServing:
         KServe splits traffic between the last ready revision and the new one.
         """
         isvcs = [i for i, obj in enumerate(objects) if obj["kind"] == "InferenceService"]
+        for obj in objects:  # all checked before any is written
+            self._existing(obj["kind"], obj["metadata"]["name"])
         for index, obj in enumerate(objects):
             self._apply(obj)
             if index in isvcs[:-1]:
@@ -100,9 +103,12 @@ class ClusterServing:
         try:
             self.api.request("POST", path, body=obj)
         except ApiError as err:
-            if err.status == 409:  # there already: replace it, as `kubectl apply` would
+            if err.status == 409:  # there already: replace kfnb's own, as `kubectl apply` would
+                current = self._existing(obj["kind"], name)
+                if current is None:
+                    raise ServeError(f"{obj['kind']} {name} came and went: serve again") from err
                 try:
-                    current = self.api.request("GET", f"{path}/{name}")
+                    # The resourceVersion read: one changed since is refused (409), not replaced.
                     version = current["metadata"].get("resourceVersion")
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": version}
                     self.api.request("PUT", f"{path}/{name}", body=obj)
@@ -133,15 +139,42 @@ class ClusterServing:
                 )
             time.sleep(poll)
 
-    def delete(self, name: str, runtime: str) -> None:
+    def _existing(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The object of that kind and name, None if there is none; ServeError if kfnb did
+        not create it, which kfnb then neither replaces nor deletes."""
+        try:
+            current = self.api.request("GET", f"{self._path(kind)}/{name}")
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise ServeError(str(err)) from err
+        if not managed_by_kfnb(current):
+            raise ServeError(
+                f"{not_ours(current, kind, self.namespace)}: kfnb does not replace it; serve "
+                f"under another --name, or remove it yourself if it is yours to remove"
+            )
+        return current
+
+    def delete(self, name: str, runtime: str) -> list[str]:
+        """Delete what kfnb created for ``name``. Objects of its names that kfnb did not
+        create are left alone: returned, one reason each."""
         kinds = ["Deployment", "Service"] if runtime == "tfserving" else ["InferenceService"]
+        left = []
         for kind in [*kinds, "ServiceAccount"]:
             obj_name = _object(name, runtime) if kind != "ServiceAccount" else f"{name}-kfnb-s3"
             try:
-                self.api.request("DELETE", f"{self._path(kind)}/{obj_name}")
+                current = self.api.request("GET", f"{self._path(kind)}/{obj_name}")
+                if not managed_by_kfnb(current):
+                    left.append(
+                        f"{kind} {obj_name} in namespace {self.namespace} alone: it was not "
+                        f"created by kfnb ({owner_said(current)})"
+                    )
+                    continue
+                delete_exactly(self.api, f"{self._path(kind)}/{obj_name}", current)
             except ApiError as err:
                 if err.status != 404:
                     raise ServeError(str(err)) from err
+        return left
 
     def _ready(self, name: str, runtime: str) -> Rollout | None:
         if runtime == "tfserving":
