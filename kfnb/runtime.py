@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 TRAINING_TYPES = ("chief", "master", "worker")
+OUTPUT_LIMIT = 64 * 1024  # bytes of JSON per output: small values, as Argo's parameters
 CHECKPOINTS = "checkpoints"  # the job's checkpoint_dir, relative to its store
 
 
@@ -54,6 +55,33 @@ class TFJobContext:
         self._logdir: Path | None = None
         self._scratch: list[Path] = []
         self.sync: Any = None  # artifact_sync.Syncer when the job's store is s3://
+        self.outputs: dict[str, Any] = {}
+        inputs = json.loads(os.environ.get("KFNB_INPUTS") or "{}")
+        self.inputs: dict[str, StepInput] = {k: StepInput(k, v) for k, v in inputs.items()}
+
+    def output(self, name: str, value: Any) -> None:
+        """Record a small JSON value as this step's output ``name`` (a pipeline's
+        ``--when "STEP.NAME >= 0.97"`` and later steps' ``tfjob.inputs`` read it).
+        Only the chief's (or worker 0's) outputs are kept, as its model is."""
+        if not (name.isidentifier() and name.isascii()):
+            raise ValueError(f"output name {name!r} is not an identifier: use letters, digits, _")
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"output {name!r} is not JSON ({err}): pass a number, str, list "
+                "or dict; save larger things under tfjob.model_dir"
+            ) from None
+        if len(text) > OUTPUT_LIMIT:
+            raise ValueError(
+                f"output {name!r} is {len(text)} bytes of JSON, over "
+                f"{OUTPUT_LIMIT}: save it under tfjob.model_dir instead"
+            )
+        self.outputs[name] = json.loads(text)
+        where = os.environ.get("KFNB_OUTPUTS_DIR")  # Argo reads output parameters from files
+        if where and self.is_chief:
+            Path(where).mkdir(parents=True, exist_ok=True)
+            (Path(where) / name).write_text(value if isinstance(value, str) else text)
 
     @property
     def replica(self) -> str:
@@ -187,6 +215,20 @@ class TFJobContext:
             f"<tfjob {self.job_name} {self.replica}: chief={self.is_chief} "
             f"num_workers={self.num_workers}>"
         )
+
+
+class StepInput:
+    """What an earlier pipeline step left: ``outputs`` (its ``tfjob.output`` values) and
+    ``model_dir`` (its newest model in the store, "" when it saved none)."""
+
+    def __init__(self, step: str, data: dict[str, Any]) -> None:
+        self.step = step
+        self.outputs: dict[str, Any] = dict(data.get("outputs") or {})
+        self.model_dir: str = data.get("model_dir") or ""
+        self.job: str = data.get("job") or ""
+
+    def __repr__(self) -> str:
+        return f"<step {self.step}: outputs={self.outputs} model_dir={self.model_dir!r}>"
 
 
 def _pushing_methods(base: Any, push: Any) -> dict[str, Any]:
@@ -541,6 +583,7 @@ def main() -> int:
         "error": error,
         "traceback": formatted,
         "model": published,
+        "outputs": context.outputs if context.is_chief and exit_code == 0 else {},
         "not_uploaded": sorted(not_uploaded),
         "upload_errors": sorted(set(not_uploaded.values())),
     }

@@ -15,6 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from kfnb.magics._common import pod_flags, pod_options, table, usage_errors
+from kfnb.magics.pipelines import PipelineCommands, with_step_flags
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,6 +103,7 @@ def _job_flags(func: F) -> F:
             help="print the TFJob manifest and the packages each replica gets, submit nothing",
         ),
     ]
+    func = with_step_flags(func)  # listed last in --help
     for decorate in reversed(decorators):
         func = decorate(func)
     return func
@@ -118,12 +120,31 @@ class JobMagics(Magics):  # type: ignore[misc]
         (``tfjob.task_type``, ``tfjob.is_chief``) and where to write
         (``tfjob.model_dir``, ``tfjob.logdir``, ``tfjob.tensorboard()``).
         Returns a `Job` at once; ``--wait`` blocks and raises `JobFailed`.
+        ``--step NAME`` also records the cell as a step of a pipeline.
         """
+        args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
+        return self._run_cell(args, cell, "tfjob")
+
+    @cell_magic
+    def step(self, line: str, cell: str) -> Any:
+        """%%step NAME [--pipeline P] [--after STEP…] [--when EXPR] [%%tfjob's flags]:
+        record the cell as a step of a pipeline that runs as one non-distributed replica
+        (the same runtime as %%tfjob), and run it now unless ``--record-only``."""
+        name, _, rest = line.strip().partition(" ")
+        if not name or name.startswith("-"):
+            raise UsageError("%%step needs the step's name first: %%step NAME [--after STEP]")
+        args = parse_argstring(self.tfjob, f"--step {name} {rest}")  # type: ignore[misc]
+        if (args.workers, args.ps, args.chief, args.evaluator) != (1, 0, 0, 0):
+            raise UsageError(
+                "%%step runs one replica: use %%tfjob --step for --workers, --ps, --chief"
+            )
+        return self._run_cell(args, cell, "step")
+
+    def _run_cell(self, args: Any, cell: str, kind: str) -> Any:
         from kfnb.api import prepare, submit
         from kfnb.spec import to_yaml
         from kfnb.widgets import show_job
 
-        args = parse_argstring(self.tfjob, line)  # type: ignore[misc]
         shell = self.shell
         assert shell is not None, "kfnb's magics need an IPython shell"
         if not cell.strip():
@@ -154,6 +175,17 @@ class JobMagics(Magics):  # type: ignore[misc]
             "wheelhouse": args.wheelhouse,
             **pod_options(args),
         }
+        step = None
+        if args.step:
+            from kfnb.magics.pipelines import inputs_now, record_cell, said_recorded
+
+            step = record_cell(args, kind, cell, options, shell)
+            print(said_recorded(step))
+            if args.record_only:
+                return None
+            options["env"] = (*options["env"], *inputs_now(step))
+        elif args.record_only or args.after or args.when or args.pipeline:
+            raise UsageError("--pipeline, --after, --when and --record-only go with --step NAME")
         with usage_errors():
             if args.dry_run:
                 prepared = prepare(cell, **options)
@@ -162,6 +194,10 @@ class JobMagics(Magics):  # type: ignore[misc]
                     print(prepared.packages.describe(), end="")
                 return None
             job = submit(cell, **options)
+        if step is not None:
+            from kfnb.pipelines.steps import set_last_job
+
+            set_last_job(step.pipeline, step.name, job.name)
         show_job(job, wait=args.wait)
         return job
 
@@ -169,9 +205,11 @@ class JobMagics(Magics):  # type: ignore[misc]
     def kfnb(self, line: str) -> Any:
         """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
         | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes
-        | check [--backend B] [--namespace NS] [--storage URL]"""
+        | check [--backend B] [--namespace NS] [--storage URL]
+        | pipeline list | show P | run P [-p NAME=VALUE] [--wait] | status RUN | attach RUN
+        | logs RUN STEP | delete RUN"""
         command, _, rest = line.strip().partition(" ")
-        handlers = {
+        handlers: dict[str, Callable[[str], Any]] = {
             "list": self._list,
             "status": self._status,
             "logs": self._logs,
@@ -180,6 +218,7 @@ class JobMagics(Magics):  # type: ignore[misc]
             "tensorboard": self._tensorboard,
             "nodes": self._nodes,
             "check": self._check,
+            "pipeline": PipelineCommands(),
         }
         if command not in handlers:
             raise UsageError(

@@ -15,6 +15,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from kfnb.magics._common import pod_options, table, usage_errors, with_pod_flags
+from kfnb.magics.pipelines import with_step_flags
 
 SUBCOMMANDS = ("list", "stop", "restart")
 
@@ -38,6 +39,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
     @argument("--list", action="store_true", help="the same as `%%serve list`")
     @argument("--stop", metavar="NAME", help="the same as `%%serve stop NAME`")
     @argument("--restart", metavar="NAME", help="the same as `%%serve restart NAME`")
+    @with_step_flags  # %serve train --step publish: a pipeline's serving step
     @line_magic
     def serve(self, line: str) -> Any:
         """Serve a trained model behind TF Serving's REST (and gRPC) API.
@@ -62,6 +64,10 @@ class ServingMagics(Magics):  # type: ignore[misc]
                 raise UsageError(
                     "%serve needs a job name or a SavedModel path, or list | stop | restart"
                 )
+            if args.step:
+                args = self._record_step(args)
+                if args is None:
+                    return None
             if args.dry_run:
                 return self._dry_run(args)
             if args.backend == "kubernetes":
@@ -72,6 +78,29 @@ class ServingMagics(Magics):  # type: ignore[misc]
     @argument("name", help="the served model's name")
     def _name_arg(self, line: str) -> None:
         """%serve stop|restart NAME"""
+
+    def _record_step(self, args: Any) -> Any:
+        """Record ``%serve SOURCE --step NAME`` (served locally in a local run); the
+        args to serve now (SOURCE a step's name: its latest job), or None."""
+        from kfnb.magics.pipelines import record_cell, said_recorded
+        from kfnb.pipelines.steps import load_steps
+
+        if args.backend not in (None, "local", "auto") or args.canary or args.dry_run:
+            raise UsageError("a %serve --step serves locally in a local run: leave out "
+                             "--backend, --canary and --dry-run")  # fmt: skip
+        options = {"name": args.name, "port": args.port, "grpc_port": args.grpc_port,
+                   "host": args.host}  # fmt: skip
+        step = record_cell(args, "serve", args.source, options, self.shell)
+        print(said_recorded(step))
+        if args.record_only:
+            return None
+        source = load_steps(step.pipeline).get(args.source)
+        if source is not None:
+            if not source.last_job:
+                raise UsageError(f"step {args.source} has not run yet: run its cell first, "
+                                 f"or --record-only")  # fmt: skip
+            args.source = source.last_job
+        return args
 
     def _subcommand(self, command: str, rest: str) -> Any:
         if command == "list":

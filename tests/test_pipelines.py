@@ -1,0 +1,159 @@
+"""Pipelines from cells, run locally by the detached runner with Argo's DAG semantics.
+
+Trivial cells (no TensorFlow): the steps are real local jobs, so each test is seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from kfnb.job import JobFailed
+from kfnb.pipelines.run import PipelineFailed, PipelineRun
+from kfnb.pipelines.when import WhenError, parse_when
+
+
+def step(ip: InteractiveShell, line: str, cell: str) -> Any:
+    return ip.run_cell_magic("step", line, cell)
+
+
+def pipeline(ip: InteractiveShell, line: str) -> Any:
+    return ip.run_line_magic("kfnb", f"pipeline {line}")
+
+
+def usage_error(call: Any, *args: Any) -> str:
+    with pytest.raises(UsageError) as error:
+        call(*args)
+    message = str(error.value)
+    assert "\n" not in message.strip(), message
+    return message
+
+
+def test_when_is_govaluate_without_eval() -> None:
+    when = parse_when("evaluate.accuracy >= 0.97 && (train.loss < 0.1 || !(ok-step.done == true))")
+    outputs = {"evaluate": {"accuracy": 0.98}, "train": {"loss": 0.5}, "ok-step": {"done": False}}
+    assert when.evaluate(outputs) is True
+    assert when.evaluate({**outputs, "evaluate": {"accuracy": 0.5}}) is False
+    assert parse_when("a.label == 'cat'").evaluate({"a": {"label": "cat"}})
+    assert "{{tasks.evaluate.outputs.parameters.accuracy}} >= 0.97" in when.argo()
+    for bad in ("evaluate.accuracy >=", "__import__('os').system('x')", "a.b + 1 > 2", "1 < 2"):
+        with pytest.raises(WhenError):
+            parse_when(bad)
+    with pytest.raises(WhenError, match="wrote no output 'accuracy'"):
+        parse_when("evaluate.accuracy > 1").evaluate({"evaluate": {}})
+
+
+def test_three_steps_run_with_outputs_inputs_parameters_and_when(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_cell("epochs = 3\nthreshold = 0.5")
+    step(shell, "train --pipeline p1 --record-only",
+         "tfjob.output('accuracy', epochs / 10)\nprint('trained', epochs)\n")  # fmt: skip
+    step(shell, "evaluate --pipeline p1 --after train --record-only",
+         "acc = tfjob.inputs['train'].outputs['accuracy']\ntfjob.output('accuracy', acc)\n"
+         "tfjob.output('passed', acc >= threshold)\n")  # fmt: skip
+    step(shell, "publish --pipeline p1 --when 'evaluate.passed == true' --record-only",
+         "print('published')\n")  # fmt: skip
+    step(shell, "report --pipeline p1 --after train --record-only", "print('report')\n")
+    capsys.readouterr()
+    pipeline(shell, "show p1")
+    shown = capsys.readouterr().out
+    assert "publish" in shown and "evaluate" in shown and "epochs=3" in shown
+
+    run = pipeline(shell, "run p1 -p epochs=7 --wait")
+    status = run.status()
+    assert status.phase == "Succeeded", status
+    assert status.steps["train"].outputs == {"accuracy": 0.7}
+    assert status.steps["evaluate"].outputs == {"accuracy": 0.7, "passed": True}
+    assert status.steps["publish"].phase == "Succeeded"
+    assert status.parameters["epochs"] == 7
+    # the independent steps ran side by side: report started before evaluate ended
+    assert status.steps["report"].started < status.steps["evaluate"].finished
+    capsys.readouterr()
+    pipeline(shell, f"logs {run.name} train")
+    assert "trained 7" in capsys.readouterr().out
+
+    low = pipeline(shell, "run p1 -p epochs=2 --wait --parallelism 1")
+    assert low.status().steps["publish"].phase == "Skipped"
+    assert low.status().phase == "Succeeded"
+    pipeline(shell, f"status {low.name}")
+    assert "Skipped" in capsys.readouterr().out
+
+
+def test_a_failed_step_fails_the_run_with_its_traceback_after_retries(
+    shell: InteractiveShell, tmp_path: Any
+) -> None:
+    counter = tmp_path / "tries"
+    shell.user_ns["counter"] = str(counter)
+    step(shell, "flaky --pipeline p2 --retry 1 --record-only",
+         "import pathlib\np = pathlib.Path(counter)\np.write_text(p.read_text() + 'x' "
+         "if p.exists() else 'x')\nraise ValueError('bad data in ' + 'shard 3')\n")  # fmt: skip
+    step(shell, "after --pipeline p2 --after flaky --record-only", "print('never')\n")
+    run = pipeline(shell, "run p2")
+    with pytest.raises(PipelineFailed) as failed:
+        run.wait(timeout=60)
+    assert counter.read_text() == "xx"  # one retry, as retryStrategy.limit: 1
+    status = failed.value.status
+    assert "step flaky failed" in status.message
+    assert status.steps["after"].phase == "Omitted" and not status.steps["after"].job
+    rendered = "\n".join(failed.value._render_traceback_())
+    assert "ValueError: bad data in shard 3" in rendered and "step flaky" in rendered
+
+
+def test_bad_pipelines_are_one_line_errors(shell: InteractiveShell) -> None:
+    step(shell, "a --pipeline p3 --after b --record-only", "tfjob.output('x', 1)\n")
+    step(shell, "b --pipeline p3 --after a --record-only", "print(1)\n")
+    assert "cycle" in usage_error(pipeline, shell, "run p3")
+    step(shell, "b --pipeline p3 --after nope --record-only", "print(1)\n")
+    assert "'nope', which is not a step" in usage_error(pipeline, shell, "run p3")
+    step(shell, "b --pipeline p3 --when 'a.y > 1' --record-only", "print(1)\n")
+    assert "writes no output 'y'" in usage_error(pipeline, shell, "run p3")
+    step(shell, "b --pipeline p3 --when 'a.x > 0' --record-only", "print(1)\n")
+    assert "cycle" in usage_error(pipeline, shell, "run p3")  # --when reads a: b after a
+    assert "does not parse" in usage_error(step, shell, "c --pipeline p3 --when 'a.x >'", "1\n")
+    step(shell, "a --pipeline p3 --record-only", "tfjob.output('x', 1)\n")
+    assert "no step reads 'lr'" in usage_error(pipeline, shell, "run p3 -p lr=0.1")
+    assert "no pipeline named 'p9'" in usage_error(pipeline, shell, "run p9")
+    assert "go with --step NAME" in usage_error(shell.run_cell_magic, "tfjob", "--after a", "1\n")
+
+
+def test_a_run_goes_on_when_the_kernel_that_started_it_exits(
+    shell: InteractiveShell, tmp_path: Any
+) -> None:
+    go = tmp_path / "go"
+    shell.user_ns["go"] = str(go)
+    step(shell, "wait --pipeline p4 --record-only",
+         "import pathlib, time\nwhile not pathlib.Path(go).exists():\n    time.sleep(0.05)\n"
+         "tfjob.output('done', 1)\n")  # fmt: skip
+    # another kernel starts the run and exits at once
+    code = "from kfnb.pipelines.run import start_run; print(start_run('p4').name)"
+    name = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    time.sleep(0.5)
+    run = PipelineRun.attach(name)
+    assert run.status().phase == "Running"
+    go.touch()
+    assert run.wait(timeout=60).steps["wait"].outputs == {"done": 1}
+
+
+def test_a_step_cell_runs_now_with_its_dependencies_latest_outputs(
+    shell: InteractiveShell,
+) -> None:
+    job = step(shell, "train --pipeline p5 --wait", "tfjob.output('loss', 0.25)\n")
+    assert job.status().phase == "Succeeded"
+    later = step(
+        shell,
+        "evaluate --pipeline p5 --after train --wait",
+        "i = tfjob.inputs['train']\nprint('got', i.outputs['loss'], i.job, bool(i.model_dir))\n",
+    )
+    assert f"got 0.25 {job.name} False" in later.logs()
+    with pytest.raises(JobFailed) as failed:
+        step(shell, "bad --pipeline p5 --wait", "tfjob.output('no good', 1)\n")
+    assert "output name 'no good' is not an identifier" in (failed.value.traceback or "")
