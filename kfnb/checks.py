@@ -284,15 +284,16 @@ def _optional_row(
 
 def _gpu_row(api: KubeApi) -> CheckResult:
     from kfnb.backends.kube_api import ApiError
-    from kfnb.backends.kube_nodes import gpu_nodes
+    from kfnb.backends.kube_nodes import CLUSTER_PODS_GRANT, gpu_nodes
 
     try:
-        nodes = [n for n in gpu_nodes(api) if n.allocatable]
+        report = gpu_nodes(api)
     except ApiError as err:
         if err.status != 403:
             raise
-        detail = "unknown: this account may not list nodes and pods cluster-wide"
+        detail = "unknown: this account may not list nodes cluster-wide"
         return CheckResult("GPU nodes", "warn", detail, fix=NODES_FIX)
+    nodes = [n for n in report.nodes if n.allocatable]
     if not nodes:
         return CheckResult(
             "GPU nodes",
@@ -300,10 +301,18 @@ def _gpu_row(api: KubeApi) -> CheckResult:
             "no node offers nvidia.com/gpu: a --gpus job would stay Pending",
             fix="run without --gpus, or ask your cluster admin for GPU nodes (NVIDIA's plugin)",
         )
-    total = sum(n.allocatable for n in nodes)
-    free = total - sum(n.allocated for n in nodes)
+    total, used = sum(n.allocatable for n in nodes), sum(n.allocated for n in nodes)
     names = ", ".join(n.name for n in nodes)
-    return CheckResult("GPU nodes", "ok", f"{len(nodes)} ({names}): {total} GPUs, {free} free")
+    if report.namespace:  # only its own pods could be counted: no "free" figure to give
+        return CheckResult(
+            "GPU nodes",
+            "ok",
+            f"{len(nodes)} ({names}): {total} GPUs, {used} allocated to {report.namespace}'s "
+            f"pods (other namespaces' not counted: {CLUSTER_PODS_GRANT})",
+        )
+    return CheckResult(
+        "GPU nodes", "ok", f"{len(nodes)} ({names}): {total} GPUs, {total - used} free"
+    )
 
 
 def _unreadable(what: str, api: KubeApi, error: ApiError, fix: str) -> CheckResult:

@@ -11,8 +11,9 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   which go Pending -> Running -> Succeeded/Failed, write timestamped log lines
   (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
-- SelfSubjectAccessReviews and 403/404/409 answers worded as the API server words them,
-  DeleteOptions' uid and resourceVersion preconditions among them;
+- RBAC for a Role bound in one namespace and ClusterRoles bound cluster-wide (``rules``,
+  ``cluster_rules``), SelfSubjectAccessReviews and 403/404/409 answers worded as the API
+  server words them, DeleteOptions' uid and resourceVersion preconditions among them;
 - Namespace objects with the labels a profile's namespace has (``namespace_labels``:
   Istio injection, Pod Security), and API discovery per group and version, with
   Argo's Workflow and Katib's Experiment CRDs on or off (``argo``, ``katib``);
@@ -226,8 +227,13 @@ class FakeKube:
         default=lambda job, replica: ReplicaScript([f"{replica} says {i}" for i in range(6)])
     )
     deny: set[tuple[str, str, str]] = field(default_factory=set)  # (verb, group, resource)
-    # A Role's rules (deploy/rbac.yaml's): when given, only what they grant is allowed.
+    # A Role's rules (deploy/rbac.yaml's), bound in ``role_namespace``: when given, only
+    # what they grant there, and what ``cluster_rules`` grant anywhere, is allowed.
     rules: list[dict[str, Any]] | None = None
+    role_namespace: str = "alice"
+    # ClusterRoles' rules bound to the user by ClusterRoleBindings: every namespace and the
+    # cluster scope (deploy/rbac-nodes.yaml's). Only read when ``rules`` is given.
+    cluster_rules: list[dict[str, Any]] = field(default_factory=list)
     # The OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift).
     owner_enforcement: bool = False
     # Kueue managing every job (manageJobsWithoutQueueName): its webhook creates each TFJob
@@ -270,31 +276,38 @@ class FakeKube:
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
             self._put(CORE, "namespaces", "", namespace)
 
-    def allows(self, verb: str, group: str, resource: str) -> bool:
-        """RBAC's answer for the fake's user: not denied, and granted by ``rules`` if set."""
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None = None) -> bool:
+        """RBAC's answer for the fake's user: not denied, and, if ``rules`` are set, granted
+        by them in their namespace or by ``cluster_rules``. ``namespace``: "" for the
+        cluster scope (nodes, or pods of every namespace); None for the Role's."""
         if (verb, group, resource) in self.deny:
             return False
-        return self.rules is None or any(
+        if self.rules is None:
+            return True
+        in_role = namespace is None or namespace == self.role_namespace
+        return any(
             group in rule.get("apiGroups", ())
             and resource in rule.get("resources", ())
             and (verb in rule.get("verbs", ()) or "*" in rule.get("verbs", ()))
-            for rule in self.rules
+            for rule in (self.rules if in_role else []) + self.cluster_rules
         )
 
-    def owner_refusal(self, group: str, plural: str, obj: dict[str, Any]) -> str:
+    def owner_refusal(
+        self, group: str, plural: str, obj: dict[str, Any], namespace: str | None = None
+    ) -> str:
         """Why OwnerReferencesPermissionEnforcement refuses to create ``obj``, in its own
         words (plugin/pkg/admission/gc), or "": an ownerReference needs ``delete`` on the
         object; ``blockOwnerDeletion`` needs ``update`` on the owner's finalizers."""
         refs = obj.get("metadata", {}).get("ownerReferences") or []
         if not self.owner_enforcement or not refs:
             return ""
-        if not self.allows("delete", group, plural):
+        if not self.allows("delete", group, plural, namespace):
             return "cannot set an ownerRef on a resource you can't delete: , <nil>"
         for ref in refs:
             owner_group = ref["apiVersion"].rpartition("/")[0]
             owner = next((p for p, k in KINDS.items() if k == ref["kind"]), "")
             if ref.get("blockOwnerDeletion") and not self.allows(
-                "update", owner_group, f"{owner}/finalizers"
+                "update", owner_group, f"{owner}/finalizers", namespace
             ):
                 return (
                     "cannot set blockOwnerDeletion if an ownerReference refers to a resource "
@@ -1328,7 +1341,9 @@ class _Handler(BaseHTTPRequestHandler):
             resource = attrs.get("resource", "")
             if attrs.get("subresource"):
                 resource += "/" + attrs["subresource"]
-            allowed = kube.allows(attrs.get("verb", ""), attrs.get("group", ""), resource)
+            allowed = kube.allows(
+                attrs.get("verb", ""), attrs.get("group", ""), resource, attrs.get("namespace", "")
+            )
             self._send(201, {**body, "status": {"allowed": allowed}})
             return
         if not rest:  # discovery
@@ -1355,7 +1370,7 @@ class _Handler(BaseHTTPRequestHandler):
             method, "get" if name else ("watch" if watch else "list")
         )
         resource = f"{plural}/{sub}" if sub else plural
-        if not kube.allows(verb, group, resource):
+        if not kube.allows(verb, group, resource, ns):
             self._forbidden(verb, group, resource, name, ns)
             return
         full = f"{plural}.{group}" if group else plural
@@ -1422,7 +1437,8 @@ class _Handler(BaseHTTPRequestHandler):
                 404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
             )
             return
-        refused = kube.owner_refusal("" if prefix == CORE else prefix.split("/")[1], plural, body)
+        group = "" if prefix == CORE else prefix.split("/")[1]
+        refused = kube.owner_refusal(group, plural, body, ns)
         if refused:
             message = f'{full} "{name}" is forbidden: {refused}'
             self._status(403, "Forbidden", message, {"name": name, "kind": plural})

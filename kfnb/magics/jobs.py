@@ -326,15 +326,26 @@ class JobMagics(Magics):  # type: ignore[misc]
     def _nodes(self, rest: str) -> None:
         """GPUs per node on the cluster, like `arena top node`."""
         from kfnb.backends import get_backend
-        from kfnb.backends.kube_nodes import gpu_nodes
+        from kfnb.backends.kube_nodes import CLUSTER_PODS_GRANT, gpu_nodes
 
         if rest.strip():
             raise UsageError("%kfnb nodes takes no arguments")
-        rows = gpu_nodes(get_backend("kubernetes").api)  # type: ignore[attr-defined]
-        header = ("NAME", "IPADDRESS", "ROLE", "GPU(Total)", "GPU(Allocated)")
-        cells = [(r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in rows]
+        report = gpu_nodes(get_backend("kubernetes").api)  # type: ignore[attr-defined]
+        ns = report.namespace
+        allocated = f"GPU(Allocated in {ns})" if ns else "GPU(Allocated)"
+        header = ("NAME", "IPADDRESS", "ROLE", "GPU(Total)", allocated)
+        cells = [
+            (r.name, r.address, r.role, str(r.allocatable), str(r.allocated)) for r in report.nodes
+        ]
         print(table(header, cells))
-        total, used = sum(r.allocatable for r in rows), sum(r.allocated for r in rows)
+        total, used = report.total, report.allocated
+        if ns:  # only this namespace's pods could be read: say so, not a cluster figure
+            print(
+                f"Allocated to {ns}'s pods/Total GPUs in cluster: {used}/{total}; other "
+                "namespaces' pods are not counted: this account may not list pods cluster-wide "
+                f"({CLUSTER_PODS_GRANT} grants it, and with it every pod spec of every namespace)"
+            )
+            return
         share = f" ({100 * used / total:.0f}%)" if total else ""
         print(f"Allocated/Total GPUs in cluster: {used}/{total}{share}")
 
