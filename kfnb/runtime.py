@@ -380,6 +380,18 @@ def _define(definitions: list[dict[str, Any]], namespace: dict[str, Any]) -> Non
             namespace[alias] = namespace[definition["name"]]
 
 
+def _parameters(text: str) -> dict[str, Any]:
+    """A pipeline run's parameters over the notebook's values: ``{name: JSON text}`` as
+    Argo substitutes ``{{workflow.parameters.NAME}}``; text that is not JSON is a string."""
+    found = {}
+    for name, value in json.loads(text).items():
+        try:
+            found[name] = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            found[name] = value
+    return found
+
+
 def _format_exception(exc: BaseException) -> str:
     """The traceback without this file's own frames, as the user's cell raised it."""
     tb = exc.__traceback__
@@ -547,6 +559,7 @@ def main() -> int:
                 print(f"kfnb: {warning}", file=sys.stderr, flush=True)
             _write_status(status_path, {**record, "state": "running"})
         namespace = load_namespace(code_dir, context)
+        namespace.update(_parameters(os.environ.get("KFNB_PARAMS") or "{}"))
         source = (code_dir / "cell.py").read_text()
         filename = f"<tfjob {job_name} cell>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

@@ -142,6 +142,10 @@ _SCHEMA_ROOTS = {
     "InferenceService": ("inferenceservice-v1beta1.json", None),
     "InferenceGraph": ("inferencegraph-v1alpha1.json", None),
     "Workflow": ("argo-workflows-jsonschema.json", "io.argoproj.workflow.v1alpha1.Workflow"),
+    "CronWorkflow": (
+        "argo-workflows-jsonschema.json",
+        "io.argoproj.workflow.v1alpha1.CronWorkflow",
+    ),
     "Experiment": ("katib-v1beta1-openapi.json", "v1beta1.Experiment"),
 }
 

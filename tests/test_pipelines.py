@@ -5,6 +5,7 @@ Trivial cells (no TensorFlow): the steps are real local jobs, so each test is se
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -157,3 +158,57 @@ def test_a_step_cell_runs_now_with_its_dependencies_latest_outputs(
     with pytest.raises(JobFailed) as failed:
         step(shell, "bad --pipeline p5 --wait", "tfjob.output('no good', 1)\n")
     assert "output name 'no good' is not an identifier" in (failed.value.traceback or "")
+
+
+def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
+    shell: InteractiveShell, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from tests.conftest import schema_errors, schema_validators
+
+    shell.run_cell("epochs = 3")
+    tfjob_cell = "tfjob.output('loss', 0.1)\nprint(epochs)\n"
+    shell.run_cell_magic("tfjob", "--workers 2 --step train --pipeline mnist --record-only",
+                         tfjob_cell)  # fmt: skip
+    step(shell, "evaluate --pipeline mnist --after train --retry 2 --record-only",
+         "tfjob.output('accuracy', 0.98)\n")  # fmt: skip
+    shell.run_line_magic(
+        "serve", "train --name mnist --step publish --pipeline mnist "
+        "--when 'evaluate.accuracy >= 0.97' --record-only",
+    )  # fmt: skip
+    out = tmp_path / "mnist.yaml"
+    pipeline(shell, f"export mnist -o {out} --storage s3://bucket/jobs -p epochs=20 "
+             "--service-account pipeline-runner")  # fmt: skip
+    workflow = yaml.safe_load(out.read_text())
+    assert schema_errors(workflow) == []
+    spec = workflow["spec"]
+    assert spec["arguments"]["parameters"] == [{"name": "epochs", "value": "20"}]
+    assert spec["serviceAccountName"] == "pipeline-runner"
+    tasks = {t["name"]: t for t in spec["templates"][0]["dag"]["tasks"]}
+    assert tasks["publish"]["when"] == "{{tasks.evaluate.outputs.parameters.accuracy}} >= 0.97"
+    assert "(train.Succeeded || train.Skipped)" in tasks["publish"]["depends"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    train = templates["train"]["resource"]
+    assert train["action"] == "create" and train["setOwnerReference"] is True
+    assert train["successCondition"] == "status.replicaStatuses.Worker.succeeded > 0"
+    tfjob = yaml.safe_load(train["manifest"])
+    assert tfjob["kind"] == "TFJob" and tfjob["metadata"]["name"] == "{{workflow.name}}-train"
+    for validator in schema_validators("TFJob"):
+        assert not list(validator.iter_errors(tfjob))
+    assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
+    evaluate = templates["evaluate"]
+    assert evaluate["retryStrategy"] == {"limit": "2"}
+    assert evaluate["outputs"]["parameters"][0]["valueFrom"]["path"].endswith("/accuracy")
+    code = yaml.safe_load(templates["code"]["resource"]["manifest"])
+    assert code["kind"] == "ConfigMap" and code["metadata"]["name"] == "{{workflow.name}}-code"
+    isvc = yaml.safe_load(templates["publish"]["resource"]["manifest"])
+    assert isvc["kind"] == "InferenceService"
+    assert "{{workflow.name}}-train/model" in json.dumps(isvc)
+
+    pipeline(shell, f"export mnist -o {out} --storage s3://bucket/jobs --schedule '0 3 * * *'")
+    cron = yaml.safe_load(out.read_text())
+    assert cron["kind"] == "CronWorkflow" and cron["spec"]["schedules"] == ["0 3 * * *"]
+    cron_validators = schema_validators("CronWorkflow")
+    for validator in cron_validators:
+        assert not [e.message for e in validator.iter_errors(cron)]

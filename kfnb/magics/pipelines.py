@@ -125,6 +125,7 @@ class PipelineCommands:
             "attach": self.attach,
             "logs": self.logs,
             "delete": self.delete,
+            "export": self.export,
         }
         if command not in handlers:
             raise UsageError(f"%kfnb pipeline needs one of: {', '.join(handlers)}")
@@ -181,6 +182,40 @@ class PipelineCommands:
         if args.wait:
             _show(run, wait=True)
         return run
+
+    @magic_arguments()
+    @argument("pipeline")
+    @argument("-o", dest="output", metavar="FILE", help="write the YAML there (default: print)")
+    @argument("-p", dest="params", nargs=1, action="extend", default=[], metavar="NAME=VALUE")
+    @argument("--schedule", metavar="CRON", help="a CronWorkflow on this cron line")
+    @argument("--namespace", help="the Workflow's namespace (default: Kfnb.namespace)")
+    @argument("--storage", help="the steps' store, s3:// or pvc:// (default: Kfnb.storage)")
+    @argument("--service-account", help="the Workflow's service account")
+    @argument("--parallelism", type=int, help="steps running at once")
+    def _export_args(self, line: str) -> None:
+        """%kfnb pipeline export P [-o FILE] [--schedule CRON] [-p NAME=VALUE …]"""
+
+    def export(self, rest: str) -> None:
+        """The Argo Workflow (or CronWorkflow) `argo submit` or `kubectl create` takes."""
+        from kfnb.magics._common import usage_errors
+        from kfnb.pipelines.argo import render_workflow
+        from kfnb.spec import to_yaml
+
+        args = parse_argstring(self._export_args, rest)
+        with usage_errors():
+            workflow = render_workflow(
+                args.pipeline, args.params, namespace=args.namespace, storage=args.storage,
+                service_account=args.service_account, parallelism=args.parallelism,
+                schedule=args.schedule.strip("'\"") if args.schedule else None,
+            )  # fmt: skip
+        text = to_yaml(workflow)
+        if args.output:
+            from pathlib import Path
+
+            Path(args.output).write_text(text)
+            print(f"{workflow['kind']} of pipeline {args.pipeline} written to {args.output}.")
+        else:
+            print(text, end="")
 
     def _run(self, rest: str) -> Any:
         from kfnb.pipelines.run import PipelineRun
