@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -516,6 +517,107 @@ def test_killing_the_supervisor_kills_the_replicas_and_reports_supervisor_lost()
     assert JobStatus.read(job_dir(job) / "status.json").reason == "SupervisorLost"
     with pytest.raises(JobFailed):
         job.wait(timeout=5)
+
+
+# What a cell starts runs in its replica's process group; this one outlives a SIGTERM.
+STUBBORN_CHILD = """
+import subprocess
+ready = tfjob.artifacts / f"ready-{tfjob.replica}"
+child = subprocess.Popen([sys.executable, "-c",
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(120)", str(ready)])
+await_note(ready.name)  # SIGTERM is ignored from now on
+note(f"child-{tfjob.replica}", child.pid)
+"""
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    """Only if a test fails: leave no orphan behind."""
+    for pid in filter(pid_alive, pids):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_the_supervisor_stops_what_the_cell_started_and_no_replica_reads_running() -> None:
+    cell = """
+    import subprocess
+    child = subprocess.Popen(["sleep", "120"])
+    note(f"child-{tfjob.replica}", child.pid)
+    time.sleep(1000)
+    """
+    job = submit("lostkids", cell, workers=2)
+    children = [int(read_note(job, f"child-worker-{i}")) for i in range(2)]
+    supervisor = int((job_dir(job) / "supervisor.pid").read_text())
+    os.kill(supervisor, signal.SIGKILL)
+    try:
+        # Whoever reads the status and finds the supervisor dead stops the replicas' groups.
+        status = wait_for(lambda: s if (s := job.status()).finished else None, 5, "finished")
+        wait_for(lambda: not any(pid_alive(c) for c in children), 5, "the cell's sleep gone")
+    finally:
+        kill_leftovers(children)
+    assert status.reason == "SupervisorLost"
+    assert {r.phase for r in status.replicas} == {"Stopped"}
+    assert {r.phase for r in JobStatus.read(job_dir(job) / "status.json").replicas} == {"Stopped"}
+
+
+def test_a_replica_that_ends_takes_what_it_started_with_it() -> None:
+    """As a container's processes end with its main process, on a cluster."""
+    job = submit("leftbehind", STUBBORN_CHILD)
+    child = int(read_note(job, "child-worker-0"))
+    try:
+        assert job.wait(timeout=START_TIMEOUT).phase == "Succeeded"
+        wait_for(lambda: not pid_alive(child), 5, "the cell's process gone")
+    finally:
+        kill_leftovers([child])
+
+
+def test_delete_stops_what_the_cell_started_even_if_it_ignores_sigterm() -> None:
+    job = submit("stubborn", STUBBORN_CHILD + "time.sleep(1000)\n", workers=2)
+    children = [int(read_note(job, f"child-worker-{i}")) for i in range(2)]
+    try:
+        assert job.delete().phase == "Deleted"
+        wait_for(lambda: not any(pid_alive(c) for c in children), 5, "the cell's processes gone")
+    finally:
+        kill_leftovers(children)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_recorded_group_whose_id_was_reused_is_left_alone(tmp_path: Path) -> None:
+    """Whoever kills a dead supervisor's groups kills only those groups: a group id is a
+    pid, and another process may hold it by then (or after a reboot)."""
+    from kfnb.backends import process_groups as groups
+
+    leader = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        group = groups.group_of(leader.pid)
+        assert group is not None and groups.members(group) == [leader.pid]
+        # The same id held by a process that started at another time, or in another boot.
+        for stale in (replace(group, started=group.started - 1), replace(group, boot="other")):
+            groups.record_group(tmp_path, "worker-0", stale)
+            assert groups.kill_recorded_groups(tmp_path) == 0
+            assert leader.poll() is None
+        groups.record_group(tmp_path, "worker-0", group)
+        assert groups.kill_recorded_groups(tmp_path) == 1
+        assert leader.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def test_purge_never_removes_a_job_whose_supervisor_is_still_stopping_it() -> None:
+    cell = """
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the supervisor waits out its grace period
+    note("ready", 1)
+    time.sleep(1000)
+    """
+    job = submit("slowstop", cell)
+    read_note(job, "ready")
+    with pytest.raises(BackendError, match=r"still stopping.*nothing was removed.*--purge"):
+        job.backend.delete(job.name, purge=True, timeout=0.2)
+    assert (job_dir(job) / "manifest.json").exists()
+    status = job.backend.delete(job.name, purge=True)  # waits for the supervisor this time
+    assert status.phase == "Deleted"
+    assert not job_dir(job).exists()
 
 
 def test_a_job_that_finishes_while_status_is_read_is_not_lost(

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,7 @@ from kfnb.backends.local import LocalBackend
 from kfnb.bundle import build_bundle
 from kfnb.job import Job, JobFailed
 from kfnb.spec import JobSpec
+from kfnb.status import JobStatus
 from kfnb.storage import (
     LocalStore,
     S3Store,
@@ -321,6 +323,29 @@ def test_a_failed_job_keeps_its_logs_and_traceback_in_the_bucket(s3: str) -> Non
     failure = again.failure()
     assert failure is not None and "ValueError: bad input" in (failure.traceback or "")
     assert "ValueError: bad input" in "".join(caught.value._render_traceback_())
+
+
+def test_a_lost_supervisors_verdict_reaches_the_bucket(s3: str) -> None:
+    """Other notebooks read the job's status from the bucket: when its supervisor dies,
+    the bucket must stop saying the job and its replicas are Running."""
+    open_store(f"s3://{s3}").check()
+    job = submit(
+        "lost-s3", "import time\nprint('up', flush=True)\ntime.sleep(1000)\n", f"s3://{s3}/jobs"
+    )
+    deadline = time.monotonic() + 60
+    while job.status().phase != "Running" or "up" not in job.logs():
+        assert time.monotonic() < deadline, "the job never ran"
+        time.sleep(0.1)
+    job_dir = job.backend.job_dir(job.name)
+    os.kill(int((job_dir / "supervisor.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not job.status().finished:
+        assert time.monotonic() < deadline, "the lost supervisor was never noticed"
+        time.sleep(0.05)
+    data = open_store(f"s3://{s3}/jobs").read("lost-s3/status.json")
+    bucket = JobStatus.from_json(json.loads(data or b"{}"))
+    assert (bucket.phase, bucket.reason) == ("Failed", "SupervisorLost")
+    assert [r.phase for r in bucket.replicas] == ["Stopped"]
 
 
 def test_workers_fetch_a_data_set_uploaded_once(s3: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from kfnb._util import pid_alive
 from kfnb.backends import BackendError, JobNotFound
+from kfnb.backends.process_groups import kill_recorded_groups
 from kfnb.bundle import Bundle
 from kfnb.config import settings
 from kfnb.status import JobStatus, log_transition
@@ -224,21 +225,42 @@ class LocalBackend:
             # Read again: the supervisor may have written its last status and exited since.
             status = JobStatus.read(path / "status.json")
             if not status.finished:
-                # Its supervisor died without a word (killed, machine rebooted): say so.
-                status = JobStatus(
-                    name,
-                    self.name,
-                    "Failed",
-                    "SupervisorLost",
-                    "kfnb's local supervisor of this job is gone; its replicas were stopped "
-                    "with it",
-                    status.start_time,
-                    time.time(),
-                    status.replicas,
-                )
-                log.debug("job %s: its supervisor is gone", name)
-                status.write(path / "status.json")
+                status = self._lost(path, status)
         return self._seen(status)
+
+    def _lost(self, path: Path, status: JobStatus) -> JobStatus:
+        """The job whose supervisor died without a word (killed, machine rebooted): the
+        kernel killed its replicas with it, not what they started; that is stopped here,
+        and the verdict written down (in the store too), so every reader agrees."""
+        killed = kill_recorded_groups(path)
+        log.debug(
+            "job %s: its supervisor is gone; %d processes left were killed", status.name, killed
+        )
+        replicas = tuple(
+            r if r.phase in ("Succeeded", "Failed", "Stopped") else replace(r, phase="Stopped")
+            for r in status.replicas
+        )
+        status = JobStatus(
+            status.name,
+            self.name,
+            "Failed",
+            "SupervisorLost",
+            "kfnb's local supervisor of this job is gone; its replicas were stopped with it",
+            status.start_time,
+            time.time(),
+            replicas,
+        )
+        self._write_verdict(path, status)
+        return status
+
+    def _write_verdict(self, path: Path, status: JobStatus) -> None:
+        """A status this backend decided (not the supervisor), here and in the store."""
+        status.write(path / "status.json")
+        if self.remote is not None:
+            try:
+                self.remote.write(f"{status.name}/status.json", (path / "status.json").read_bytes())
+            except StoreError as err:
+                log.debug("job %s: the store keeps its last status: %s", status.name, err)
 
     def _seen(self, status: JobStatus) -> JobStatus:
         return log_transition(log, self._phases, status)
@@ -251,6 +273,11 @@ class LocalBackend:
         except (OSError, ValueError):
             return False
         return _supervisor_alive(pid)
+
+    def _supervisor_running(self, path: Path) -> bool:
+        """Whether the job has a supervisor that has not exited (one started, unlike
+        `_supervised`, which counts a supervisor about to be started as one)."""
+        return (path / "supervisor.pid").exists() and self._supervised(path)
 
     def delete(self, name: str, purge: bool = False, timeout: float = 10.0) -> JobStatus:
         """Stop the job (its logs and artifacts stay, unless ``purge``)."""
@@ -276,10 +303,22 @@ class LocalBackend:
                     reason="TFJobDeleted",
                     message=f"TFJob {name} was deleted.",
                 )
-                status.write(path / "status.json")
-            child = _children.pop(name, None)
-            if child is not None:
-                child.wait(timeout=1)
+                self._write_verdict(path, status)
+        if purge:
+            # The supervisor writes logs and status (and uploads them) until it exits:
+            # removing them under it would leave a half job, here or in the bucket.
+            deadline = time.monotonic() + timeout
+            while self._supervisor_running(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._supervisor_running(path):
+                raise BackendError(
+                    f"job {name!r} is still stopping: its supervisor is saving its logs and "
+                    f"status; nothing was removed: run `%kfnb delete {name} --purge` again "
+                    "in a moment"
+                )
+        child = _children.get(name)
+        if child is not None and child.poll() is not None:
+            del _children[name]  # reaped
         if purge:
             if self.remote is not None:
                 try:

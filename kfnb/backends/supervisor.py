@@ -11,7 +11,10 @@ copies the operator's semantics (Training Operator 1.9):
 - a replica failure that is not retried fails the job and stops the others at
   once, so no collective op leaves a worker hanging;
 - restart policies Never, OnFailure, Always and ExitCode (1-127 permanent,
-  128 and above retried), ``backoffLimit`` and ``activeDeadlineSeconds``.
+  128 and above retried), ``backoffLimit`` and ``activeDeadlineSeconds``;
+- as a container's, a replica's processes end with it: each replica leads a
+  process group, killed when the replica ends or is stopped, and recorded in
+  ``groups.json`` for whoever finds this supervisor killed (`process_groups`).
 
 Each replica's output goes to ``logs/<replica>.log``; the job's state to
 ``status.json``, rewritten atomically on every change. With an s3:// store
@@ -36,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from kfnb.backends.process_groups import group_of, record_group
 from kfnb.spec import CODE_DIR, CONTAINER_NAME, PACKAGES_CONTAINER, PACKAGES_DIR
 from kfnb.status import JobStatus, ReplicaStatus
 from kfnb.storage import S3Store, StoreError
@@ -223,11 +227,12 @@ class Supervisor:
         return ",".join(chosen)
 
     def _spawn(
-        self, command: list[str], env: dict[str, str], out: IO[bytes]
+        self, name: str, command: list[str], env: dict[str, str], out: IO[bytes]
     ) -> subprocess.Popen[bytes]:
         """A process of the job, as a container: its own session, output to its log, and
-        killed by the kernel if this supervisor dies."""
-        return subprocess.Popen(
+        killed by the kernel if this supervisor dies. Its process group is recorded, so
+        that what it starts is stopped with it even then (`kfnb.backends.process_groups`)."""
+        process = subprocess.Popen(
             command,
             env=env,
             cwd=self.job_dir,
@@ -237,6 +242,10 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        group = group_of(process.pid)
+        if group is not None:
+            record_group(self.job_dir, name, group)
+        return process
 
     def start(self, replica: Replica) -> None:
         log_dir = self.job_dir / "logs"
@@ -251,22 +260,31 @@ class Supervisor:
         # a single-replica job, which the operator runs without TF_CONFIG.
         inherited = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
         env = {**inherited, **replica.env, "CUDA_VISIBLE_DEVICES": self._gpu_env(replica)}
-        replica.process = self._spawn(replica.command, env, out)
+        replica.process = self._spawn(replica.name, replica.command, env, out)
         replica.phase, replica.exit_code = "Running", None
         log.debug("started %s: process %d", replica.name, replica.process.pid)
 
     def stop(self, replicas: list[Replica]) -> None:
         """SIGTERM each replica's process group, SIGKILL what is left after a grace period."""
-        alive = [(r, r.process) for r in replicas if r.process and r.process.poll() is None]
+        alive = []
+        for replica in replicas:
+            if replica.process is None:
+                continue
+            code = reap(replica.process)
+            if code is None:
+                alive.append((replica, replica.process))
+            elif replica.phase == "Running":  # it ended on its own since the last look
+                replica.ended(code)
         for _, process in alive:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while any(p.poll() is None for _, p in alive) and time.monotonic() < deadline:
+        # reap() kills the rest of a group whose leader has exited: nothing is left behind.
+        while any(reap(p) is None for _, p in alive) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
         for replica, process in alive:
-            if process.poll() is None:
+            if reap(process) is None:
                 _signal_group(process, signal.SIGKILL)
-            process.wait()
+                process.wait()
             # Stopped: ended by kfnb, as cleanPodPolicy deletes a pod; unless it had
             # just finished on its own.
             replica.ended(process.returncode, otherwise="Stopped")
@@ -285,14 +303,16 @@ class Supervisor:
         ]
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline:
-            running = [r for r in training if r.process is not None and r.process.poll() is None]
+            running = [r for r in training if r.process is not None and reap(r.process) is None]
             if not running:
                 break
             time.sleep(POLL_SECONDS)
         for replica in training:
             process = replica.process
-            if replica.phase == "Running" and process is not None and process.poll() is not None:
-                replica.ended(process.returncode)
+            if replica.phase == "Running" and process is not None:
+                code = reap(process)
+                if code is not None:
+                    replica.ended(code)
 
     # -- state ---------------------------------------------------------------------
 
@@ -400,8 +420,8 @@ class Supervisor:
         self.publish(message=f"TFJob {self.name} is installing packages ({PACKAGES_CONTAINER}).")
         log_path = self.job_dir / "logs" / f"{PACKAGES_CONTAINER}.log"
         with open(log_path, "ab") as out:
-            process = self._spawn(command, {**os.environ, **env}, out)
-            while process.poll() is None:
+            process = self._spawn(PACKAGES_CONTAINER, command, {**os.environ, **env}, out)
+            while reap(process) is None:
                 if self.stop_requested:
                     _signal_group(process, signal.SIGKILL)
                     process.wait()
@@ -451,9 +471,12 @@ class Supervisor:
             restarting = False
             for replica in self.replicas:
                 process = replica.process
-                if replica.phase != "Running" or process is None or process.poll() is None:
+                if replica.phase != "Running" or process is None:
                     continue
-                code = replica.ended(process.returncode)
+                returncode = reap(process)
+                if returncode is None:
+                    continue
+                code = replica.ended(returncode)
                 if not retryable(replica.restart_policy, code):
                     continue
                 total_restarts = sum(r.restarts for r in self.replicas)
@@ -507,6 +530,26 @@ def job_store(manifest: dict[str, Any]) -> S3Store | None:
     if not url.startswith("s3://"):
         return None
     return S3Store(url, S3Config.from_env({**os.environ, **env}))
+
+
+def reap(process: subprocess.Popen[bytes]) -> int | None:
+    """The process's return code once it has exited, else None; like `Popen.poll`, but
+    before reaping it, the rest of its group is killed: as with a container, what the
+    replica started ends with it. While the leader is unreaped its pid, the group's id,
+    cannot be reused, so the kill cannot reach another group."""
+    if process.returncode is not None:
+        return process.returncode
+    if hasattr(os, "waitid"):
+        try:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            if os.waitid(os.P_PID, process.pid, flags) is None:
+                return None
+        except ChildProcessError:
+            return process.poll()  # reaped already (by Popen itself)
+    elif process.poll() is None:  # no waitid (macOS): the group is killed right after
+        return None
+    _signal_group(process, signal.SIGKILL)
+    return process.wait()
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
