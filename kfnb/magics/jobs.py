@@ -6,6 +6,7 @@ Flags become `kfnb.submit` arguments; every user mistake becomes a one-line
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -320,7 +321,8 @@ class JobMagics(Magics):  # type: ignore[misc]
             return
         server = start_tensorboard(logdir, refresh=refresh)
         text = f"TensorBoard of {args.name}: {server.url}"
-        link = f'<a href="{server.url}" target="_blank">TensorBoard of {args.name}</a>'
+        url, name = html.escape(server.url), html.escape(args.name)
+        link = f'<a href="{url}" target="_blank">TensorBoard of {name}</a>'
         display({"text/plain": text, "text/html": link}, raw=True)
 
     def _nodes(self, rest: str) -> None:
