@@ -16,6 +16,7 @@ import yaml
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from kfnb.backends import JobNotFound
 from kfnb.job import Job, JobFailed
 from tests.conftest import validate_tfjob
 
@@ -172,8 +173,21 @@ def test_wait_raises_job_failed_with_the_replica_traceback(shell: InteractiveShe
 def test_ctrl_c_while_waiting_cancels_the_job(shell: InteractiveShell) -> None:
     main = threading.main_thread().ident
     assert main is not None
-    timer = threading.Timer(1.5, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
+
+    def interrupt_once_started() -> None:
+        # Ctrl-C while --wait waits: after the cell printed, not while it is still being
+        # submitted (a loaded machine can take longer than any fixed delay to submit).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if "started" in Job.attach("cancelled").logs():
+                    break
+            except JobNotFound:  # not submitted yet
+                pass
+            time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         tfjob(shell, "--name cancelled --wait", "import time\nprint('started')\ntime.sleep(60)\n")
     job = Job.attach("cancelled")
