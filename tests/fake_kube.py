@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -45,6 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +58,7 @@ from urllib.parse import parse_qs, urlparse
 CORE = "api/v1"
 TFJOBS = ("apis/kubeflow.org/v1", "tfjobs")
 ISVCS = ("apis/serving.kserve.io/v1beta1", "inferenceservices")
+WORKFLOWS = ("apis/argoproj.io/v1alpha1", "workflows")
 DEPLOYMENTS = ("apis/apps/v1", "deployments")
 KINDS = {
     "tfjobs": "TFJob",
@@ -70,6 +73,7 @@ KINDS = {
     "inferenceservices": "InferenceService",
     "serviceaccounts": "ServiceAccount",
     "persistentvolumeclaims": "PersistentVolumeClaim",
+    "workflows": "Workflow",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
@@ -77,7 +81,7 @@ ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 DISCOVERY = {
     "apis/kubeflow.org/v1": ["tfjobs"],
     "apis/kubeflow.org/v1beta1": ["experiments", "suggestions", "trials"],
-    "apis/argoproj.io/v1alpha1": ["workflows"],
+    "apis/argoproj.io/v1alpha1": ["workflows", "workflowtaskresults"],
 }
 
 
@@ -214,6 +218,9 @@ class FakeKube:
     crd: bool = True
     kserve: bool = True  # the InferenceService CRD is installed
     argo: bool = True  # Argo's Workflow CRD (argoproj.io/v1alpha1) is installed
+    # What the fake Argo controller makes of each DAG task: (phase, output parameters,
+    # message); a task not listed Succeeds with no outputs. Scripted: no step runs.
+    workflow_script: dict[str, tuple[str, dict[str, str], str]] = field(default_factory=dict)
     katib: bool = True  # Katib's Experiment CRD (kubeflow.org/v1beta1) is installed
     # Labels of the namespace objects (istio-injection, pod-security.kubernetes.io/enforce).
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -543,10 +550,75 @@ class FakeKube:
 
     def _react(self, prefix: str, plural: str, namespace: str, obj: dict[str, Any]) -> None:
         """What the cluster's controllers would do with a new or changed object."""
-        targets = {TFJOBS: self._operate, ISVCS: self._serve, DEPLOYMENTS: self._roll_out}
+        targets = {
+            TFJOBS: self._operate,
+            ISVCS: self._serve,
+            DEPLOYMENTS: self._roll_out,
+            WORKFLOWS: self._orchestrate,
+        }
         target = targets.get((prefix, plural))
         if target is not None:
             threading.Thread(target=target, args=(namespace, obj), daemon=True).start()
+
+    def _orchestrate(self, namespace: str, workflow: dict[str, Any]) -> None:
+        """The fake Argo controller, scripted by ``workflow_script``: walks the entrypoint's
+        DAG in order, evaluating each task's ``depends`` (false: Omitted) and ``when`` on
+        earlier outputs (false: Skipped), and records each node's phase, times and output
+        parameters in ``status.nodes`` as Argo does; a Failed task fails the Workflow and no
+        later task starts. It runs nothing: resources and pods are not created."""
+        name = workflow["metadata"]["name"]
+        spec = workflow["spec"]
+        main = next(t for t in spec["templates"] if t["name"] == spec["entrypoint"])
+        phases: dict[str, str] = {}
+        outputs: dict[str, dict[str, str]] = {}
+
+        def now() -> str:
+            return stamp(time.time_ns())[:19] + "Z"
+
+        def set_status(**changes: Any) -> None:
+            def change(obj: dict[str, Any]) -> None:
+                obj.setdefault("status", {"nodes": {}}).update(changes)
+
+            self.update(*WORKFLOWS, namespace, name, change)
+
+        def set_node(task: str, **node: Any) -> None:
+            def change(obj: dict[str, Any]) -> None:
+                nodes = obj.setdefault("status", {}).setdefault("nodes", {})
+                key = f"{name}-{zlib.crc32(task.encode())}"
+                nodes[key] = {**nodes.get(key, {}), "id": key, "name": f"{name}.{task}",
+                              "displayName": task, "templateName": task, **node}  # fmt: skip
+
+            self.update(*WORKFLOWS, namespace, name, change)
+
+        set_status(phase="Running", startedAt=now(), nodes={})
+        failed = ""
+        for task in main["dag"]["tasks"]:
+            time.sleep(self.step)
+            if failed:
+                break
+            step = task["name"]
+            if not _argo_true(task.get("depends", ""), phases, outputs, depends=True):
+                phases[step] = "Omitted"
+                set_node(step, type="Skipped", phase="Omitted", message="omitted: depends")
+                continue
+            if task.get("when") and not _argo_true(task["when"], phases, outputs):
+                phases[step] = "Skipped"
+                set_node(step, type="Skipped", phase="Skipped",
+                         message=f"when '{task['when']}' evaluated false")  # fmt: skip
+                continue
+            set_node(step, type="Pod", phase="Running", startedAt=now())
+            time.sleep(self.step)
+            phase, values, message = self.workflow_script.get(step, ("Succeeded", {}, ""))
+            phases[step], outputs[step] = phase, values
+            parameters = [{"name": k, "value": v} for k, v in values.items()]
+            set_node(step, phase=phase, finishedAt=now(), message=message,
+                     outputs={"parameters": parameters})  # fmt: skip
+            if phase != "Succeeded":
+                failed = step
+        if failed:
+            set_status(phase="Failed", finishedAt=now(), message=f"child '{failed}' failed")
+        else:
+            set_status(phase="Succeeded", finishedAt=now())
 
     def _serve(self, namespace: str, isvc: dict[str, Any]) -> None:
         """The fake KServe controller. A new spec makes a new revision. As KServe copies
@@ -1106,6 +1178,34 @@ def request_kind(method: str, path: str, query: dict[str, str]) -> str:
     if verb is None:
         verb = "get" if named else ("watch" if query.get("watch") in ("true", "1") else "list")
     return f"{verb} {plural}"
+
+
+def _argo_true(
+    text: str,
+    phases: dict[str, str],
+    outputs: dict[str, dict[str, str]],
+    depends: bool = False,
+) -> bool:
+    """The fake's reading of a task's ``depends`` or ``when`` (test code: Python's eval on
+    the substituted text, with no builtins)."""
+    if not text:
+        return True
+    if depends:
+        text = re.sub(
+            r"([a-z][-a-z0-9]*)\.(Succeeded|Skipped|Failed)",
+            lambda m: str(
+                phases.get(m[1]) in (("Skipped", "Omitted") if m[2] == "Skipped" else (m[2],))
+            ),
+            text,
+        )
+    else:
+        text = re.sub(
+            r"\{\{tasks\.([-a-z0-9]+)\.outputs\.parameters\.(\w+)\}\}",
+            lambda m: outputs.get(m[1], {}).get(m[2], "None"),
+            text,
+        )
+    text = text.replace("&&", " and ").replace("||", " or ").replace("true", "True")
+    return bool(eval(text, {"__builtins__": {}}))  # noqa: S307 - the fake's own test input
 
 
 def _condition(

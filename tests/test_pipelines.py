@@ -212,3 +212,76 @@ def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
     cron_validators = schema_validators("CronWorkflow")
     for validator in cron_validators:
         assert not [e.message for e in validator.iter_errors(cron)]
+
+
+def _cluster_pipeline(shell: InteractiveShell) -> None:
+    shell.run_cell_magic("tfjob", "--workers 2 --step train --pipeline kp --record-only",
+                         "tfjob.output('loss', 0.1)\n")  # fmt: skip
+    step(shell, "evaluate --pipeline kp --after train --record-only",
+         "tfjob.output('accuracy', 0.98)\n")  # fmt: skip
+    step(shell, "publish --pipeline kp --when 'evaluate.accuracy >= 0.97' --record-only",
+         "print('published')\n")  # fmt: skip
+
+
+def test_a_run_on_the_cluster_is_an_argo_workflow_against_the_fake(
+    shell: InteractiveShell, fake_kube: Any
+) -> None:
+    """Against the fake API server, whose Argo controller is scripted (a fake, not Argo)."""
+    from tests.conftest import schema_errors
+    from tests.fake_kube import WORKFLOWS
+
+    _cluster_pipeline(shell)
+    fake_kube.workflow_script = {"evaluate": ("Succeeded", {"accuracy": "0.98"}, "")}
+    run = pipeline(shell, "run kp --backend kubernetes --wait")
+    workflow = fake_kube.get(*WORKFLOWS, "alice", run.name)
+    submitted = {k: v for k, v in workflow.items() if k != "status"}
+    submitted["metadata"] = {
+        k: v for k, v in workflow["metadata"].items()
+        if k in ("name", "namespace", "labels")
+    }  # fmt: skip
+    assert schema_errors(submitted) == []
+    status = run.status()
+    assert status.phase == "Succeeded" and status.backend == "kubernetes"
+    assert status.steps["evaluate"].outputs == {"accuracy": 0.98}
+    assert status.steps["publish"].phase == "Succeeded"
+
+    fake_kube.workflow_script = {"evaluate": ("Succeeded", {"accuracy": "0.5"}, "")}
+    low = pipeline(shell, "run kp --backend kubernetes --wait")
+    assert low.status().steps["publish"].phase == "Skipped"
+
+    fake_kube.workflow_script = {"train": ("Failed", {}, "TFJob failed: worker-0 exit 1")}
+    failing = pipeline(shell, "run kp --backend kubernetes")
+    with pytest.raises(PipelineFailed, match="step train failed: TFJob failed"):
+        failing.wait(timeout=30)
+    assert failing.status().steps["evaluate"].phase == "Pending"  # never started
+
+
+def test_cluster_faults_are_one_line(shell: InteractiveShell, fake_kube: Any) -> None:
+    _cluster_pipeline(shell)
+    fake_kube.argo = False
+    assert "no Argo Workflow resource" in usage_error(
+        pipeline, shell, "run kp --backend kubernetes"
+    )
+    fake_kube.argo = True
+    fake_kube.deny = {("create", "argoproj.io", "workflows")}
+    message = usage_error(pipeline, shell, "run kp --backend kubernetes")
+    assert "may not create workflows.argoproj.io" in message and "deploy/rbac.yaml" in message
+    # seed 000's 403, when the account may not even ask what it may do
+    fake_kube.legacy_forbidden = True
+    fake_kube.deny.add(("create", "authorization.k8s.io", "selfsubjectaccessreviews"))
+    message = usage_error(pipeline, shell, "run kp --backend kubernetes")
+    assert "default-editor may not create workflows.argoproj.io in namespace alice" in message
+    assert "deploy/rbac.yaml" in message
+
+
+def test_the_role_grants_what_pipelines_need(fake_kube: Any) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from kfnb.pipelines.cluster import EXECUTOR_NEEDED, PIPELINE_NEEDED
+
+    role = next(yaml.safe_load_all(Path("deploy/rbac.yaml").read_text()))
+    fake_kube.rules = role["rules"]
+    for verb, group, resource in PIPELINE_NEEDED + EXECUTOR_NEEDED:
+        assert fake_kube.allows(verb, group, resource, "alice"), (verb, resource)

@@ -169,12 +169,14 @@ class KubernetesBackend:
             )
         _checked.add(key)
 
-    def denied(self) -> list[tuple[str, str]] | None:
+    def denied(
+        self, needs: tuple[tuple[str, str, str], ...] = NEEDED
+    ) -> list[tuple[str, str]] | None:
         """(verb, resource.group) of what kfnb needs and the account may not do, in
         `NEEDED`'s order; None when it may not even ask (403 on the review itself): its
         requests will then say what fails."""
         missing = []
-        for verb, group, resource in NEEDED:
+        for verb, group, resource in needs:
             plural, _, sub = resource.partition("/")
             attributes = {
                 "namespace": self.namespace,

@@ -167,16 +167,20 @@ class PipelineCommands:
     @argument("pipeline")
     @argument("-p", dest="params", nargs=1, action="extend", default=[], metavar="NAME=VALUE")
     @argument("--parallelism", type=int, help="steps running at once (default: no limit)")
-    @argument("--backend", choices=("local",), default="local", help="where to run")
+    @argument("--backend", choices=("local", "kubernetes"), default="local", help="where to run")
+    @argument("--service-account", help="on Kubernetes: the Workflow's service account")
     @argument("--wait", action="store_true", help="block until the run ends")
     def _run_args(self, line: str) -> None:
         """%kfnb pipeline run P [-p NAME=VALUE …] [--parallelism N] [--wait]"""
 
     def run(self, rest: str) -> Any:
+        from kfnb.magics._common import usage_errors
         from kfnb.pipelines.run import start_run
 
         args = parse_argstring(self._run_args, rest)
-        run = start_run(args.pipeline, args.params, args.parallelism, args.backend)
+        with usage_errors():
+            run = start_run(args.pipeline, args.params, args.parallelism, args.backend,
+                            args.service_account)  # fmt: skip
         print(f"Pipeline run {run.name} started ({args.backend}): "
               f"`%kfnb pipeline status {run.name}`")  # fmt: skip
         if args.wait:

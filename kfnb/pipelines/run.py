@@ -79,8 +79,22 @@ class PipelineRun:
             )
         return run
 
+    @property
+    def cluster(self) -> dict[str, str] | None:
+        """Where the run's Workflow is, for a run on the cluster (None: a local run)."""
+        path = self.dir / "cluster.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
     def status(self) -> RunStatus:
         status = RunStatus.read(self.dir / "status.json")
+        where = self.cluster
+        if where is not None:
+            if not status.done:
+                from kfnb.pipelines.cluster import workflow_status
+
+                status = workflow_status(status, where["namespace"])
+                write_json(self.dir / "status.json", status.to_json())
+            return status
         if not status.done and not self._runner_alive():
             status = RunStatus.read(self.dir / "status.json")  # it may have just finished
             if not status.done:
@@ -114,6 +128,11 @@ class PipelineRun:
         from kfnb.api import attach
 
         state = self.step(step)
+        if self.cluster is not None:
+            raise PipelineError(
+                f"step {step} runs in the cluster's Workflow {self.name}: its logs are in the "
+                f"Argo UI, or `kubectl logs -l workflows.argoproj.io/workflow={self.name}`"
+            )
         return attach(state.job) if state.job and self._has_job(step) else None
 
     def _has_job(self, step: str) -> bool:
@@ -136,6 +155,12 @@ class PipelineRun:
     def stop(self, timeout: float = 15.0) -> RunStatus:
         """Stop the runner, which stops the steps' running jobs."""
         status = self.status()
+        where = self.cluster
+        if where is not None:
+            from kfnb.pipelines.cluster import delete_workflow
+
+            delete_workflow(self.name, where["namespace"])
+            return status
         if not status.done:
             pid = int((self.dir / "runner.pid").read_text())
             os.kill(pid, signal.SIGTERM)
@@ -177,8 +202,10 @@ def start_run(
     overrides: Iterable[str] = (),
     parallelism: int | None = None,
     backend: str = "local",
+    service_account: str | None = None,
 ) -> PipelineRun:
-    """Start a local run of ``pipeline`` in a detached runner and return its handle."""
+    """Start a run of ``pipeline`` and return its handle: locally a detached runner, on
+    ``backend="kubernetes"`` an Argo Workflow (``service_account`` runs its pods)."""
     from kfnb.config import settings
     from kfnb.spec import generate_name
 
@@ -190,6 +217,8 @@ def start_run(
     while (runs_dir() / (name := generate_name(pipeline))).exists():
         pass
     run_dir = runs_dir() / name
+    if backend == "kubernetes":
+        return _start_on_cluster(pipeline, name, overrides, parallelism, service_account)
     run_dir.mkdir(parents=True)
     for step in steps:
         shutil.copyfile(names_path(pipeline, step), run_dir / f"{step}.names.pkl")
@@ -229,3 +258,32 @@ def start_run(
 
 
 _children: list[subprocess.Popen[bytes]] = []  # reaped by Python, never waited on here
+
+
+def _start_on_cluster(
+    pipeline: str,
+    name: str,
+    overrides: Iterable[str],
+    parallelism: int | None,
+    service_account: str | None,
+) -> PipelineRun:
+    from kfnb.pipelines.argo import render_workflow
+    from kfnb.pipelines.cluster import submit_workflow
+
+    workflow = render_workflow(pipeline, overrides, service_account=service_account,
+                               parallelism=parallelism)  # fmt: skip
+    steps = load_steps(pipeline)
+    created = submit_workflow(workflow, name, service_account)
+    namespace = created["metadata"]["namespace"]
+    run_dir = runs_dir() / name
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "cluster.json", {"namespace": namespace, "workflow": name})
+    values = {
+        p["name"]: p["value"] for p in workflow["spec"].get("arguments", {}).get("parameters", [])
+    }
+    status = RunStatus(
+        name, pipeline, "kubernetes", parameters={k: json.loads(v) for k, v in values.items()},
+        steps={n: StepState() for n in steps}, deps={n: list(d) for n, d in graph(steps).items()},
+    )  # fmt: skip
+    write_json(run_dir / "status.json", status.to_json())
+    return PipelineRun(name)
