@@ -110,9 +110,12 @@ def test_tf_serving_deployment_and_service_validate_and_copy_from_s3() -> None:
     check_core(service)
     pod = deployment["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    script = init["command"][2]
-    assert "mc mirror --quiet store/tfmnist/jobs/tfjob-abc/model /models/mnist" in script
-    assert "http://minio-service.kubeflow:9000" in script
+    assert init["command"] == [
+        "mc", "mirror", "--quiet", "store/tfmnist/jobs/tfjob-abc/model", "/models/mnist"
+    ]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    assert env["MC_HOST_store"].endswith("@minio-service.kubeflow:9000")
+    assert env["MC_HOST_store"].startswith("http://")
     # Its log's tail becomes the termination message kfnb reports when the copy fails.
     assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "valueFrom" in e}

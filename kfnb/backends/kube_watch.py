@@ -31,6 +31,9 @@ _RFC3339 = re.compile(
     r"(?P<zone>[Zz]|[+-]\d\d:\d\d)"
 )
 _SECOND = 1_000_000_000
+# What the kernel keeps of each replica's log: the tail, for the widgets and log reads;
+# the pod keeps the whole log (`KubernetesBackend.read_log` reads it from there).
+LOG_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 def parse_time(stamp: str | None) -> int | None:
@@ -65,8 +68,12 @@ class LogBuffer:
     stdout and stderr lines can be stamped slightly out of order and all must stay.
     """
 
-    def __init__(self) -> None:
-        self.data = bytearray()
+    def __init__(self, limit: int | None = None, whole_log: str = "`%kfnb logs`") -> None:
+        self.data = bytearray()  # the log's tail: ``base`` bytes before it were dropped
+        self.limit = limit or LOG_BUFFER_BYTES
+        self.whole_log = whole_log  # what reads the whole log, for the notice
+        self.base = 0
+        self.dropped_lines = 0
         self.error = ""  # why the log cannot be read (e.g. 403 on pods/log)
         self._newest: int | None = None  # the newest stamp kept from the current pod
         self._recent: list[tuple[int, bytes]] = []  # kept lines in _newest's second or later
@@ -90,6 +97,7 @@ class LogBuffer:
         with self._lock:
             if ns is None:  # no timestamp to match by: keep it as it is
                 self.data += line + b"\n"
+                self._trim()
                 return
             if self._repeat:
                 if self._repeat[0] == (ns, text):
@@ -98,6 +106,18 @@ class LogBuffer:
                 self._repeat.clear()  # the repeat is over: everything from here is new
             self.data += text + b"\n"
             self._remember(ns, text)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Over the limit, drop whole lines from the front down to three quarters of it
+        (not to the limit: a long log then moves its bytes once per quarter, not per line).
+        Offsets stay those of the whole log: readers keep theirs."""
+        if len(self.data) <= self.limit:
+            return
+        cut = self.data.find(b"\n", len(self.data) - self.limit * 3 // 4 - 1) + 1
+        self.dropped_lines += self.data.count(b"\n", 0, cut)
+        del self.data[:cut]
+        self.base += cut
 
     def _remember(self, ns: int, text: bytes) -> None:
         if self._newest is None or ns > self._newest:
@@ -109,10 +129,21 @@ class LogBuffer:
             self._recent.append((ns, text))
 
     def since(self, offset: int, partial: bool) -> tuple[str, int]:
+        """The log from ``offset`` (its complete lines unless ``partial``) and the offset
+        after it. Lines dropped before ``offset`` was reached become one notice line."""
+        notice = ""
         with self._lock:
-            chunk = bytes(self.data[offset:])
+            if offset < self.base:
+                count = f"{self.dropped_lines} earlier" if offset == 0 else "earlier"
+                notice = (
+                    f"[kfnb: {count} lines are not kept here (the kernel keeps the last "
+                    f"{self.limit // 1024} KiB of each replica's log); {self.whole_log} reads "
+                    "the whole log from the pod while it exists]\n"
+                )
+                offset = self.base
+            chunk = bytes(self.data[offset - self.base :])
         complete = chunk if partial else chunk[: chunk.rfind(b"\n") + 1]
-        return complete.decode(errors="replace"), offset + len(complete)
+        return notice + complete.decode(errors="replace"), offset + len(complete)
 
 
 def _replica_of(pod: dict[str, Any]) -> str | None:
@@ -188,7 +219,7 @@ class JobWatcher:
         base = f"/apis/kubeflow.org/v1/namespaces/{self.namespace}/tfjobs"
         self.tfjob = self.api.request("GET", f"{base}/{self.name}")
         for replica in self.replica_names():
-            self.logs.setdefault(replica, LogBuffer())
+            self.logs.setdefault(replica, self._buffer(replica))
         self._started = True
         core = f"/api/v1/namespaces/{self.namespace}"
         watches: list[tuple[str, str, dict[str, Any], Callable[[str, dict[str, Any]], None]]] = [
@@ -426,9 +457,12 @@ class JobWatcher:
                 self._start_follower(replica)  # a pod that replaced this one meanwhile
             self._notify()
 
+    def _buffer(self, replica: str) -> LogBuffer:
+        return LogBuffer(whole_log=f"`%kfnb logs {self.name} --replica {replica}`")
+
     def _follow_pod_log(self, replica: str, uid: str) -> None:
         """Stream one pod's log (the pod with ``uid``) into the replica's buffer."""
-        buffer = self.logs.setdefault(replica, LogBuffer())
+        buffer = self.logs.setdefault(replica, self._buffer(replica))
         path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}-{replica}/log"
         delay = 0.05
         resume = False

@@ -361,23 +361,52 @@ class KubernetesBackend:
 
     def delete(self, name: str, purge: bool = False) -> JobStatus:
         """Stop the job. The TFJob of a finished job stays (its pods keep the logs),
-        unless ``purge``; deleting it removes the ConfigMap with it."""
+        unless ``purge``; deleting it removes the ConfigMap with it, and ``purge`` the
+        job's artifacts in the store."""
         tfjob = self._own_tfjob(name)
+        deleted = JobStatus(
+            name, self.name, "Deleted", "TFJobDeleted", f"TFJob {name} was deleted.",
+            completion_time=time.time(),
+        )  # fmt: skip
+        if tfjob is None and purge:  # gone already (a purge that could not reach the store)
+            self._purge_store(name)
+            return deleted
         status = self.status(name)
         if status.finished and not purge:
             return status
         log.debug("deleting TFJob %s from %s", name, self.namespace)
         if tfjob is not None:
             self._delete_tfjob(name, tfjob)
+        if purge:
+            self._purge_store(name)
         if status.finished:
             return status
         return replace(
             status,
-            phase="Deleted",
-            reason="TFJobDeleted",
-            message=f"TFJob {name} was deleted.",
-            completion_time=time.time(),
+            phase=deleted.phase,
+            reason=deleted.reason,
+            message=deleted.message,
+            completion_time=deleted.completion_time,
         )
+
+    def _purge_store(self, name: str) -> None:
+        """Remove the job's artifacts from an s3:// or pvc:// store (in any other, they
+        were in the pods, gone with them); BackendError saying what was left and how to
+        remove it when the store cannot be reached from here."""
+        if not self.cluster.shared_store:
+            return
+        from kfnb.storage import StoreError, open_store
+
+        try:
+            removed = open_store(self.storage).delete_prefix(name)
+        except StoreError as err:
+            where = f"{self.storage.rstrip('/')}/{name}/"
+            raise BackendError(
+                f"TFJob {name} deleted, but its artifacts under {where} were left ({err}): "
+                f"once the store answers, `%kfnb delete {name} --purge` again, or run "
+                f"kfnb.storage.open_store({self.storage!r}).delete_prefix({name!r})"
+            ) from err
+        log.debug("purged %d objects of %s from %s", removed, name, self.storage)
 
     def list_jobs(self) -> list[JobStatus]:
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())

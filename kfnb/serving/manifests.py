@@ -139,9 +139,13 @@ def inference_service(spec: ServingSpec) -> dict[str, Any]:
 def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
     """A TF Serving Deployment (REST 8501, gRPC 8500) and its Service.
 
-    An init container mirrors ``storage_uri`` into an emptyDir with MinIO's ``mc``;
-    the keys reach it as environment variables from the Secret, and the shell
-    expands them, so the manifest holds only their names.
+    An init container mirrors ``storage_uri`` into an emptyDir with MinIO's ``mc``, run
+    without a shell (each value one argument, nothing to quote). Its alias comes from
+    ``MC_HOST_store``, which the kubelet fills from the Secret's two keys (``$(VAR)``
+    expands variables defined before it): the keys are in the container's environment
+    only, never on a command line, and the manifest holds only their names. (mc takes
+    the secret key up to the host's ``@``; a secret key with ``:`` would be read as
+    key and session token, which AWS and MinIO keys do not contain.)
     """
     if spec.canary_percent is not None:
         raise ValueError("a canary needs KServe (--runtime kserve): TF Serving splits no traffic")
@@ -149,14 +153,14 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
     bucket_path = spec.storage_uri.removeprefix("s3://")
     scheme = "https" if spec.s3_use_https else "http"
     endpoint = spec.s3_endpoint or f"s3.{spec.s3_region}.amazonaws.com"
-    copy = (
-        f'mc alias set store {scheme}://{endpoint} "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"'
-        f" >/dev/null && mc mirror --quiet store/{bucket_path} /models/{spec.name}"
-    )
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     key_env = [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        for key in (keys if spec.s3_secret else ())
     ]
+    credentials = "$(AWS_ACCESS_KEY_ID):$(AWS_SECRET_ACCESS_KEY)@" if spec.s3_secret else ""
+    alias = {"name": "MC_HOST_store", "value": f"{scheme}://{credentials}{endpoint}"}
+    copy = ["mc", "mirror", "--quiet", f"store/{bucket_path}", f"/models/{spec.name}"]
     image = spec.release.image(spec.gpus)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -173,10 +177,11 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
                             {
                                 "name": "copy-model",
                                 "image": MC_IMAGE,
-                                "command": ["sh", "-c", copy],
+                                "command": copy,
                                 "env": [
                                     {"name": "MC_CONFIG_DIR", "value": "/tmp/mc"},
-                                    *(key_env if spec.s3_secret else []),
+                                    *key_env,
+                                    alias,  # after the keys it refers to
                                 ],
                                 "volumeMounts": [{"name": "models", "mountPath": "/models"}],
                                 # A failed copy's last log lines become its termination
