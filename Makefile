@@ -17,7 +17,7 @@ setup: $(VENV)/.kfnb-installed
 $(VENV)/.kfnb-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TF_PACKAGES) -e ".[mnist,widgets,serving,s3,kubernetes,test]"
+	$(BIN)/pip install --quiet $(TF_PACKAGES) -e ".[mnist,widgets,serving,s3,kubernetes,sweeps,test]"
 	$(BIN)/pip install --quiet --no-deps $(TF_NO_DEPS)
 	touch $@
 

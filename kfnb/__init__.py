@@ -21,6 +21,7 @@ __all__ = [
     "attach",
     "backend_choice",
     "check",
+    "compare",
     "load_ipython_extension",
     "prepare",
     "render",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from kfnb.config import settings
     from kfnb.job import Job, JobFailed
     from kfnb.spec import JobSpec
+    from kfnb.widgets.compare import compare
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +59,10 @@ def __getattr__(name: str) -> Any:
         from kfnb.config import settings
 
         return settings
+    if name == "compare":
+        from kfnb.widgets.compare import compare
+
+        return compare
     if name == "JobSpec":
         from kfnb.spec import JobSpec
 

@@ -104,6 +104,7 @@ def submit(
     annotations: Mapping[str, str] | Iterable[str] = (),
     priority_class: str | None = None,
     gpu_type: str | None = None,
+    bundle: Bundle | None = None,
 ) -> Job:
     """Run ``source`` as a TFJob and return its `Job` at once (``job.wait()`` blocks).
 
@@ -118,7 +119,8 @@ def submit(
     ``wheelhouse`` (default ``%config Kfnb.wheelhouse``) or the package index. The
     other arguments are the `JobSpec` fields and the pods' options (`PodOptions`:
     pull secrets, node selector, ``KEY[=VALUE]:EFFECT`` tolerations, labels, annotations,
-    priority class, GPU type), with the ``Kfnb`` settings as defaults.
+    priority class, GPU type), with the ``Kfnb`` settings as defaults. A ``bundle``
+    built before (a sweep's trials share one) is shipped instead of bundling ``source``.
     """
     options = {k: v for k, v in locals().items() if k != "source"}  # the arguments, first
     from kfnb.job import Job
@@ -194,7 +196,8 @@ def _prepare(
     store = open_store(backend.storage)
     name = validate_name(name) if name is not None else _fresh_name()
     image = image or config.image or default_image(gpus)
-    bundle = build_bundle(
+    prebuilt: Bundle | None = fields.pop("bundle", None)
+    bundle = prebuilt or build_bundle(
         source,
         names,
         job_name=name,
@@ -411,6 +414,7 @@ def serve(
     pod = _given_pod(locals())
     from kfnb.serving.local import LocalServing, model_base_path
 
+    source = _best_of_sweep(source)
     serving = LocalServing()
     if backend == "kubernetes":
         served, _ = serve_on_cluster(
@@ -480,6 +484,7 @@ def serve_on_cluster(
 ) -> tuple[ServedModel, Rollout]:
     """`serve` on Kubernetes, with the rollout KServe reports (its traffic split)."""
     pod = _given_pod(locals())
+    source = _best_of_sweep(source)
     from kfnb.serving.cluster import serving_spec, storage_uri
     from kfnb.serving.kubernetes import ClusterServing
     from kfnb.serving.local import LocalServing
@@ -497,6 +502,21 @@ def serve_on_cluster(
     served = ClusterServer.from_rollout(rollout, canary or source, storage_uri(canary or source))
     LocalServing().save(served)  # the record, so `%serve list` and `stop` find it
     return served, rollout
+
+
+def _best_of_sweep(source: str) -> str:
+    """The best trial's job when ``source`` names a sweep (and no job): `%serve SWEEP`."""
+    from kfnb.records import load_record
+    from kfnb.sweeps.record import load_sweep
+
+    if "/" in source or load_record(source) is not None or load_sweep(source) is None:
+        return source
+    from kfnb.sweeps import Sweep, SweepError
+
+    best = Sweep.attach(source).best
+    if best is None:
+        raise SweepError(f"sweep {source} has no succeeded trial with an objective yet: wait")
+    return best.job.name
 
 
 def _given_pod(arguments: Mapping[str, Any]) -> dict[str, Any]:

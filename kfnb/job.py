@@ -268,6 +268,12 @@ class Job:
             raise error
         return status
 
+    def plot(self) -> Any:
+        """A matplotlib figure of the job's TensorBoard scalars, one axes per tag."""
+        from kfnb.widgets.static_plots import job_figure
+
+        return job_figure(self)
+
     def summary(self, status: JobStatus | None = None) -> str:
         status = status or self.status()
         elapsed = f" {status.elapsed:.0f}s" if status.elapsed is not None else ""

@@ -39,6 +39,8 @@ from typing import Any
 TRAINING_TYPES = ("chief", "master", "worker")
 OUTPUT_LIMIT = 64 * 1024  # bytes of JSON per output: small values, as Argo's parameters
 CHECKPOINTS = "checkpoints"  # the job's checkpoint_dir, relative to its store
+PARAM_PREFIX = "KFNB_PARAM_"  # a sweep trial's parameters, one variable each
+REPORTS = "reports.jsonl"  # what tfjob.report() recorded, beside tensorboard/
 
 
 class TFJobContext:
@@ -55,6 +57,7 @@ class TFJobContext:
         self._logdir: Path | None = None
         self._scratch: list[Path] = []
         self.sync: Any = None  # artifact_sync.Syncer when the job's store is s3://
+        self._report_steps: dict[str, int] = {}
         self.outputs: dict[str, Any] = {}
         inputs = json.loads(os.environ.get("KFNB_INPUTS") or "{}")
         self.inputs: dict[str, StepInput] = {k: StepInput(k, v) for k, v in inputs.items()}
@@ -209,6 +212,38 @@ class TFJobContext:
         for path in self._scratch:
             shutil.rmtree(path, ignore_errors=True)
         return published
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """This trial's parameters in a sweep (``{}`` outside one): ``KFNB_PARAM_<name>``
+        variables, which Katib fills from ``${trialParameters.<name>}``; numbers as numbers."""
+        found: dict[str, Any] = {}
+        for key, text in os.environ.items():
+            if key.startswith(PARAM_PREFIX) and len(key) > len(PARAM_PREFIX):
+                try:
+                    found[key[len(PARAM_PREFIX) :]] = json.loads(text)
+                except ValueError:
+                    found[key[len(PARAM_PREFIX) :]] = text  # a categorical string
+        return found
+
+    def report(self, step: int | None = None, **metrics: float) -> None:
+        """Report metrics, e.g. ``tfjob.report(accuracy=0.91)`` after each epoch.
+
+        The chief prints ``name=value`` lines, as Katib's StdOut metrics collector reads
+        them, and keeps them with their ``step`` (default: one more than the metric's
+        last) in ``reports.jsonl``: a sweep's objective and its early stopping read them.
+        """
+        if not self.is_chief:
+            return
+        path = self.artifacts / REPORTS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
+            for name, value in metrics.items():
+                number = float(value)
+                at = self._report_steps.get(name, -1) + 1 if step is None else int(step)
+                self._report_steps[name] = at
+                print(f"{name}={number!r}", flush=True)
+                out.write(json.dumps({"name": name, "step": at, "value": number}) + "\n")
 
     def __repr__(self) -> str:
         return (
@@ -450,6 +485,7 @@ class _Uploads:
         self.syncer.watch(Path(log), f"logs/{context.replica}.log")
         if context.is_chief:
             self.syncer.watch(context.artifacts / "tensorboard", "tensorboard")
+            self.syncer.watch(context.artifacts / REPORTS, REPORTS)  # tfjob.report()'s
             # Keras 2 writes a checkpoint's state file last, Keras 3 its metadata: so here.
             last = ("checkpoint", "training_metadata.json")
             self.syncer.watch(context.artifacts / CHECKPOINTS, CHECKPOINTS, mirror=True, last=last)

@@ -33,6 +33,7 @@ def kfnb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     reset_settings()
     settings()
     yield home
+    _stop_leftover_sweeps()
     _stop_leftover_jobs(home)
     _stop_leftover_servers(home)
     _forget_clusters()
@@ -94,6 +95,16 @@ def shell(kfnb_home: Path) -> Iterator[Any]:
     ip.config.pop("Kfnb", None)
     for name in set(ip.user_ns) - before:
         del ip.user_ns[name]
+
+
+def _stop_leftover_sweeps() -> None:
+    """Nor local sweep runners starting trials."""
+    from kfnb.sweeps import Sweep
+    from kfnb.sweeps.record import list_sweeps
+
+    for record in list_sweeps():
+        if record.backend == "local":
+            Sweep(record).delete()
 
 
 def _stop_leftover_jobs(home: Path) -> None:

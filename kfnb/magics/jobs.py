@@ -31,6 +31,59 @@ def _env_pairs(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _sweep_flags() -> list[Callable[[F], F]]:
+    """A hyperparameter sweep of the cell: Katib's Experiment fields as flags."""
+    return [
+        argument(
+            "--sweep",
+            action="append",
+            default=[],
+            metavar="NAME=SPACE",
+            help="a parameter to search, seen as tfjob.params[NAME]: uniform(a, b), "
+            "loguniform(a, b), int(a, b), choice(v, ...) or grid(v, ...)",
+        ),
+        argument("--trials", type=int, help="trials in all (maxTrialCount; default 10)"),
+        argument("--parallel", type=int, help="trials at once (parallelTrialCount; default 1)"),
+        argument("--max-failed", type=int, help="failed trials before the sweep fails"),
+        argument("--objective", metavar="'maximize|minimize METRIC'", help="what to optimise"),
+        argument("--goal", type=float, help="stop once a trial's objective reaches this"),
+        argument("--algorithm", help="random, grid, tpe, multivariate-tpe, ... (Katib's names)"),
+        argument("--early-stopping", metavar="ALGORITHM", help="medianstop"),
+    ]
+
+
+_SWEEP_ONLY = ("trials", "parallel", "max_failed", "objective", "goal", "algorithm",
+               "early_stopping")  # fmt: skip
+
+
+def _unquoted(text: str) -> str:
+    """IPython's argument splitter keeps single quotes: 'x=uniform(0, 1)' as typed."""
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1]
+    return text
+
+
+def _sweep_spec(args: Any) -> Any:
+    """The sweep the flags ask for, or None; a sweep flag without --sweep is an error."""
+    from kfnb.sweeps import SweepSpec
+
+    if not args.sweep:
+        given = [f"--{k.replace('_', '-')}" for k in _SWEEP_ONLY if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to a sweep: add --sweep NAME=SPACE")
+        return None
+    return SweepSpec.build(
+        [_unquoted(text) for text in args.sweep],
+        _unquoted(args.objective) if args.objective else args.objective,
+        algorithm=args.algorithm,
+        trials=args.trials,
+        parallel=args.parallel,
+        max_failed=args.max_failed,
+        goal=args.goal,
+        early_stopping=args.early_stopping,
+    )
+
+
 def _job_flags(func: F) -> F:
     decorators: list[Callable[[F], F]] = [
         magic_arguments(),
@@ -103,6 +156,7 @@ def _job_flags(func: F) -> F:
             action="store_true",
             help="print the TFJob manifest and the packages each replica gets, submit nothing",
         ),
+        *_sweep_flags(),
     ]
     func = with_step_flags(func)  # listed last in --help
     for decorate in reversed(decorators):
@@ -177,6 +231,8 @@ class JobMagics(Magics):  # type: ignore[misc]
             **pod_options(args),
         }
         step = None
+        if args.step and args.sweep:
+            raise UsageError("--sweep does not go with --step: a sweep is not a pipeline step yet")
         if args.step:
             from kfnb.magics.pipelines import inputs_now, record_cell, said_recorded
 
@@ -188,6 +244,9 @@ class JobMagics(Magics):  # type: ignore[misc]
         elif args.record_only or args.after or args.when or args.pipeline:
             raise UsageError("--pipeline, --after, --when and --record-only go with --step NAME")
         with usage_errors():
+            sweep = _sweep_spec(args)
+            if sweep is not None:
+                return self._sweep(cell, sweep, options, args)
             if args.dry_run:
                 prepared = prepare(cell, **options)
                 print(to_yaml(prepared.manifest), end="")
@@ -202,13 +261,28 @@ class JobMagics(Magics):  # type: ignore[misc]
         show_job(job, wait=args.wait)
         return job
 
+    def _sweep(self, cell: str, sweep: Any, options: dict[str, Any], args: Any) -> Any:
+        from kfnb.sweeps import start_sweep
+        from kfnb.widgets import show_sweep
+
+        if args.dry_run:
+            from kfnb.spec import to_yaml
+            from kfnb.sweeps.katib import render_experiment
+
+            print(to_yaml(render_experiment(cell, sweep, **options)), end="")
+            return None
+        handle = start_sweep(cell, sweep, **options)
+        show_sweep(handle, wait=args.wait)
+        return handle
+
     @line_magic
     def kfnb(self, line: str) -> Any:
         """Manage jobs: %kfnb list | status NAME | logs NAME [--replica R] [--follow]
         | delete NAME [--purge] | attach NAME | tensorboard NAME | nodes
         | check [--backend B] [--namespace NS] [--storage URL]
         | pipeline list | show P | run P [-p NAME=VALUE] [--wait] | status RUN | attach RUN
-        | logs RUN STEP | delete RUN"""
+        | logs RUN STEP | delete RUN
+        | sweeps | sweep status|attach|delete NAME [--purge] | compare JOB..."""
         command, _, rest = line.strip().partition(" ")
         handlers: dict[str, Callable[[str], Any]] = {
             "list": self._list,
@@ -220,6 +294,9 @@ class JobMagics(Magics):  # type: ignore[misc]
             "nodes": self._nodes,
             "check": self._check,
             "pipeline": PipelineCommands(),
+            "sweeps": self._sweeps,
+            "sweep": self._sweep_command,
+            "compare": self._compare,
         }
         if command not in handlers:
             raise UsageError(
@@ -390,3 +467,87 @@ class JobMagics(Magics):  # type: ignore[misc]
             print(
                 f"Job {args.name} is {status.phase}; its logs are kept (`%kfnb logs {args.name}`)."
             )
+
+    def _sweeps(self, rest: str) -> None:
+        from kfnb.sweeps import Sweep
+        from kfnb.sweeps.record import list_sweeps
+
+        if rest.strip():
+            raise UsageError("%kfnb sweeps takes no arguments")
+        rows: list[tuple[str, ...]] = []
+        for record in list_sweeps():
+            sweep = Sweep(record)
+            try:
+                status = sweep.status()
+            except Exception as err:  # one broken sweep must not hide the others
+                rows.append((record.name, record.backend, f"unknown ({err})"[:40], "", "", ""))
+                continue
+            best = sweep.best_of(status)
+            rows.append(
+                (
+                    record.name,
+                    record.backend,
+                    status.phase,
+                    f"{status.count('Succeeded')}/{sweep.spec.trials}",
+                    sweep.spec.objective.describe(),
+                    f"{best.objective:.4g} ({best.name})"
+                    if best and best.objective is not None
+                    else "",
+                )
+            )
+        if not rows:
+            print("No sweeps yet: run a %%tfjob cell with --sweep NAME=SPACE.")
+            return
+        print(table(("NAME", "BACKEND", "PHASE", "TRIALS", "OBJECTIVE", "BEST"), rows))
+
+    @magic_arguments()
+    @argument("action", choices=("status", "attach", "delete"))
+    @argument("name")
+    @argument("--purge", action="store_true", help="delete: also remove its trials' jobs")
+    def _sweep_args(self, line: str) -> None:
+        """%kfnb sweep status|attach|delete NAME [--purge]"""
+
+    def _sweep_command(self, rest: str) -> Any:
+        from kfnb.sweeps import Sweep
+
+        args = parse_argstring(self._sweep_args, rest)
+        sweep = Sweep.attach(args.name)
+        if args.action == "attach":
+            return sweep
+        if args.action == "delete":
+            status = sweep.delete(purge=args.purge)
+            kept = (
+                ""
+                if args.purge
+                else f"; its trials' jobs are kept (`%kfnb sweep status {args.name}`)"
+            )
+            print(f"Sweep {args.name} is {status.phase}{kept}.")
+            return None
+        status = sweep.status()
+        print(sweep.summary(status))
+        if status.message:
+            print(status.message)
+        rows = [
+            (
+                t.name,
+                t.state,
+                ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in t.params.items()
+                ),
+                "" if t.objective is None else f"{t.objective:.4g}",
+                "" if t.duration is None else f"{t.duration:.0f}s",
+            )
+            for t in status.trials
+        ]
+        if rows:
+            print(table(("TRIAL", "STATE", "PARAMETERS", "OBJECTIVE", "DURATION"), rows))
+        return None
+
+    def _compare(self, rest: str) -> Any:
+        from kfnb.widgets.compare import compare
+
+        names = rest.split()
+        if not names:
+            raise UsageError("%kfnb compare needs job or sweep names: %kfnb compare JOB JOB ...")
+        return compare(*names)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kfnb.job import Job
+    from kfnb.sweeps.sweep import Sweep
 
 if TYPE_CHECKING:
     from kfnb.widgets.prediction_view import PredictionView as PredictionView
@@ -93,6 +94,41 @@ def show_job(job: Job, wait: bool = False) -> None:
         job.wait()
 
 
+def show_sweep(sweep: Sweep, wait: bool = False) -> None:
+    """Show ``sweep`` under the cell; with ``wait``, block until it ends (raises
+    `SweepFailed` for a failed sweep)."""
+    if not wait:
+        return
+    if widgets_available():
+        from IPython.display import display
+
+        from kfnb.widgets.sweep_view import SweepView
+
+        view = SweepView(sweep)
+        _shown_this_cell.add(id(sweep))
+        handle = display(view, display_id=True)  # type: ignore[no-untyped-call]
+        try:
+            sweep.wait()
+        finally:
+            view.refresh()
+            handle.update(view)
+    else:
+        from kfnb.widgets.sweep_progress import print_sweep_progress
+
+        print_sweep_progress(sweep)
+        sweep.wait()
+
+
+def _display_sweep(sweep: Sweep) -> None:
+    """How a kernel displays a `Sweep`: its live view."""
+    from IPython.display import display
+
+    from kfnb.widgets.sweep_view import SweepView
+
+    if id(sweep) not in _shown_this_cell:
+        display(SweepView(sweep))  # type: ignore[no-untyped-call]
+
+
 def _display_job(job: Job) -> None:
     """How a kernel displays a `Job` (a cell's result, ``job`` alone): its live view."""
     if id(job) not in _shown_this_cell:
@@ -110,10 +146,12 @@ def register_display(shell: Any) -> None:
     # By name: %load_ext need not import kfnb.job to register it.
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.for_type_by_name("kfnb.job", "Job", _display_job)
+    formatter.for_type_by_name("kfnb.sweeps.sweep", "Sweep", _display_sweep)
     shell.events.register("pre_run_cell", _new_cell)
 
 
 def unregister_display(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
+    formatter.pop("kfnb.sweeps.sweep.Sweep", None)
     if formatter.pop("kfnb.job.Job", None) is not None:
         shell.events.unregister("pre_run_cell", _new_cell)
