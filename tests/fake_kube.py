@@ -17,6 +17,9 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
 - Namespace objects with the labels a profile's namespace has (``namespace_labels``:
   Istio injection, Pod Security), and API discovery per group and version, with
   Argo's Workflow and Katib's Experiment CRDs on or off (``argo``, ``katib``);
+- a fake Katib controller (`katib_results`): an Experiment gets Trials whose TFJobs
+  are its trial template with the trial's parameters substituted, each Trial ending with
+  the given observation or failed;
 - a fake KServe controller: an InferenceService (created or replaced) becomes Ready
   with a URL and the traffic split its ``canaryTrafficPercent`` asks for; a
   Deployment becomes available;
@@ -60,6 +63,8 @@ TFJOBS = ("apis/kubeflow.org/v1", "tfjobs")
 ISVCS = ("apis/serving.kserve.io/v1beta1", "inferenceservices")
 WORKFLOWS = ("apis/argoproj.io/v1alpha1", "workflows")
 DEPLOYMENTS = ("apis/apps/v1", "deployments")
+EXPERIMENTS = ("apis/kubeflow.org/v1beta1", "experiments")
+TRIALS = ("apis/kubeflow.org/v1beta1", "trials")
 KINDS = {
     "tfjobs": "TFJob",
     "configmaps": "ConfigMap",
@@ -74,6 +79,8 @@ KINDS = {
     "serviceaccounts": "ServiceAccount",
     "persistentvolumeclaims": "PersistentVolumeClaim",
     "workflows": "Workflow",
+    "experiments": "Experiment",
+    "trials": "Trial",
 }
 CLUSTER_SCOPED = {"nodes", "namespaces"}
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
@@ -222,6 +229,9 @@ class FakeKube:
     # message); a task not listed Succeeds with no outputs. Scripted: no step runs.
     workflow_script: dict[str, tuple[str, dict[str, str], str]] = field(default_factory=dict)
     katib: bool = True  # Katib's Experiment CRD (kubeflow.org/v1beta1) is installed
+    # The fake Katib controller's trials: each one's objective observation, None for a
+    # trial whose job fails (see `_katib`).
+    katib_results: list[float | None] = field(default_factory=list)
     # Labels of the namespace objects (istio-injection, pod-security.kubernetes.io/enforce).
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     # The fake KServe's storage initializer finds models only at this S3 endpoint ("": any).
@@ -555,6 +565,7 @@ class FakeKube:
             ISVCS: self._serve,
             DEPLOYMENTS: self._roll_out,
             WORKFLOWS: self._orchestrate,
+            EXPERIMENTS: self._katib,
         }
         target = targets.get((prefix, plural))
         if target is not None:
@@ -619,6 +630,100 @@ class FakeKube:
             set_status(phase="Failed", finishedAt=now(), message=f"child '{failed}' failed")
         else:
             set_status(phase="Succeeded", finishedAt=now())
+
+    def _katib(self, namespace: str, experiment: dict[str, Any]) -> None:
+        """The fake Katib controller: for each of ``katib_results`` (up to maxTrialCount)
+        a Trial with parameter values from the feasible spaces, whose TFJob is the trial
+        template with ``${trialParameters.*}`` substituted (the fake operator runs it),
+        then the Trial Succeeded with its observation, or Failed; the Experiment ends
+        Succeeded, or Failed once more than maxFailedTrialCount trials failed. It asks
+        no suggestion service and collects no metrics: the observations are given."""
+        if experiment.get("status"):
+            return  # a change of an Experiment already run
+        name = experiment["metadata"]["name"]
+        spec = experiment["spec"]
+        metric = spec["objective"]["objectiveMetricName"]
+        template = spec["trialTemplate"]
+        owner = {"apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment", "name": name,
+                 "uid": experiment["metadata"]["uid"], "controller": True}  # fmt: skip
+        self.update(
+            *EXPERIMENTS,
+            namespace,
+            name,
+            _condition("Created", "ExperimentCreated", "Experiment is created"),
+        )
+        time.sleep(self.step)
+        self.update(
+            *EXPERIMENTS,
+            namespace,
+            name,
+            _condition("Running", "ExperimentRunning", "Experiment is running"),
+        )
+        failed = 0
+        limit = spec.get("maxFailedTrialCount")
+        for index, result in enumerate(self.katib_results[: spec.get("maxTrialCount", 1)]):
+            trial_name = f"{name}-{uuid.uuid4().hex[:8]}"
+            values = {}
+            for parameter in spec["parameters"]:
+                space = parameter["feasibleSpace"]
+                listed = space.get("list")
+                values[parameter["name"]] = listed[index % len(listed)] if listed else space["min"]
+            assignments = [{"name": k, "value": v} for k, v in values.items()]
+            refs = {p["name"]: p["reference"] for p in template["trialParameters"]}
+            text = json.dumps(template["trialSpec"])
+            for key, reference in refs.items():
+                value = trial_name if reference == "${trialSpec.Name}" else values[reference]
+                text = text.replace("${trialParameters." + key + "}", value)
+            job = json.loads(text)
+            job["metadata"].update(name=trial_name, namespace=namespace)
+            trial = {
+                "apiVersion": "kubeflow.org/v1beta1",
+                "kind": "Trial",
+                "metadata": {
+                    "name": trial_name,
+                    "labels": {"katib.kubeflow.org/experiment": name},
+                    "ownerReferences": [owner],
+                },  # fmt: skip
+                "spec": {"parameterAssignments": assignments, "runSpec": job},
+            }
+            self._put(*TRIALS, namespace, trial)
+            self.update(
+                *TRIALS,
+                namespace,
+                trial_name,
+                _condition("Running", "TrialRunning", "Trial is running"),
+            )
+            self._put(*TFJOBS, namespace, job)
+            self._react(*TFJOBS, namespace, job)
+            time.sleep(self.step)
+
+            def ended(obj: dict[str, Any], result: float | None = result) -> None:
+                status = obj.setdefault("status", {})
+                status["startTime"] = status["completionTime"] = stamp(time.time_ns())[:19] + "Z"
+                if result is None:
+                    _condition(
+                        "Failed", "TrialFailed", "Trial has failed. Job message: TFJob failed"
+                    )(obj)
+                else:
+                    observed = {
+                        "name": metric,
+                        "latest": str(result),
+                        "min": str(result),
+                        "max": str(result),
+                    }
+                    status["observation"] = {"metrics": [observed]}
+                    _condition("Succeeded", "TrialSucceeded", "Trial has succeeded")(obj)
+
+            self.update(*TRIALS, namespace, trial_name, ended)
+            failed += result is None
+            if limit is not None and failed > limit:
+                message = "Experiment has failed because max failed count has reached"
+                end = _condition("Failed", "ExperimentMaxFailedTrialsReached", message)
+                self.update(*EXPERIMENTS, namespace, name, end)
+                return
+        message = "Experiment has succeeded because max trial count has reached"
+        end = _condition("Succeeded", "ExperimentMaxTrialsReached", message)
+        self.update(*EXPERIMENTS, namespace, name, end)
 
     def _serve(self, namespace: str, isvc: dict[str, Any]) -> None:
         """The fake KServe controller. A new spec makes a new revision. As KServe copies

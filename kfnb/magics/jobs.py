@@ -57,21 +57,21 @@ _SWEEP_ONLY = ("trials", "parallel", "max_failed", "objective", "goal", "algorit
 
 
 def _unquoted(text: str) -> str:
-    """IPython's argument splitter keeps single quotes: 'x=uniform(0, 1)' as typed."""
-    if len(text) >= 2 and text[0] == text[-1] == "'":
+    """IPython's argument splitter keeps the quotes: "x=uniform(0, 1)" as typed."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
 
 
 def _sweep_spec(args: Any) -> Any:
     """The sweep the flags ask for, or None; a sweep flag without --sweep is an error."""
-    from kfnb.sweeps import SweepSpec
-
     if not args.sweep:
         given = [f"--{k.replace('_', '-')}" for k in _SWEEP_ONLY if getattr(args, k) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} apply to a sweep: add --sweep NAME=SPACE")
         return None
+    from kfnb.sweeps.space import SweepSpec
+
     return SweepSpec.build(
         [_unquoted(text) for text in args.sweep],
         _unquoted(args.objective) if args.objective else args.objective,

@@ -99,6 +99,7 @@ def list_sweeps() -> list[SweepRecord]:
 
 
 def write_state(name: str, state: dict[str, Any]) -> None:
+    sweep_dir(name).mkdir(parents=True, exist_ok=True)
     write_json(sweep_dir(name) / "state.json", state)
 
 

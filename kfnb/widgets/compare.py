@@ -91,6 +91,27 @@ def _settings(job: Any, params: dict[str, Any] | None = None) -> dict[str, str]:
     return found
 
 
+def _params_of(job: Any) -> dict[str, Any]:
+    """A sweep trial's parameters, from its manifest's ``KFNB_PARAM_*`` (local jobs)."""
+    import json
+
+    root = job.artifacts
+    try:
+        manifest = json.loads((root / "manifest.json").read_text()) if root else {}
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, Any] = {}
+    for spec in manifest.get("spec", {}).get("tfReplicaSpecs", {}).values():
+        for container in spec["template"]["spec"]["containers"]:
+            for item in container.get("env", []):
+                if item["name"].startswith("KFNB_PARAM_"):
+                    try:
+                        found[item["name"][11:]] = json.loads(item.get("value", ""))
+                    except ValueError:
+                        found[item["name"][11:]] = item.get("value", "")
+    return found
+
+
 def compare(*names: str) -> Comparison:
     """A `Comparison` of the jobs (and sweeps' trials) named."""
     from kfnb.job import Job
@@ -111,5 +132,5 @@ def compare(*names: str) -> Comparison:
             continue
         job = Job.attach(name)
         result.scalars[name] = job.scalars()
-        result.settings[name] = _settings(job)
+        result.settings[name] = _settings(job, _params_of(job))
     return result
