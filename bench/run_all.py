@@ -16,6 +16,7 @@ import provisioning  # noqa: E402
 import s3_sync  # noqa: E402
 import s3_transfer  # noqa: E402
 import serving  # noqa: E402
+import sweep_overhead  # noqa: E402
 import widget  # noqa: E402
 
 if __name__ == "__main__":
@@ -29,3 +30,4 @@ if __name__ == "__main__":
     s3_sync.main()
     kube_backend.main()
     provisioning.main()
+    sweep_overhead.main()

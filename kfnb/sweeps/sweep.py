@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kfnb._util import pid_alive
+from kfnb.job import Job
 from kfnb.sweeps.record import (
     SweepRecord,
     TrialState,
@@ -25,9 +26,6 @@ from kfnb.sweeps.record import (
 )
 from kfnb.sweeps.runner import ENV_FILE, RUNNER_MODULE
 from kfnb.sweeps.space import SweepError, SweepSpec
-
-if TYPE_CHECKING:
-    from kfnb.job import Job
 
 __all__ = ["BestTrial", "Sweep", "SweepFailed", "SweepStatus", "start_sweep"]
 
@@ -75,20 +73,21 @@ class SweepStatus:
         return sum(t.state in states for t in self.trials)
 
 
-class BestTrial:
-    """The best trial's job, with its parameters and objective. Behaves as its `Job`."""
+class BestTrial(Job):
+    """The best trial: its `Job` (logs, scalars, model), with ``.params`` and ``.objective``."""
 
     def __init__(self, job: Job, params: dict[str, Any], objective: float | None) -> None:
-        self.job = job
+        super().__init__(job.name, job.backend)
         self.params = params
         self.objective = objective
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.job, name)
+    @property
+    def job(self) -> Job:
+        return self
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"<best trial {self.job.name}: {self.objective!r} with {params}>"
+        return f"<best trial {self.name}: {self.objective!r} with {params}>"
 
 
 class Sweep:
@@ -148,8 +147,6 @@ class Sweep:
         return self.status().trials
 
     def trial_job(self, trial: TrialState) -> Job:
-        from kfnb.job import Job
-
         return Job.attach(trial.name)
 
     def best_of(self, status: SweepStatus) -> TrialState | None:
