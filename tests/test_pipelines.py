@@ -285,3 +285,41 @@ def test_the_role_grants_what_pipelines_need(fake_kube: Any) -> None:
     fake_kube.rules = role["rules"]
     for verb, group, resource in PIPELINE_NEEDED + EXECUTOR_NEEDED:
         assert fake_kube.allows(verb, group, resource, "alice"), (verb, resource)
+
+
+def test_pipeline_view_draws_the_dag_and_opens_a_steps_job_view(
+    shell: InteractiveShell,
+) -> None:
+    import re
+
+    from kfnb.pipelines.run_status import RunStatus, StepState
+    from kfnb.widgets.job_view import JobView
+    from kfnb.widgets.pipeline_svg import svg_dag
+    from kfnb.widgets.pipeline_view import PipelineView
+
+    drawn = svg_dag(
+        RunStatus("r", "p", "local", steps={
+            "a<b": StepState("Succeeded", started=0.0, finished=12.0),
+            "c": StepState("Skipped"),
+            "d": StepState("Running", started=1.0),
+        }, deps={"a<b": [], "c": ["a<b"], "d": ["a<b", "c"]})
+    )  # fmt: skip
+    assert drawn.count('class="kfnb-step"') == 3 and drawn.count('class="kfnb-edge"') == 3
+    assert "a&lt;b" in drawn and "a<b" not in drawn and "Succeeded · 12s" in drawn
+    xs = {m[0]: int(m[1]) for m in re.findall(r'data-step="([^"]+)".*?<rect x="(\d+)"', drawn)}
+    assert xs["a&lt;b"] < xs["c"] < xs["d"]  # columns by depth, as one sketches a DAG
+
+    step(shell, "one --pipeline pv --record-only", "print('hello from one')\n")
+    step(shell, "two --pipeline pv --after one --record-only", "tfjob.output('n', 2)\n")
+    run = pipeline(shell, "run pv")
+    view = PipelineView(run, interval=0.1)
+    run.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while "Succeeded" not in view.header.value and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert 'data-phase="Succeeded"' in view.dag.value and "kfnb-edge" in view.dag.value
+    view.refresh()
+    assert list(view.steps.options) == ["one", "two"]
+    view.steps.value = "one"
+    assert isinstance(view.job_view, JobView) and view.job_view.job.name == f"{run.name}-one"
+    view.close()

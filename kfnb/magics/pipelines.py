@@ -272,8 +272,16 @@ def _duration(started: float | None, finished: float | None) -> str:
 
 
 def _show(run: Any, wait: bool) -> None:
-    """Block until the run ends, printing each step's phase change; raise PipelineFailed."""
+    """Block until the run ends, under its live view (or, with no widgets, printing each
+    step's phase change); raise PipelineFailed."""
     import time
+
+    from kfnb.widgets import _display_run, widgets_available
+
+    if widgets_available():
+        _display_run(run)
+        run.wait()
+        return
 
     seen: dict[str, str] = {}
     while True:

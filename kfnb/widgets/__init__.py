@@ -20,11 +20,16 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    """``kfnb.widgets.PredictionView`` without importing ipywidgets with the package."""
+    """``kfnb.widgets.PredictionView`` (and ``PipelineView``) without importing ipywidgets
+    with the package."""
     if name == "PredictionView":
         from kfnb.widgets.prediction_view import PredictionView
 
         return PredictionView
+    if name == "PipelineView":
+        from kfnb.widgets.pipeline_view import PipelineView
+
+        return PipelineView
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -135,6 +140,17 @@ def _display_job(job: Job) -> None:
         _display_view(job)
 
 
+def _display_run(run: Any) -> None:
+    """How a kernel displays a `PipelineRun`: its live `PipelineView`."""
+    from IPython.display import display
+
+    from kfnb.widgets.pipeline_view import PipelineView
+
+    if id(run) not in _shown_this_cell:
+        _shown_this_cell.add(id(run))
+        display(PipelineView(run))  # type: ignore[no-untyped-call]
+
+
 def _new_cell(*_: Any) -> None:
     _shown_this_cell.clear()
 
@@ -147,11 +163,13 @@ def register_display(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.for_type_by_name("kfnb.job", "Job", _display_job)
     formatter.for_type_by_name("kfnb.sweeps.sweep", "Sweep", _display_sweep)
+    formatter.for_type_by_name("kfnb.pipelines.run", "PipelineRun", _display_run)
     shell.events.register("pre_run_cell", _new_cell)
 
 
 def unregister_display(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.pop("kfnb.sweeps.sweep.Sweep", None)
+    formatter.pop("kfnb.pipelines.run.PipelineRun", None)
     if formatter.pop("kfnb.job.Job", None) is not None:
         shell.events.unregister("pre_run_cell", _new_cell)
