@@ -451,7 +451,7 @@ def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[
     and the pods' options)."""
     from kfnb.serving.cluster import cluster_manifests
 
-    return cluster_manifests(name, source, **options)
+    return cluster_manifests(name, _best_of_sweep(source), **options)
 
 
 def serving_notes(
@@ -461,6 +461,8 @@ def serving_notes(
     release that loads its model and why, and what KServe needs on the S3 Secret."""
     from kfnb.serving.cluster import serving_notes as notes
     from kfnb.serving.cluster import serving_spec
+
+    source = _best_of_sweep(source)
 
     return notes(serving_spec(name, source, gpus=gpus), runtime)
 

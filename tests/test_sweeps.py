@@ -148,6 +148,11 @@ def test_local_sweep_finds_the_best_trial_and_serves_it(kfnb_home: Path) -> None
     from kfnb.api import _best_of_sweep
 
     assert _best_of_sweep(sweep.name) == best.name  # what %serve SWEEP serves
+    from kfnb.api import render_serving
+    from kfnb.serving.local import ServeError
+
+    with pytest.raises(ServeError, match=f"job {best.name} keeps its model on this machine"):
+        render_serving(sweep.name)  # %serve SWEEP --backend kubernetes: the best trial's
     # Its record lists it, and attaching (a new kernel) finds the same sweep.
     assert Sweep.attach(sweep.name).best.name == best.name  # type: ignore[union-attr]
     env = json.loads((kfnb_home / "sweeps" / sweep.name / "env.json").read_text())
