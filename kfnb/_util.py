@@ -8,41 +8,106 @@ minio client), never the rest of kfnb.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import threading
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
+    "PRIVATE_DIR",
+    "PRIVATE_FILE",
+    "PRIVATE_UMASK",
+    "create_exclusive",
     "first_line",
     "newest_version",
     "numbered_versions",
+    "open_private",
     "pid_alive",
+    "private_dir",
     "version_number",
     "write_atomic",
     "write_json",
 ]
 
+# kfnb's files hold pickled notebook values, cells and logs: the user's alone, from the
+# moment they are created (a shared node's other users must not read them, nor write
+# where an admin points the store at a shared directory).
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+# For the processes kfnb starts (supervisors, replicas, servers): what TensorFlow and the
+# user's cell create gets the same modes.
+PRIVATE_UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory, it and the parents it lacks created 0700 (``os.makedirs``
+    gives its mode to the last one only); directories already there keep theirs."""
+    missing, parent = [], path
+    while not parent.is_dir() and parent.parent != parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIR)
+        except FileExistsError:  # made meanwhile by another process
+            if not directory.is_dir():
+                raise
+    return path
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new 0600 file beside ``path``, its name unique (two writers of one file never
+    share a temporary); the leading dot makes the stores' syncers skip it."""
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` whole or not at all: readers in other processes never see half a file.
-
-    The temporary file is named per process and thread, so two writers of one file
-    (the supervisor and a kernel) never write into each other's; it starts with a
-    dot, which the stores' syncers skip.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    """Write ``path`` whole or not at all: readers in other processes never see half a
+    file. A new file is 0600 (the temporary's mode, which the rename keeps)."""
+    fd, tmp = _temporary(path)
     try:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
-        tmp.replace(path)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def create_exclusive(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data`` unless it exists (FileExistsError then): one of
+    many processes creating it at once wins, and readers never see half of it.
+
+    The whole file is written under a temporary name and hard-linked into place, which
+    fails if the name exists. Where hard links are not supported, an exclusive create
+    and a write: still one winner, but a reader may meet the file before it is whole.
+    """
+    fd, tmp = _temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+        exclusive = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        with os.fdopen(exclusive, "wb") as out:
+            out.write(data)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def open_private(path: Path) -> IO[bytes]:
+    """``path`` opened to append (a log), created 0600 if it is new."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    return os.fdopen(os.open(path, flags, PRIVATE_FILE), "ab")
 
 
 def write_json(path: Path, doc: Any) -> None:

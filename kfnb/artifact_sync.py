@@ -14,8 +14,10 @@ which are read from the environment only and never written anywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -398,15 +400,77 @@ class Syncer:
                     self.upload_file(path, relative)
 
 
-def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
-    """Download one object to ``dest`` (atomically: a reader never sees half a file).
+def private_dir(path: Path) -> Path:
+    """kfnb._util.private_dir's copy: ``path`` and the parents it lacks made 0700."""
+    missing, parent = [], path
+    while not parent.is_dir() and parent.parent != parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+    return path
 
-    kfnb._util.write_atomic's copy, for a download (this file runs where kfnb is not).
+
+def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
+    """Download one object to ``dest``: whole or not at all, 0600 when new. See `fetch`."""
+    fetch(client, bucket, key, dest)
+    return dest
+
+
+def fetch(client: Any, bucket: str, key: str, dest: Path) -> tuple[int, str]:
+    """Download one object to ``dest``; the size and ETag of what was downloaded.
+
+    kfnb._util.write_atomic's copy, for a download: a temporary of its own beside
+    ``dest`` (0600, a unique name, so two replicas fetching one object at once never
+    write into one file), renamed over ``dest`` once complete.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
-    client.fget_object(bucket, key, str(tmp))
-    os.replace(tmp, dest)
+    private_dir(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    response = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            response = client.get_object(bucket, key)
+            size = 0
+            for chunk in response.stream(1 << 20):
+                out.write(chunk)
+                size += len(chunk)
+        expected = response.headers.get("Content-Length")
+        if expected is not None and int(expected) != size:
+            raise OSError(f"s3://{bucket}/{key}: got {size} of {expected} bytes")
+        os.replace(tmp, dest)
+        return size, str(response.headers.get("ETag", "")).strip('"')
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def fetch_cached(client: Any, bucket: str, key: str, dest: Path) -> Path:
+    """``dest`` holding the object, downloaded only when the copy there is not the
+    object's current one: the size and ETag recorded at its download (in a file beside
+    it) must be the object's now. A copy changed since, or not downloaded by kfnb, is
+    downloaded again."""
+    record = dest.with_name(f".{dest.name}.kfnb-object")
+    stat = client.stat_object(bucket, key)
+    current = {"size": int(stat.size), "etag": str(stat.etag or "").strip('"')}
+    try:
+        recorded = json.loads(record.read_text())
+        if recorded == current and dest.stat().st_size == current["size"]:
+            return dest
+    except (OSError, ValueError):
+        pass
+    size, etag = fetch(client, bucket, key, dest)
+    fd, tmp = tempfile.mkstemp(prefix=f"{record.name}.", suffix=".tmp", dir=dest.parent)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"size": size, "etag": etag}, out)
+    os.replace(tmp, record)
     return dest
 
 

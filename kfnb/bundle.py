@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kfnb import bundle_source
-from kfnb._util import first_line
+from kfnb._util import first_line, private_dir, write_atomic
 
 BUNDLE_FORMAT = 1
 RUNTIME_NAME = "tfjob"  # the name the runtime gives the cell for its role and paths
@@ -74,8 +74,8 @@ class Bundle:
     def write(self, directory: Path) -> None:
         for path, data in self.files.items():
             target = directory / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            private_dir(target.parent)  # names.pkl holds the notebook's values: 0700/0600
+            write_atomic(target, data)
 
 
 def compile_cell(source: str, filename: str = "<tfjob cell>") -> types.CodeType:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from kfnb._util import write_json
+from kfnb._util import private_dir, write_json
 from kfnb.config import settings
 
 RECORD_VERSION = 1
@@ -60,7 +60,7 @@ class RecordDir(Generic[T]):
         return self.directory / f"{name}.json"
 
     def save(self, name: str, record: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         path = self.path(name)
         write_json(path, record)
         return path

@@ -119,15 +119,14 @@ class TFJobContext:
         """
         if self._model_dir is None:
             if self.is_chief:
-                root = self.artifacts / "model"
-                root.mkdir(parents=True, exist_ok=True)
+                root = _private_dir(self.artifacts / "model")
                 # kfnb._util.version_number's test: ASCII digits only, as TF Serving reads them
                 versions = [int(p.name) for p in root.iterdir() if _is_version(p.name)]
                 if self.sync is not None:  # versions other runs left in the bucket count too
                     versions += self.sync.versions()
                 self._model_dir = root / f".staging-{max(versions, default=0) + 1}"
                 shutil.rmtree(self._model_dir, ignore_errors=True)
-                self._model_dir.mkdir()
+                self._model_dir.mkdir(0o700)
             else:
                 self._model_dir = self._scratch_dir("model")
         return str(self._model_dir)
@@ -142,7 +141,7 @@ class TFJobContext:
                 self._logdir = self.artifacts / "tensorboard" / "evaluator"
             else:
                 self._logdir = self._scratch_dir("tensorboard")
-            self._logdir.mkdir(parents=True, exist_ok=True)
+            _private_dir(self._logdir)
         return str(self._logdir)
 
     def tensorboard(self, **kwargs: Any) -> Any:
@@ -162,9 +161,7 @@ class TFJobContext:
         With an ``s3://`` store it is uploaded as it changes, and downloaded when a
         replica starts.
         """
-        path = self.artifacts / CHECKPOINTS
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
+        return str(_private_dir(self.artifacts / CHECKPOINTS))
 
     def backup_and_restore(self, **kwargs: Any) -> Any:
         """A Keras ``BackupAndRestore`` callback backing up into ``checkpoint_dir``: with
@@ -183,19 +180,25 @@ class TFJobContext:
             self.sync.sync(only=CHECKPOINTS)
 
     def fetch(self, url: str) -> str:
-        """A local path to ``url``: an ``s3://`` object is downloaded once per replica
-        (e.g. a data set uploaded with ``kfnb.storage.upload_dataset``); paths pass."""
+        """A local path to ``url``: an ``s3://`` object (e.g. a data set uploaded with
+        ``kfnb.storage.upload_dataset``) is downloaded into this user's cache, and
+        downloaded again only when the object changed; paths pass.
+
+        The cache is the user's own (``KFNB_DATA_CACHE``, else ``~/.cache/kfnb/data``,
+        0700): in a shared temp directory another user could plant a data set.
+        """
         if not url.startswith("s3://"):
             return url
         sync = _sync_module()
         bucket, key = sync.parse_url(url)
+        if not key or any(part in ("", ".", "..") for part in key.split("/")):
+            raise ReplicaError(f"cannot fetch {url}: name one object, s3://BUCKET/KEY")
         config = sync.S3Config.from_env(os.environ)
-        target = Path(tempfile.gettempdir()) / "kfnb-data" / bucket / key
-        if not target.exists():
-            try:
-                sync.download(sync.make_client(config), bucket, key, target)
-            except sync.storage_errors() as exc:
-                raise ReplicaError(sync.describe_error(exc, config, f"fetching {url}")) from exc
+        target = data_cache(os.environ) / bucket / key
+        try:
+            sync.fetch_cached(sync.make_client(config), bucket, key, target)
+        except sync.storage_errors() as exc:
+            raise ReplicaError(sync.describe_error(exc, config, f"fetching {url}")) from exc
         return str(target)
 
     def finish(self, succeeded: bool) -> str | None:
@@ -439,12 +442,49 @@ def _is_version(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
+def _private_dir(path: Path) -> Path:
+    """kfnb._util.private_dir's copy: ``path`` and the parents it lacks made 0700."""
+    missing, parent = [], path
+    while not parent.is_dir() and parent.parent != parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+    return path
+
+
 def _write_status(path: Path, record: dict[str, Any]) -> None:
     # kfnb._util.write_json's own copy: this file runs where the rest of kfnb is not.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    # A temporary of its own (0600, a unique name): writers never share one.
+    _private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def data_cache(env: Mapping[str, str]) -> Path:
+    """This user's cache of fetched objects, made 0700 if new; ReplicaError if it is
+    not this user's alone (another user could have planted or may read files there)."""
+    given = env.get("KFNB_DATA_CACHE")
+    cache_home = env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    path = _private_dir(Path(given) if given else Path(cache_home) / "kfnb" / "data")
+    found = path.lstat()
+    if found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise ReplicaError(
+            f"the data cache {path} is not this user's alone (owner {found.st_uid}, mode "
+            f"{found.st_mode & 0o777:o}): remove it, or set KFNB_DATA_CACHE to a directory "
+            "of your own"
+        )
+    return path
 
 
 def _sync_module() -> Any:
@@ -525,8 +565,8 @@ class _Tee:
     def __init__(self, path: Path) -> None:
         import threading
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "ab")
+        _private_dir(path.parent)
+        self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = os.dup(1)

@@ -16,6 +16,12 @@ from typing import Any
 
 from kfnb._util import write_json
 
+
+class StatusUnreadable(ValueError):
+    """A status file that is not a job's status (cut short, edited, of another kfnb);
+    the message names the file and why."""
+
+
 PHASES = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed", "Deleted")
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Deleted"})
 
@@ -82,7 +88,29 @@ class JobStatus:
 
     @classmethod
     def read(cls, path: Path) -> JobStatus:
-        return cls.from_json(json.loads(path.read_text()))
+        """The status in ``path``; StatusUnreadable naming it when it holds none
+        (FileNotFoundError when it is missing)."""
+        return cls.parse(path.read_bytes(), str(path))
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> JobStatus:
+        """The status in ``data``, read from ``where``; StatusUnreadable if it is none."""
+        try:
+            return cls.from_json(json.loads(data))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise StatusUnreadable(f"{where} is not a job status ({err})") from err
+
+    @classmethod
+    def unreadable(cls, name: str, backend: str, err: StatusUnreadable, running: bool) -> JobStatus:
+        """What a job whose status file cannot be read shows, instead of a traceback."""
+        then = (
+            "its supervisor still runs and writes it again at its next change"
+            if running
+            else "the job's outcome is unknown: its logs say how far it got"
+        )
+        return cls(
+            name, backend, "Running" if running else "Failed", "StatusUnreadable", f"{err}: {then}"
+        )
 
 
 def log_transition(log: logging.Logger, seen: dict[str, str], status: JobStatus) -> JobStatus:

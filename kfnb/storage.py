@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kfnb._util import write_atomic
+from kfnb._util import create_exclusive, private_dir, write_atomic
 from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url, storage_errors
 
 __all__ = [
@@ -79,6 +79,10 @@ class Store(Protocol):
 
     def write(self, key: str, data: bytes) -> None: ...
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if no object has it: False (nothing written) when one does.
+        How a job name is reserved: of two kernels creating one key, one gets True."""
+
     def list(self, prefix: str = "") -> list[StoredObject]:
         """Every object under ``prefix`` (recursively), in key order."""
 
@@ -103,7 +107,7 @@ class LocalStore:
 
     def check(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
         except OSError as exc:
             raise StoreError(
                 f"cannot create the storage directory {self.root} ({exc.strerror}): "
@@ -126,8 +130,17 @@ class LocalStore:
 
     def write(self, key: str, data: bytes) -> None:
         path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         write_atomic(path, data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self.root / key
+        private_dir(path.parent)
+        try:
+            create_exclusive(path, data)
+        except FileExistsError:
+            return False
+        return True
 
     def list(self, prefix: str = "") -> list[StoredObject]:
         base = self.root / prefix
@@ -254,6 +267,35 @@ class S3Store:
             self.client.put_object(self.bucket, self.key(key), io.BytesIO(data), len(data))
         except storage_errors() as exc:
             raise self._fail(exc, f"writing {self.url}/{key}") from exc
+
+    def create(self, key: str, data: bytes) -> bool:
+        """A conditional put (``If-None-Match: *``), after a check that the key is free.
+
+        S3 (since August 2024), MinIO and moto refuse the put when the object exists
+        (412 PreconditionFailed; S3 says 409 ConditionalRequestConflict while another
+        conditional put of the key is in flight), so one of two writers wins. A server
+        that ignores the header writes anyway, and one that rejects it (501) gets a plain
+        put: there only the check guards, and two writers between the check and the put
+        both win. That window, a round trip, is what remains on stores without
+        conditional writes.
+        """
+        if self.size(key) is not None:
+            return False
+        name = self.key(key)
+        headers = {"If-None-Match": "*", "Content-Type": "application/octet-stream"}
+        try:
+            self._call("put_object (if none)", name, f" ({len(data)} bytes)")
+            # put_object sends headers it does not know as user metadata (x-amz-meta-*):
+            # _put_object is its PutObject call, which sends them as they are.
+            self.client._put_object(self.bucket, name, data, headers=headers)
+        except storage_errors() as exc:
+            code = getattr(exc, "code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            if code != "NotImplemented":
+                raise self._fail(exc, f"writing {self.url}/{key}") from exc
+            self.write(key, data)
+        return True
 
     def list(self, prefix: str = "") -> list[StoredObject]:
         base = self.key(prefix)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfnb._util import pid_alive
+from kfnb._util import PRIVATE_UMASK, open_private, pid_alive, private_dir
 
 log = logging.getLogger("kfnb.tensorboard")
 _MODULE = "tensorboard.main"
@@ -94,11 +94,11 @@ def start_tensorboard(
         return running
     if importlib.util.find_spec("tensorboard") is None:
         raise TensorBoardError("TensorBoard is not installed: pip install tensorboard")
-    logdir.mkdir(parents=True, exist_ok=True)
+    private_dir(logdir)
     if refresh is not None:
         refresh()
     port = free_port()
-    out = open(logdir.parent / "tensorboard-server.log", "ab")
+    out = open_private(logdir.parent / "tensorboard-server.log")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -117,6 +117,7 @@ def start_tensorboard(
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        umask=PRIVATE_UMASK,
     )
     out.close()
     log.debug("started TensorBoard process %d on %s, port %d", process.pid, key, port)

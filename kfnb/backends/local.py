@@ -29,12 +29,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kfnb._util import pid_alive
+from kfnb._util import (
+    PRIVATE_UMASK,
+    create_exclusive,
+    open_private,
+    pid_alive,
+    private_dir,
+    write_atomic,
+)
 from kfnb.backends import BackendError, JobNotFound
 from kfnb.backends.process_groups import kill_recorded_groups
 from kfnb.bundle import Bundle
 from kfnb.config import settings
-from kfnb.status import JobStatus, log_transition
+from kfnb.status import JobStatus, StatusUnreadable, log_transition
 from kfnb.storage import Store, StoreError, open_store
 
 SUPERVISOR_MODULE = "kfnb.backends.supervisor"
@@ -173,24 +180,62 @@ class LocalBackend:
     def submit(self, manifest: dict[str, Any], bundle: Bundle) -> JobStatus:
         name = manifest["metadata"]["name"]
         path = self.job_dir(name)
-        if (path / "manifest.json").exists():
-            raise BackendError(
-                f"a job named {name!r} already exists: pick another --name, or "
-                f"`%kfnb delete {name} --purge` first"
-            )
+        self._reserve(name, path, json.dumps(manifest, indent=1).encode())
         self._replica_names.pop(name, None)  # purged elsewhere, now a new job
-        (path / "logs").mkdir(parents=True, exist_ok=True)
-        bundle.write(path / "code")
-        (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
         status = JobStatus(name, self.name, "Created", message=f"TFJob {name} is created.")
-        status.write(path / "status.json")
-        if self.remote is not None:
-            try:  # before the supervisor starts: the bucket has the job before it runs
-                self.remote.upload_dir(path / "code", f"{name}/code")
-                for file in ("manifest.json", "status.json"):
-                    self.remote.write(f"{name}/{file}", (path / file).read_bytes())
-            except StoreError as err:
+        try:
+            private_dir(path / "logs")
+            bundle.write(path / "code")
+            status.write(path / "status.json")
+            if self.remote is not None:  # before the supervisor starts: the bucket has
+                self.remote.upload_dir(path / "code", f"{name}/code")  # the job before it runs
+                self.remote.write(f"{name}/status.json", (path / "status.json").read_bytes())
+            process = self._start_supervisor(path)
+        except BaseException as err:
+            self._release(name, path)  # the name is free again, nothing of the job is left
+            if isinstance(err, StoreError):
                 raise BackendError(str(err)) from err
+            raise
+        _children[name] = process
+        write_atomic(path / "supervisor.pid", str(process.pid))
+        log.debug("submitted %s: supervisor process %d runs %s", name, process.pid, path)
+        return self._seen(status)
+
+    def _reserve(self, name: str, path: Path, manifest: bytes) -> None:
+        """Take the job's name before anything of the job is written: its manifest, created
+        only where none is (here, then in the bucket of an s3:// store, which other
+        machines share). Of kernels submitting one name at once, one gets on; the others
+        get the one-line error and have written nothing."""
+        taken = BackendError(
+            f"a job named {name!r} already exists in {self.storage}: pick another --name, "
+            f"or `%kfnb delete {name} --purge` first"
+        )
+        private_dir(path)
+        try:
+            create_exclusive(path / "manifest.json", manifest)
+        except FileExistsError:
+            raise taken from None
+        if self.remote is None:
+            return
+        try:
+            reserved = self.remote.create(f"{name}/manifest.json", manifest)
+        except StoreError as err:
+            self._release(name, path, remote=False)
+            raise BackendError(str(err)) from err
+        if not reserved:
+            self._release(name, path, remote=False)
+            raise taken
+
+    def _release(self, name: str, path: Path, remote: bool = True) -> None:
+        """Undo a submit that holds the name: its files here, and in the bucket."""
+        shutil.rmtree(path, ignore_errors=True)
+        if remote and self.remote is not None:
+            try:
+                self.remote.delete_prefix(name)
+            except StoreError as err:
+                log.debug("submit of %s failed; its objects stay in the store: %s", name, err)
+
+    def _start_supervisor(self, path: Path) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "KFNB_PYTHON": self.python,
@@ -198,32 +243,35 @@ class LocalBackend:
             "KFNB_LOG_LEVEL": settings().log_level,  # the supervisor logs to supervisor.log
             # The packages init container's target, shared by later jobs with the same pins.
             "KFNB_PACKAGES_CACHE": str(Path(settings().home).expanduser() / "packages"),
+            # Where replicas keep what tfjob.fetch downloads: this user's, as kfnb's home.
+            "KFNB_DATA_CACHE": str(Path(settings().home).expanduser() / "data-cache"),
         }
-        with open(path / "supervisor.log", "ab") as out:
-            process = subprocess.Popen(
+        with open_private(path / "supervisor.log") as out:
+            return subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE, str(path)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the kernel, and Ctrl-C in it
+                umask=PRIVATE_UMASK,  # what the job's processes create is the user's alone
             )
-        _children[name] = process
-        (path / "supervisor.pid").write_text(str(process.pid))
-        log.debug("submitted %s: supervisor process %d runs %s", name, process.pid, path)
-        return self._seen(status)
 
     def status(self, name: str) -> JobStatus:
         path = self._existing(name)
         if not (path / "manifest.json").exists():  # supervised elsewhere, or scratch removed
+            where = f"{self.storage}/{name}/status.json"
             data = self._remote_read(f"{name}/status.json")
             if data is None:
                 raise JobNotFound(f"job {name!r} has no status.json in {self.storage}")
-            return self._seen(JobStatus.from_json(json.loads(data)))
-        status = JobStatus.read(path / "status.json")
+            try:
+                return self._seen(JobStatus.parse(data, where))
+            except StatusUnreadable as err:
+                return self._seen(JobStatus.unreadable(name, self.name, err, running=False))
+        status = self._read_status(name, path)
         if not status.finished and not self._supervised(path):
             # Read again: the supervisor may have written its last status and exited since.
-            status = JobStatus.read(path / "status.json")
+            status = self._read_status(name, path)
             if not status.finished:
                 status = self._lost(path, status)
         return self._seen(status)
@@ -261,6 +309,17 @@ class LocalBackend:
                 self.remote.write(f"{status.name}/status.json", (path / "status.json").read_bytes())
             except StoreError as err:
                 log.debug("job %s: the store keeps its last status: %s", status.name, err)
+
+    def _read_status(self, name: str, path: Path) -> JobStatus:
+        """The job's status.json: Created while its submit is still writing the job, and
+        an unreadable one said so, naming the file (the file is kept as it is)."""
+        try:
+            return JobStatus.read(path / "status.json")
+        except FileNotFoundError:
+            return JobStatus(name, self.name, "Created", message=f"TFJob {name} is created.")
+        except StatusUnreadable as err:
+            log.debug("job %s: %s", name, err)
+            return JobStatus.unreadable(name, self.name, err, running=self._supervised(path))
 
     def _seen(self, status: JobStatus) -> JobStatus:
         return log_transition(log, self._phases, status)

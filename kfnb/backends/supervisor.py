@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from kfnb._util import open_private, private_dir
 from kfnb.backends.process_groups import group_of, record_group
 from kfnb.spec import CODE_DIR, CONTAINER_NAME, PACKAGES_CONTAINER, PACKAGES_DIR
 from kfnb.status import JobStatus, ReplicaStatus
@@ -248,11 +249,10 @@ class Supervisor:
         return process
 
     def start(self, replica: Replica) -> None:
-        log_dir = self.job_dir / "logs"
-        log_dir.mkdir(exist_ok=True)
+        log_dir = private_dir(self.job_dir / "logs")
         out = self._logs.get(replica.name)
         if out is None:
-            out = self._logs[replica.name] = open(log_dir / f"{replica.name}.log", "ab")
+            out = self._logs[replica.name] = open_private(log_dir / f"{replica.name}.log")
         if replica.restarts:
             out.write(f"--- kfnb: restart {replica.restarts} of {replica.name} ---\n".encode())
             out.flush()
@@ -419,7 +419,7 @@ class Supervisor:
         command, env = _localized(init, self.job_dir, self.python)
         self.publish(message=f"TFJob {self.name} is installing packages ({PACKAGES_CONTAINER}).")
         log_path = self.job_dir / "logs" / f"{PACKAGES_CONTAINER}.log"
-        with open(log_path, "ab") as out:
+        with open_private(log_path) as out:
             process = self._spawn(PACKAGES_CONTAINER, command, {**os.environ, **env}, out)
             while reap(process) is None:
                 if self.stop_requested:

@@ -21,7 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kfnb._util import newest_version, numbered_versions
+from kfnb._util import (
+    PRIVATE_UMASK,
+    newest_version,
+    numbered_versions,
+    open_private,
+    private_dir,
+    write_atomic,
+)
 from kfnb.config import settings
 from kfnb.records import RecordDir
 from kfnb.serving import ERROR_PREFIX, READY_PATTERN
@@ -77,9 +84,9 @@ class LocalServing:
             grpc_port=_grpc_port(host, grpc_port),
         )
         argv = (*config.to_argv(self.python), *extra_args)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         log_file = self.root / f"{name}.log"
-        log_file.write_text("")
+        write_atomic(log_file, "")  # a new log, 0600
         proc = _spawn(argv, log_file)
         url, grpc, version = _wait_ready(proc, log_file, timeout)
         # Recorded with the ports it took, so a restart comes back at the same URLs.
@@ -166,7 +173,7 @@ def _spawn(argv: tuple[str, ...], log_file: Path) -> subprocess.Popen[bytes]:
     """
     env = {**os.environ}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines bury the log
-    with open(log_file, "a") as out:
+    with open_private(log_file) as out:
         process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -174,6 +181,7 @@ def _spawn(argv: tuple[str, ...], log_file: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
+            umask=PRIVATE_UMASK,
         )
     log.debug("started model server process %d: %s", process.pid, " ".join(argv))
     return process
@@ -264,7 +272,7 @@ def model_base_path(source: str, name: str, home: Path) -> Path:
             "path of a SavedModel directory, or an s3:// URL"
         )
     if _is_saved_model(path):
-        versions.mkdir(parents=True, exist_ok=True)
+        private_dir(versions)
         link = versions / "1"
         if link.is_symlink() or link.exists():
             link.unlink()
