@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kfnb._util import create_exclusive, private_dir, write_atomic
+from kfnb._util import create_exclusive, open_private, private_dir, write_atomic
 from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url, storage_errors
 
 __all__ = [
@@ -530,8 +530,7 @@ class StoreMirror:
             data = self.store.read(obj.key, offset=have)
             if not data:
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
+            with open_private(private_dir(path.parent) / path.name) as f:
                 f.write(data)
             fetched += len(data)
         return fetched

@@ -250,6 +250,17 @@ def test_server_records_and_logs_are_private(kfnb_home: Path, open_umask: None) 
     assert loose_modes(kfnb_home) == []
 
 
+def test_a_pipelines_records_runs_and_logs_are_private(
+    kfnb_home: Path, open_umask: None, shell: Any
+) -> None:
+    shell.run_cell("token = 'notebook-value'")
+    shell.run_cell_magic("step", "only --pipeline private-p --record-only", "print(token)\n")
+    run = shell.run_line_magic("kfnb", "pipeline run private-p --wait")
+    assert run.status().phase == "Succeeded"
+    assert list(kfnb_home.rglob("*.names.pkl")) and list(kfnb_home.rglob("runner.log"))
+    assert loose_modes(kfnb_home) == []
+
+
 # -- atomic writes and unreadable status ---------------------------------------------
 
 

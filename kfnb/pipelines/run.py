@@ -19,7 +19,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kfnb._util import pid_alive, write_json
+from kfnb._util import (
+    PRIVATE_DIR,
+    PRIVATE_UMASK,
+    open_private,
+    pid_alive,
+    private_dir,
+    write_atomic,
+    write_json,
+)
 from kfnb.pipelines.run_status import RunStatus, StepState
 from kfnb.pipelines.steps import (
     PipelineError,
@@ -214,14 +222,20 @@ def start_run(
     values = parse_overrides(overrides, steps)
     if parallelism is not None and parallelism < 1:
         raise PipelineError(f"--parallelism {parallelism}: use 1 or more")
-    while (runs_dir() / (name := generate_name(pipeline))).exists():
-        pass
-    run_dir = runs_dir() / name
     if backend == "kubernetes":
+        while (runs_dir() / (name := generate_name(pipeline))).exists():
+            pass
         return _start_on_cluster(pipeline, name, overrides, parallelism, service_account)
-    run_dir.mkdir(parents=True)
+    private_dir(runs_dir())
+    while True:  # the run's directory is its name, taken by creating it
+        run_dir = runs_dir() / (name := generate_name(pipeline))
+        try:
+            run_dir.mkdir(PRIVATE_DIR)
+            break
+        except FileExistsError:
+            continue
     for step in steps:
-        shutil.copyfile(names_path(pipeline, step), run_dir / f"{step}.names.pkl")
+        write_atomic(run_dir / f"{step}.names.pkl", names_path(pipeline, step).read_bytes())
     dep_lists = {n: list(d) for n, d in deps.items()}
     spec: dict[str, Any] = {
         "name": name,
@@ -243,7 +257,7 @@ def start_run(
     env.update({var: str(getattr(config, key)) for key, var in _SETTINGS_ENV.items()
                 if getattr(config, key)})  # fmt: skip
     env["KFNB_INSTALL_PACKAGES"] = "1" if config.install_packages else "0"
-    with open(run_dir / "runner.log", "ab") as out:
+    with open_private(run_dir / "runner.log") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", RUNNER_MODULE, str(run_dir)],
             env=env,
@@ -251,9 +265,10 @@ def start_run(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the kernel, and Ctrl-C in it
+            umask=PRIVATE_UMASK,
         )
     _children.append(process)
-    (run_dir / "runner.pid").write_text(str(process.pid))
+    write_atomic(run_dir / "runner.pid", str(process.pid))
     return PipelineRun(name)
 
 
@@ -276,7 +291,7 @@ def _start_on_cluster(
     created = submit_workflow(workflow, name, service_account)
     namespace = created["metadata"]["namespace"]
     run_dir = runs_dir() / name
-    run_dir.mkdir(parents=True)
+    private_dir(run_dir)
     write_json(run_dir / "cluster.json", {"namespace": namespace, "workflow": name})
     values = {
         p["name"]: p["value"] for p in workflow["spec"].get("arguments", {}).get("parameters", [])

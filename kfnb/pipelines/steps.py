@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kfnb._util import write_atomic
 from kfnb.pipelines.when import WhenError, parse_when
 from kfnb.records import RecordDir, record_fields, record_json, records_dir
 
@@ -158,7 +159,7 @@ def record_step(step: Step, names: Mapping[str, Any]) -> Step:
     step = replace(step, reads=tuple(sorted(names)), params=params)
     store = _steps(step.pipeline)
     store.save(step.name, step.to_json())
-    names_path(step.pipeline, step.name).write_bytes(cloudpickle.dumps(pickled))
+    write_atomic(names_path(step.pipeline, step.name), cloudpickle.dumps(pickled))
     return step
 
 
