@@ -323,3 +323,18 @@ def test_pipeline_view_draws_the_dag_and_opens_a_steps_job_view(
     view.steps.value = "one"
     assert isinstance(view.job_view, JobView) and view.job_view.job.name == f"{run.name}-one"
     view.close()
+
+
+def test_a_step_renamed_between_runs(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step(shell, "first --pipeline p6 --record-only", "tfjob.output('x', 1)\n")
+    step(shell, "second --pipeline p6 --after first --record-only", "print(2)\n")
+    capsys.readouterr()
+    step(shell, "one --pipeline p6 --record-only", "tfjob.output('x', 1)\n")  # renamed
+    said = capsys.readouterr().out
+    assert "It was step first (the same cell)" in said and "--after one" in said
+    message = usage_error(pipeline, shell, "run p6")
+    assert "step second runs after 'first', which is not a step" in message
+    step(shell, "second --pipeline p6 --after one --record-only", "print(2)\n")
+    assert pipeline(shell, "run p6 --wait").status().phase == "Succeeded"

@@ -109,7 +109,11 @@ def inputs_now(step: Any) -> list[tuple[str, str]]:
 def said_recorded(step: Any) -> str:
     after = f" after {', '.join(step.after)}" if step.after else ""
     when = f" when {step.when}" if step.when else ""
-    return f"Step {step.name} recorded in pipeline {step.pipeline}{after}{when}."
+    said = f"Step {step.name} recorded in pipeline {step.pipeline}{after}{when}."
+    if step.renamed_from:
+        said += (f" It was step {step.renamed_from} (the same cell): steps that ran after "
+                 f"{step.renamed_from} need --after {step.name} now.")  # fmt: skip
+    return said
 
 
 class PipelineCommands:

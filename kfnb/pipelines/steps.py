@@ -46,6 +46,7 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)  # those that are plain JSON values
     outputs: tuple[str, ...] = ()  # the names the cell passes to tfjob.output
     last_job: str = ""  # the job of the cell's latest run now, for tfjob.inputs
+    renamed_from: str = ""  # the name this cell was recorded under before
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -158,6 +159,10 @@ def record_step(step: Step, names: Mapping[str, Any]) -> Step:
     }
     step = replace(step, reads=tuple(sorted(names)), params=params)
     store = _steps(step.pipeline)
+    for other in store.all():  # the same cell under a new name: a rename, not a new step
+        if other.name != step.name and (other.kind, other.source) == (step.kind, step.source):
+            delete_step(step.pipeline, other.name)
+            step = replace(step, renamed_from=other.name)
     store.save(step.name, step.to_json())
     write_atomic(names_path(step.pipeline, step.name), cloudpickle.dumps(pickled))
     return step
