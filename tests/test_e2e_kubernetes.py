@@ -61,3 +61,24 @@ def test_mnist_notebook_on_a_real_cluster(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "(kubernetes): Succeeded" in run.stdout
     assert "Your model says the above number is..." in run.stdout
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KFNB_E2E_ARGO"), reason="KFNB_E2E_ARGO=1 (Argo Workflows installed) unset"
+)
+def test_pipeline_as_an_argo_workflow_on_a_real_cluster(cluster: None, shell: Any) -> None:
+    """Two trivial steps: a one-worker TFJob, then a %%step whose output gates a third."""
+    shell.run_cell_magic("tfjob", "--step train --pipeline e2e --record-only", "print('train')\n")
+    shell.run_cell_magic(
+        "step", "evaluate --pipeline e2e --after train --record-only", "tfjob.output('ok', 1)\n"
+    )
+    shell.run_cell_magic(
+        "step", "publish --pipeline e2e --when 'evaluate.ok == 1' --record-only", "print(1)\n"
+    )
+    run = shell.run_line_magic("kfnb", "pipeline run e2e --backend kubernetes")
+    try:
+        status = run.wait(timeout=1200)
+        assert status.steps["evaluate"].outputs == {"ok": 1}
+        assert status.steps["publish"].phase == "Succeeded"
+    finally:
+        run.delete()
