@@ -338,3 +338,18 @@ def test_a_step_renamed_between_runs(
     assert "step second runs after 'first', which is not a step" in message
     step(shell, "second --pipeline p6 --after one --record-only", "print(2)\n")
     assert pipeline(shell, "run p6 --wait").status().phase == "Succeeded"
+
+
+def test_a_serve_step_records_what_serve_takes(shell: InteractiveShell) -> None:
+    import inspect
+
+    from kfnb.api import serve
+    from kfnb.pipelines.steps import load_steps
+
+    step(shell, "train --pipeline p7 --record-only", "print(1)\n")
+    shell.run_line_magic("serve", "train --name m7 --port 0 --step publish --pipeline p7 "
+                                  "--record-only")  # fmt: skip
+    publish = load_steps("p7")["publish"]
+    assert publish.kind == "serve" and publish.dependencies(load_steps("p7")) == ("train",)
+    assert publish.options["name"] == "m7"
+    inspect.signature(serve).bind(publish.source, **publish.options)  # what the runner calls

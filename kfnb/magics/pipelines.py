@@ -62,8 +62,11 @@ def record_cell(args: Any, kind: str, source: str, options: Mapping[str, Any], s
 
     if args.retry < 0:
         raise UsageError(f"--retry {args.retry}: use 0 or more")
-    saved = {k: v for k, v in options.items() if k not in ("names", "hidden", "name")}
-    saved["env"] = [list(pair) for pair in saved.get("env", ())]
+    # A job's --name is the run's to choose; a served model's name is the step's.
+    dropped = ("names", "hidden") + (("name",) if kind != "serve" else ())
+    saved = {k: v for k, v in options.items() if k not in dropped}
+    if "env" in saved:  # %%tfjob and %%step pass env; %serve does not
+        saved["env"] = [list(pair) for pair in saved["env"]]
     if "cwd" in saved:
         saved["cwd"] = str(saved["cwd"])
     saved = json.loads(json.dumps(saved, default=list))
