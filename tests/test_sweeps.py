@@ -97,6 +97,26 @@ def test_optuna_grid_and_median_stop() -> None:
     assert median.should_stop(number)
 
 
+def test_an_algorithm_whose_library_is_missing_is_one_line() -> None:
+    import importlib.util
+
+    from kfnb.sweeps.optimizer import Optimizer
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed: Optuna's GP sampler can run")
+    with pytest.raises(SweepError, match="--algorithm needs torch here"):
+        Optimizer(spec("x=uniform(0, 1)", algorithm="bayesianoptimization"))
+
+
+def test_trials_at_once_are_limited_by_the_cores() -> None:
+    from kfnb.sweeps.runner import machine_parallel
+
+    cores = os.cpu_count() or 1
+    assert machine_parallel(1, 4) == 1  # one trial always runs
+    assert machine_parallel(64, 1) == min(64, cores)
+    assert machine_parallel(64, 2) == max(1, cores // 2)  # replicas of a trial share cores
+
+
 # -- the runtime --------------------------------------------------------------------
 
 

@@ -58,6 +58,7 @@ class SweepStatus:
     started: float | None = None
     finished: float | None = None
     first_failure: str = ""
+    parallel: int | None = None  # trials at once the runner allows here (cores permitting)
 
     @property
     def done(self) -> bool:
@@ -127,6 +128,7 @@ class Sweep:
             state.get("started"),
             state.get("finished"),
             state.get("first_failure", ""),
+            state.get("parallel"),
         )
         if not status.done and not self._runner_alive():
             state = read_state(self.name) or state  # it may have written its end since

@@ -3,6 +3,7 @@ runs (and under the live view, what a saved notebook keeps)."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -27,8 +28,13 @@ def print_sweep_progress(sweep: Sweep, poll: float = 0.5) -> SweepStatus:
     said: set[str] = set()
     print(f"Sweep {sweep.name}: {sweep.spec.objective.describe()}, {sweep.spec.algorithm}, "
           f"{sweep.spec.trials} trials, {sweep.spec.parallel} at a time", flush=True)  # fmt: skip
+    limited = False
     while True:
         status = sweep.status()
+        if not limited and status.parallel is not None and status.parallel < sweep.spec.parallel:
+            limited = True
+            print(f"  {status.parallel} at a time here: this machine's {os.cpu_count()} cores "
+                  "hold no more; the others queue", flush=True)  # fmt: skip
         for trial in status.trials:
             if trial.finished is not None and trial.name not in said:
                 said.add(trial.name)
