@@ -175,10 +175,12 @@ def test_local_sweep_finds_the_best_trial_and_serves_it(kfnb_home: Path) -> None
         render_serving(sweep.name)  # %serve SWEEP --backend kubernetes: the best trial's
     # Its record lists it, and attaching (a new kernel) finds the same sweep.
     assert Sweep.attach(sweep.name).best.name == best.name  # type: ignore[union-attr]
-    env = json.loads((kfnb_home / "sweeps" / sweep.name / "env.json").read_text())
-    assert (
-        env == [] and (kfnb_home / "sweeps" / sweep.name / "env.json").stat().st_mode & 0o077 == 0
-    )
+    directory = kfnb_home / "sweeps" / sweep.name
+    assert json.loads((directory / "env.json").read_text()) == []
+    for path in (directory, directory / "env.json", directory / "runner.log",
+                 directory / "state.json", directory / "bundle" / "names.pkl",
+                 kfnb_home / "sweeps" / f"{sweep.name}.json"):  # fmt: skip
+        assert path.stat().st_mode & 0o077 == 0, path  # the user's alone
 
 
 def test_goal_stops_the_sweep(kfnb_home: Path) -> None:

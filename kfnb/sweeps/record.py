@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfnb._util import write_json
+from kfnb._util import private_dir, write_json
 from kfnb.config import settings
 from kfnb.records import RecordDir, record_fields, record_json
 
@@ -99,7 +99,7 @@ def list_sweeps() -> list[SweepRecord]:
 
 
 def write_state(name: str, state: dict[str, Any]) -> None:
-    sweep_dir(name).mkdir(parents=True, exist_ok=True)
+    private_dir(sweep_dir(name))
     write_json(sweep_dir(name) / "state.json", state)
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfnb._util import pid_alive
+from kfnb._util import PRIVATE_UMASK, open_private, pid_alive, private_dir, write_atomic
 from kfnb.job import Job
 from kfnb.sweeps.record import (
     SweepRecord,
@@ -333,22 +333,23 @@ def start_sweep(source: str, sweep: SweepSpec, *, name: str | None = None, **opt
     from kfnb.sweeps.optimizer import Optimizer
 
     Optimizer(sweep)  # Optuna is there and takes the spaces: say so now, not in the runner
-    directory = sweep_dir(name)
+    directory = private_dir(sweep_dir(name))
     prepared.bundle.write(directory / "bundle")
     env_file = os.open(directory / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(env_file, "w") as out:  # --env values: readable by this user only
         json.dump(_pairs(options.get("env", ())), out)
     save_sweep(record)
-    with open(directory / "runner.log", "ab") as out:
+    with open_private(directory / "runner.log") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", RUNNER_MODULE, str(directory)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the kernel, and Ctrl-C in it
+            umask=PRIVATE_UMASK,  # what it and its trials create is the user's alone
         )
     _runners[process.pid] = process
-    (directory / "runner.pid").write_text(str(process.pid))
+    write_atomic(directory / "runner.pid", str(process.pid))
     return Sweep(record)
 
 
