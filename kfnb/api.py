@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -394,6 +394,8 @@ def serve(
     gpus: int = 0,
     canary: str | None = None,
     percent: int | None = None,
+    variants: Mapping[str, str] | Iterable[str] = (),
+    split: str | Sequence[int] | None = None,
     runtime: str = "kserve",
     image_pull_secrets: Iterable[str] = (),
     node_selector: Mapping[str, str] | Iterable[str] = (),
@@ -410,6 +412,9 @@ def serve(
     Serving (``runtime``) serves it in the cluster, ``canary`` taking ``percent``, its
     pods with the pods' options of `submit` (pull secrets, node selector, tolerations,
     labels, annotations, priority class, GPU type) over the ``Kfnb`` settings.
+    ``variants`` (``{"rf": "job2"}`` or ``["rf=job2"]``) with ``split`` (``"90,10"``:
+    percent per variant, ``source`` first) serve an A/B test as KServe's InferenceGraph
+    (``backend="kubernetes"`` only, for now).
     """
     pod = _given_pod(locals())
     from kfnb.serving.local import LocalServing, model_base_path
@@ -419,10 +424,20 @@ def serve(
     if backend == "kubernetes":
         served, _ = serve_on_cluster(
             source, name=name, runtime=runtime, replicas=replicas, gpus=gpus,
-            canary=canary, percent=percent, **pod,
+            canary=canary, percent=percent, variants=variants, split=split, **pod,
         )  # fmt: skip
         return served
     _check_local_serving(backend, replicas, gpus, canary, percent, pod)
+    if variants or split is not None:
+        from kfnb.spec import SpecError
+
+        raise SpecError(
+            "{variants} and {split} are not available with the local server yet (a local "
+            "router is to come): serve the variants with {backend} kubernetes",
+            "variants",
+            "split",
+            "backend",
+        )
     base = model_base_path(source, name, serving.root.parent)
     return serving.start(name, base, source, port, grpc_port, host=host)
 
@@ -437,7 +452,7 @@ def stop_serving(name: str) -> ServedModel:
     serving = LocalServing()
     served = serving.get(name)
     if isinstance(served, ClusterServer):
-        left = ClusterServing(served.namespace).delete(name, served.runtime)
+        left = ClusterServing(served.namespace).delete(name, served.runtime, served.variants)
         serving.forget(name)  # what kfnb served is gone, even where another object has the name
         if left:
             raise ServeError(f"stopped {name}, and left {'; '.join(left)}")
@@ -447,8 +462,8 @@ def stop_serving(name: str) -> ServedModel:
 
 def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[dict[str, Any]]:
     """The Kubernetes manifests `serve` would apply with ``backend="kubernetes"`` and the
-    same cluster arguments (``runtime``, ``replicas``, ``gpus``, ``canary``, ``percent``
-    and the pods' options)."""
+    same cluster arguments (``runtime``, ``replicas``, ``gpus``, ``canary``, ``percent``,
+    ``variants``, ``split`` and the pods' options)."""
     from kfnb.serving.cluster import cluster_manifests
 
     return cluster_manifests(name, _best_of_sweep(source), **options)
@@ -476,6 +491,8 @@ def serve_on_cluster(
     gpus: int = 0,
     canary: str | None = None,
     percent: int | None = None,
+    variants: Mapping[str, str] | Iterable[str] = (),
+    split: str | Sequence[int] | None = None,
     image_pull_secrets: Iterable[str] = (),
     node_selector: Mapping[str, str] | Iterable[str] = (),
     tolerations: Iterable[str] = (),
@@ -484,9 +501,14 @@ def serve_on_cluster(
     priority_class: str | None = None,
     gpu_type: str | None = None,
 ) -> tuple[ServedModel, Rollout]:
-    """`serve` on Kubernetes, with the rollout KServe reports (its traffic split)."""
+    """`serve` on Kubernetes, with the rollout KServe reports (its traffic split; with
+    variants, the InferenceGraph's weights by InferenceService)."""
     pod = _given_pod(locals())
     source = _best_of_sweep(source)
+    if variants or split is not None:
+        return _serve_variants_on_cluster(
+            source, name, runtime, replicas, gpus, canary, variants, split, pod
+        )
     from kfnb.serving.cluster import serving_spec, storage_uri
     from kfnb.serving.kubernetes import ClusterServing
     from kfnb.serving.local import LocalServing
@@ -519,6 +541,42 @@ def _best_of_sweep(source: str) -> str:
     if best is None:
         raise SweepError(f"sweep {source} has no succeeded trial with an objective yet: wait")
     return best.job.name
+
+
+def _serve_variants_on_cluster(
+    source: str,
+    name: str,
+    runtime: str,
+    replicas: int,
+    gpus: int,
+    canary: str | None,
+    variants: Mapping[str, str] | Iterable[str],
+    split: str | Sequence[int] | None,
+    pod: Mapping[str, Any],
+) -> tuple[ServedModel, Rollout]:
+    """An InferenceService per variant and the InferenceGraph ``name`` splitting between them."""
+    from kfnb.serving.cluster import MAIN, parse_variants, serving_spec, storage_uri
+    from kfnb.serving.kubernetes import ClusterServing
+    from kfnb.serving.local import LocalServing
+    from kfnb.serving.served import ClusterServer
+
+    variants = parse_variants(variants)  # once: a generator is read only once
+    manifests = render_serving(
+        source, name=name, runtime=runtime, replicas=replicas, gpus=gpus, canary=canary,
+        variants=variants, split=split, **pod,
+    )  # fmt: skip
+    cluster = ClusterServing()
+    for variant, variant_source in {MAIN: source, **variants}.items():
+        spec = serving_spec(f"{name}-{variant}", variant_source, replicas, gpus,
+                            cluster.namespace, **pod)  # fmt: skip
+        cluster.check_s3(spec, runtime)
+    cluster.apply(manifests)
+    rollout = cluster.wait_graph(name)
+    served = ClusterServer.from_rollout(
+        rollout, source, storage_uri(source), variants=(MAIN, *variants)
+    )
+    LocalServing().save(served)  # the record, so `%serve list` and `stop` find it
+    return served, rollout
 
 
 def _given_pod(arguments: Mapping[str, Any]) -> dict[str, Any]:

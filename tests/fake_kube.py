@@ -21,8 +21,10 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   are its trial template with the trial's parameters substituted, each Trial ending with
   the given observation or failed;
 - a fake KServe controller: an InferenceService (created or replaced) becomes Ready
-  with a URL and the traffic split its ``canaryTrafficPercent`` asks for; a
-  Deployment becomes available;
+  with a URL and the traffic split its ``canaryTrafficPercent`` asks for; an
+  InferenceGraph becomes Ready with a URL once every InferenceService its steps name
+  is Ready (a fake of KServe's webhook refuses a Splitter whose weights do not sum to
+  100); a Deployment becomes available;
 - faults on demand: denied verbs, no TFJob CRD, no KServe, dropped streams, garbage answers;
 - watches as the API server's watch cache serves them: BOOKMARK events when asked for
   (``allowWatchBookmarks``), and an ERROR event with a 410 Expired Status when a watch
@@ -65,6 +67,7 @@ WORKFLOWS = ("apis/argoproj.io/v1alpha1", "workflows")
 DEPLOYMENTS = ("apis/apps/v1", "deployments")
 EXPERIMENTS = ("apis/kubeflow.org/v1beta1", "experiments")
 TRIALS = ("apis/kubeflow.org/v1beta1", "trials")
+GRAPHS = ("apis/serving.kserve.io/v1alpha1", "inferencegraphs")
 KINDS = {
     "tfjobs": "TFJob",
     "configmaps": "ConfigMap",
@@ -76,6 +79,7 @@ KINDS = {
     "deployments": "Deployment",
     "secrets": "Secret",
     "inferenceservices": "InferenceService",
+    "inferencegraphs": "InferenceGraph",
     "serviceaccounts": "ServiceAccount",
     "persistentvolumeclaims": "PersistentVolumeClaim",
     "workflows": "Workflow",
@@ -563,6 +567,7 @@ class FakeKube:
         targets = {
             TFJOBS: self._operate,
             ISVCS: self._serve,
+            GRAPHS: self._route_graph,
             DEPLOYMENTS: self._roll_out,
             WORKFLOWS: self._orchestrate,
             EXPERIMENTS: self._katib,
@@ -794,6 +799,38 @@ class FakeKube:
             }
 
         self.update(*ISVCS, namespace, name, failed if failure else ready)
+
+    def _route_graph(self, namespace: str, graph: dict[str, Any]) -> None:
+        """The fake KServe controller for an InferenceGraph: its router is Ready (with a URL)
+        once every InferenceService its root's steps name is Ready; until then Ready is
+        False, as KServe reports a graph whose services are not ready."""
+        name = graph["metadata"]["name"]
+        steps = graph["spec"]["nodes"]["root"].get("steps", [])
+        deadline = time.monotonic() + 30
+        while True:
+            time.sleep(self.step)
+            services = [self.get(*ISVCS, namespace, s.get("serviceName", "")) for s in steps]
+            ready = all(
+                any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (isvc or {}).get("status", {}).get("conditions", []))
+                for isvc in services
+            )  # fmt: skip
+            if ready or time.monotonic() > deadline:
+                break
+
+        def observed(obj: dict[str, Any]) -> None:
+            condition = {"type": "Ready", "status": "True"}
+            if not ready:
+                condition = {"type": "Ready", "status": "False", "reason": "ServiceNotReady",
+                             "message": "fake KServe: an InferenceService of a step is not "
+                             "ready"}  # fmt: skip
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "url": f"http://{name}.{namespace}.example.com",
+                "conditions": [condition],
+            }
+
+        self.update(*GRAPHS, namespace, name, observed)
 
     def _load_failure(self, namespace: str, predictor: dict[str, Any]) -> str:
         """Why the fake storage initializer cannot fetch the model ("" when it can)."""
@@ -1648,6 +1685,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = f'{full} "{name}" is forbidden: {refused}'
             self._status(403, "Forbidden", message, {"name": name, "kind": plural})
             return
+        if not self._admitted(prefix, plural, full, name, body):
+            return
         if kube.kueue and (prefix, plural) == TFJOBS:  # Kueue's mutating webhook
             body.setdefault("spec", {}).setdefault("runPolicy", {})["suspend"] = True
         with kube.cond:
@@ -1659,11 +1698,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(201, obj)
         kube._react(prefix, plural, ns, obj)
 
+    def _admitted(
+        self, prefix: str, plural: str, full: str, name: str, body: dict[str, Any]
+    ) -> bool:
+        """A fake of KServe's validating webhook for InferenceGraphs: a Splitter node's
+        step weights must sum to 100 (the real webhook's wording is not copied)."""
+        if (prefix, plural) != GRAPHS:
+            return True
+        for node, spec in (body.get("spec", {}).get("nodes") or {}).items():
+            weights = [int(step.get("weight", 0)) for step in spec.get("steps", [])]
+            if spec.get("routerType") == "Splitter" and sum(weights) != 100:
+                message = (f'admission webhook denied the request: fake KServe: {full} '
+                           f'"{name}" node {node}: the Splitter weights sum to {sum(weights)}, '
+                           "not 100")  # fmt: skip
+                self._status(400, "BadRequest", message, {"name": name, "kind": plural})
+                return False
+        return True
+
     def _replace(
         self, prefix: str, plural: str, full: str, ns: str, name: str, body: dict[str, Any]
     ) -> None:
         """PUT: optimistic concurrency on resourceVersion, as the API server checks it."""
         kube = self.kube
+        if not self._admitted(prefix, plural, full, name, body):
+            return
         with kube.cond:
             current = kube.get(prefix, plural, ns, name)
             if current is None:

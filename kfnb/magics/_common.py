@@ -18,6 +18,7 @@ _SINGULAR_FLAGS = {
     "tolerations": "--toleration",
     "labels": "--label",
     "annotations": "--annotation",
+    "variants": "--variant",
 }
 
 

@@ -33,6 +33,9 @@ class ServingMagics(Magics):  # type: ignore[misc]
     @argument("--gpus", type=int, default=0, help="GPUs per server replica (Kubernetes)")
     @argument("--canary", metavar="JOB", help="serve JOB's model to --percent of requests")
     @argument("--percent", type=int, help="share of requests for the --canary, 1-99")
+    @argument("--variant", metavar="NAME=JOB", action="append", default=[],
+              help="another model to serve under --name (an A/B test), with --split")  # fmt: skip
+    @argument("--split", metavar="P,P,...", help="percent of requests per variant, source first")
     @argument("--runtime", default="kserve", help="on Kubernetes: kserve or tfserving")
     @with_pod_flags  # on Kubernetes: pull secrets, scheduling, labels, as %%tfjob's
     @argument("--dry-run", action="store_true", help="print the Kubernetes manifests only")
@@ -125,6 +128,8 @@ class ServingMagics(Magics):  # type: ignore[misc]
             gpus=args.gpus,
             canary=args.canary,
             percent=args.percent,
+            variants=args.variant,
+            split=args.split,
             **pod_options(args),
         )
         grpc = f"; gRPC {served.grpc}" if served.grpc else ""
@@ -144,6 +149,8 @@ class ServingMagics(Magics):  # type: ignore[misc]
             "gpus": args.gpus,
             "canary": args.canary,
             "percent": args.percent,
+            "variants": args.variant,
+            "split": args.split,
             **pod_options(args),
         }
 
@@ -152,7 +159,12 @@ class ServingMagics(Magics):  # type: ignore[misc]
         from kfnb.spec import to_yaml
 
         manifests = render_serving(args.source, **self._cluster_options(args))
-        notes = serving_notes(args.source, name=args.name, runtime=args.runtime, gpus=args.gpus)
+        sources = [args.source, *(v.partition("=")[2] for v in args.variant)]
+        notes = [
+            note
+            for source in dict.fromkeys(sources)
+            for note in serving_notes(source, name=args.name, runtime=args.runtime, gpus=args.gpus)
+        ]
         print("".join(f"# {note}\n" for note in notes), end="")  # YAML comments
         print("---\n".join(to_yaml(m) for m in manifests), end="")
 
@@ -161,7 +173,8 @@ class ServingMagics(Magics):  # type: ignore[misc]
 
         served, rollout = serve_on_cluster(args.source, **self._cluster_options(args))
         source = args.canary or args.source
-        print(serving_notes(source, name=args.name, runtime=args.runtime, gpus=args.gpus)[0])
+        if not args.variant:
+            print(serving_notes(source, name=args.name, runtime=args.runtime, gpus=args.gpus)[0])
         split = ", ".join(f"{rev} {pct}%" for rev, pct in rollout.traffic.items())
         print(
             f"Serving {args.name} with {args.runtime} in namespace {rollout.namespace}: "

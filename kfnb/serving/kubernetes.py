@@ -26,6 +26,7 @@ _RESOURCES = {
     "Service": ("api/v1", "services"),
     "Deployment": ("apis/apps/v1", "deployments"),
     "InferenceService": ("apis/serving.kserve.io/v1beta1", "inferenceservices"),
+    "InferenceGraph": ("apis/serving.kserve.io/v1alpha1", "inferencegraphs"),
 }
 KSERVE_INSTALL = "https://kserve.github.io/website/docs/admin-guide/serverless"
 
@@ -53,15 +54,38 @@ class ClusterServing:
         """Create each object, or replace it where it exists (a canary updates the service).
 
         An InferenceService given twice (a canary rollout) is waited for in between:
-        KServe splits traffic between the last ready revision and the new one.
+        KServe splits traffic between the last ready revision and the new one. An
+        InferenceGraph's InferenceServices are waited for before it is written.
         """
-        isvcs = [i for i, obj in enumerate(objects) if obj["kind"] == "InferenceService"]
         for obj in objects:  # all checked before any is written
             self._existing(obj["kind"], obj["metadata"]["name"])
+            if obj["kind"] == "InferenceGraph":
+                self._not_an_inference_service(obj["metadata"]["name"])
         for index, obj in enumerate(objects):
+            if obj["kind"] == "InferenceGraph":
+                for step in obj["spec"]["nodes"]["root"]["steps"]:
+                    self.wait(step["serviceName"], "kserve")
             self._apply(obj)
-            if index in isvcs[:-1]:
+            later = objects[index + 1 :]
+            if obj["kind"] == "InferenceService" and obj["metadata"]["name"] in {
+                o["metadata"]["name"] for o in later if o["kind"] == "InferenceService"
+            }:
                 self.wait(obj["metadata"]["name"], "kserve")
+
+    def _not_an_inference_service(self, name: str) -> None:
+        """An InferenceService and an InferenceGraph of one name would claim one host name
+        (``NAME.NAMESPACE.<domain>``): the graph is refused while the service is there."""
+        try:
+            self.api.request("GET", f"{self._path('InferenceService')}/{name}")
+        except ApiError as err:
+            if err.status == 404 or err.reason == "NoCRD":
+                return
+            raise ServeError(str(err)) from err
+        raise ServeError(
+            f"InferenceService {name} is served in namespace {self.namespace}: variants serve "
+            f"{name} as an InferenceGraph of the same host name; `%serve stop {name}` first, "
+            "or give the variants another --name"
+        )
 
     def check_s3(self, spec: ServingSpec, runtime: str) -> None:
         """For KServe: the S3 Secret must say where the store is (`check_secret`)."""
@@ -114,6 +138,11 @@ class ClusterServing:
                     self.api.request("PUT", f"{path}/{name}", body=obj)
                 except ApiError as again:
                     raise ServeError(str(again)) from again
+            elif err.reason == "NoCRD" and obj["kind"] == "InferenceGraph":
+                raise ServeError(
+                    "this cluster has no InferenceGraph resource (KServe 0.11 or later has it): "
+                    f"upgrade KServe ({KSERVE_INSTALL}), or serve one model without --variant"
+                ) from err
             elif err.reason == "NoCRD" and obj["kind"] == "InferenceService":
                 raise ServeError(
                     "this cluster has no InferenceService resource: install KServe "
@@ -139,6 +168,34 @@ class ClusterServing:
                 )
             time.sleep(poll)
 
+    def wait_graph(self, name: str, timeout: float = 600.0, poll: float = 1.0) -> Rollout:
+        """Until the InferenceGraph is Ready (KServe's router serves it), or ServeError.
+        Its traffic is the Splitter's weights, by InferenceService."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                graph = self.api.request("GET", f"{self._path('InferenceGraph')}/{name}")
+            except ApiError as err:
+                raise ServeError(str(err)) from err
+            status = graph.get("status", {})
+            conditions = {c.get("type"): c for c in status.get("conditions", [])}
+            ready = conditions.get("Ready", {})
+            if _observed(graph) and ready.get("status") == "True":
+                steps = graph["spec"]["nodes"]["root"].get("steps", [])
+                traffic = {s["serviceName"]: int(s.get("weight", 0)) for s in steps}
+                return Rollout(name, self.namespace, "kserve", _predict_url(status), traffic)
+            if _observed(graph) and ready.get("status") == "False":
+                raise ServeError(
+                    f"KServe could not serve InferenceGraph {name}: {ready.get('reason')}: "
+                    f"{ready.get('message')}"
+                )
+            if time.monotonic() > deadline:
+                raise ServeError(
+                    f"{name} was not ready within {timeout:.0f} s: see `kubectl -n "
+                    f"{self.namespace} describe inferencegraph {name}`"
+                )
+            time.sleep(poll)
+
     def _existing(self, kind: str, name: str) -> dict[str, Any] | None:
         """The object of that kind and name, None if there is none; ServeError if kfnb did
         not create it, which kfnb then neither replaces nor deletes."""
@@ -155,13 +212,20 @@ class ClusterServing:
             )
         return current
 
-    def delete(self, name: str, runtime: str) -> list[str]:
-        """Delete what kfnb created for ``name``. Objects of its names that kfnb did not
-        create are left alone: returned, one reason each."""
+    def delete(self, name: str, runtime: str, variants: tuple[str, ...] = ()) -> list[str]:
+        """Delete what kfnb created for ``name`` (with ``variants``, the InferenceGraph
+        ``name`` and its InferenceServices ``name-VARIANT``). Objects of its names that
+        kfnb did not create are left alone: returned, one reason each."""
         kinds = ["Deployment", "Service"] if runtime == "tfserving" else ["InferenceService"]
+        targets = [(kind, _object(name, runtime)) for kind in kinds]
+        targets.append(("ServiceAccount", f"{name}-kfnb-s3"))
+        if variants:
+            targets = [("InferenceGraph", name)]
+            for variant in variants:
+                targets += [("InferenceService", f"{name}-{variant}"),
+                            ("ServiceAccount", f"{name}-{variant}-kfnb-s3")]  # fmt: skip
         left = []
-        for kind in [*kinds, "ServiceAccount"]:
-            obj_name = _object(name, runtime) if kind != "ServiceAccount" else f"{name}-kfnb-s3"
+        for kind, obj_name in targets:
             try:
                 current = self.api.request("GET", f"{self._path(kind)}/{obj_name}")
                 if not managed_by_kfnb(current):

@@ -2,8 +2,11 @@
 
 ``ServingSpec`` says what to serve (a model in the artifact store, by URL) and
 how; ``inference_service`` renders KServe's serving.kserve.io/v1beta1 object
-(``modelFormat: tensorflow``, ``runtimeVersion``, ``storageUri``, a ServiceAccount
-that lists the S3 Secret, ``canaryTrafficPercent``), and ``tf_serving`` a Deployment
+(``modelFormat: tensorflow`` with ``runtimeVersion``, or ``modelFormat: sklearn`` for a
+``model.joblib``; ``storageUri``, a ServiceAccount that lists the S3 Secret,
+``canaryTrafficPercent``), ``inference_graph`` KServe's serving.kserve.io/v1alpha1
+``InferenceGraph`` whose ``Splitter`` root shares requests between InferenceServices
+by weight, and ``tf_serving`` a Deployment
 and Service running TF Serving, whose model an init container copies from S3 first
 (TF Serving no longer reads ``s3://``). Both run the TF Serving release
 `kfnb.serving.compat.serving_release` picks for the job's TensorFlow. Keys never
@@ -20,6 +23,7 @@ from kfnb.serving.compat import ServingRelease, serving_release
 
 __all__ = [
     "ServingSpec",
+    "inference_graph",
     "inference_service",
     "secret_annotations",
     "service_account",
@@ -45,6 +49,10 @@ class ServingSpec:
     s3_region: str = "us-east-1"
     canary_percent: int | None = None  # the new storage_uri gets this share; KServe only
     source: str = ""  # the job (or path) it came from, kept as an annotation
+    # `kfnb.serving.model_kind`: "tensorflow" (storage_uri holds numbered versions) or
+    # "sklearn" (storage_uri is the version directory holding model.joblib).
+    kind: str = "tensorflow"
+    kind_note: str = ""  # why the kind was assumed, when the store could not be read
     cpu: str = "1"
     memory: str = "2Gi"
     release: ServingRelease = serving_release(None)  # the TF Serving that loads the model
@@ -108,16 +116,17 @@ def service_account(spec: ServingSpec) -> dict[str, Any]:
 
 
 def inference_service(spec: ServingSpec) -> dict[str, Any]:
-    """KServe's InferenceService for the TensorFlow runtime (TF Serving inside KServe)."""
-    model: dict[str, Any] = {
-        "modelFormat": {"name": "tensorflow"},
+    """KServe's InferenceService: the TensorFlow runtime (TF Serving inside KServe) for a
+    SavedModel, KServe's sklearn runtime (its ``kserve-sklearnserver``) for a joblib file."""
+    model: dict[str, Any] = {"modelFormat": {"name": spec.kind}}
+    if spec.kind == "tensorflow":
         # Always set: without it the kserve-tensorflow-serving runtime runs its default
         # tensorflow/serving:2.6.2, which cannot load recent SavedModels. The runtime
         # takes it as the image tag, "-gpu" suffix for the GPU build.
-        "runtimeVersion": spec.release.runtime_version(spec.gpus),
-        "storageUri": spec.storage_uri,
-        "resources": spec._resources(),
-    }
+        model["runtimeVersion"] = spec.release.runtime_version(spec.gpus)
+    # sklearn: the runtime's default image, whose scikit-learn unpickles the file
+    # (`kfnb.serving.cluster.serving_notes` names the kernel's version to compare).
+    model.update(storageUri=spec.storage_uri, resources=spec._resources())
     predictor: dict[str, Any] = {
         "minReplicas": spec.replicas,
         "maxReplicas": spec.replicas,
@@ -136,6 +145,24 @@ def inference_service(spec: ServingSpec) -> dict[str, Any]:
     }
 
 
+def inference_graph(
+    name: str, namespace: str, weights: dict[str, int], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """KServe's InferenceGraph ``name``: a ``Splitter`` root that sends each request to one of
+    the InferenceServices ``weights`` names, with that share (percent, summing to 100)."""
+    steps = [{"serviceName": service, "weight": weight} for service, weight in weights.items()]
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**(labels or {}), **MANAGED_BY, "kfnb.io/model": name},
+        },
+        "spec": {"nodes": {"root": {"routerType": "Splitter", "steps": steps}}},
+    }
+
+
 def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
     """A TF Serving Deployment (REST 8501, gRPC 8500) and its Service.
 
@@ -149,6 +176,9 @@ def tf_serving(spec: ServingSpec) -> list[dict[str, Any]]:
     """
     if spec.canary_percent is not None:
         raise ValueError("a canary needs KServe (--runtime kserve): TF Serving splits no traffic")
+    if spec.kind != "tensorflow":
+        raise ValueError(f"{spec.storage_uri} is a {spec.kind} model: serve it with KServe "
+                         "(--runtime kserve), TF Serving loads only SavedModels")  # fmt: skip
     labels = {**MANAGED_BY, "kfnb.io/model": spec.name, "app": f"{spec.name}-tf-serving"}
     bucket_path = spec.storage_uri.removeprefix("s3://")
     scheme = "https" if spec.s3_use_https else "http"

@@ -88,10 +88,19 @@ class ClusterServer(ServedModel):
 
     namespace: str
     runtime: str  # "kserve" or "tfserving"
+    # With variants (an A/B test): their names; ``name`` is then KServe's InferenceGraph,
+    # which takes requests at its root and sends each to one variant's InferenceService.
+    variants: tuple[str, ...] = ()
     backend: ClassVar[str] = "kubernetes"
 
+    @property
+    def predict_url(self) -> str:
+        return self.url if self.variants else super().predict_url
+
     @classmethod
-    def from_rollout(cls, rollout: Rollout, source: str, storage_uri: str) -> ClusterServer:
+    def from_rollout(
+        cls, rollout: Rollout, source: str, storage_uri: str, variants: tuple[str, ...] = ()
+    ) -> ClusterServer:
         """The record of what `ClusterServing.wait` found ready.
 
         ``source`` is what it serves (the canary's, after a canary rollout) and
@@ -104,6 +113,7 @@ class ClusterServer(ServedModel):
             model_base_path=storage_uri,
             namespace=rollout.namespace,
             runtime=rollout.runtime,
+            variants=variants,
         )
 
     def __str__(self) -> str:
@@ -122,6 +132,8 @@ def served_from_json(data: dict[str, Any]) -> ServedModel:
     known = record_fields(kind, data, old_key="version_")
     if kind is LocalServer:
         known["argv"] = tuple(known.get("argv", ()))
+    if kind is ClusterServer:
+        known["variants"] = tuple(known.get("variants", ()))
     if known.get("started") is None:
         known.pop("started", None)
     return kind(**known)
