@@ -140,6 +140,12 @@ def test_a_sweep_on_the_fake_cluster(fake_kube: Any, capsys: Any) -> None:
     assert env["KFNB_STORE"] == f"{STORE}/{best.name}"
     assert best.job.backend.name == "kubernetes"  # a Job handle like any other
     assert "Sweep sw (kubernetes): Succeeded" in sweep.summary()
+    from kfnb.sweeps.record import load_sweep
+
+    assert sweep.delete(purge=True).phase == "Succeeded"
+    assert fake_kube.get("apis/kubeflow.org/v1beta1", "experiments", "alice", "sw") is None
+    assert fake_kube.get(*TFJOBS, "alice", best.name) is None  # its trials' jobs purged
+    assert load_sweep("sw") is None
 
 
 def test_failed_trials_past_max_failed_fail_the_sweep(fake_kube: Any) -> None:

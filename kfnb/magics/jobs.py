@@ -519,6 +519,8 @@ class JobMagics(Magics):  # type: ignore[misc]
             kept = (
                 ""
                 if args.purge
+                else "; Katib deletes its Trials with it"
+                if sweep.record.backend == "kubernetes"
                 else f"; its trials' jobs are kept (`%kfnb sweep status {args.name}`)"
             )
             print(f"Sweep {args.name} is {status.phase}{kept}.")

@@ -184,12 +184,18 @@ class Sweep:
         """Stop the sweep and its running trials; ``purge`` also removes its trials' jobs
         and records."""
         if self.record.backend == "kubernetes":
+            from dataclasses import replace
+
             from kfnb.sweeps.katib import delete_experiment
 
-            delete_experiment(self.record)
+            status = self.status()  # its trials, read while the Experiment is there
+            delete_experiment(self.record)  # Katib's garbage collection takes its trials
+            if not status.done:
+                status = replace(status, phase="Failed", reason="ExperimentDeleted",
+                                 message="the Experiment was deleted")  # fmt: skip
         else:
             self._stop_runner(timeout)
-        status = self.status()
+            status = self.status()
         for trial in status.trials:  # a lost runner's trials: stop them too
             if trial.state in ("Created", "Running") and self.record.backend == "local":
                 try:
