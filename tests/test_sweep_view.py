@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,29 @@ def test_objective_from_tensorboard_events_then_compare_and_plot(kfnb_home: Path
     assert one.rows() == comparison.rows()
     figure = sweep.best.plot()  # job.plot()
     assert figure.axes[0].get_title() == "epoch_accuracy" and len(figure.axes[0].lines) == 1
+
+
+def test_show_sweep_with_widgets_displays_the_view_and_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import IPython.display
+
+    import kfnb.widgets as views
+    from kfnb.widgets.sweep_view import SweepView
+
+    shown: list[Any] = []
+
+    class Handle:
+        def update(self, obj: Any) -> None:
+            shown.append(obj)
+
+    def display(obj: Any, **kwargs: Any) -> Handle:
+        shown.append(obj)
+        return Handle()
+
+    monkeypatch.setattr(views, "widgets_available", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    sweep = recorded_sweep()
+    views.show_sweep(sweep, wait=True)
+    assert len(shown) == 2 and all(isinstance(v, SweepView) for v in shown)
+    assert shown[-1].status is not None and shown[-1].status.phase == "Succeeded"
