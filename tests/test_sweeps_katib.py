@@ -98,6 +98,8 @@ def test_reported_metrics_use_the_stdout_collector_and_events_need_s3() -> None:
     assert schema_errors(reported) == []
     with pytest.raises(SweepError, match="needs an s3:// --storage"):
         render_experiment(CELL, sweep_spec(), name="sw", storage="/data/jobs")
+    with pytest.raises(SweepError, match="hyperband on Katib needs a resource parameter"):
+        render_experiment(CELL, sweep_spec(algorithm="hyperband"), name="sw", storage=STORE)
 
 
 def test_dry_run_prints_the_experiment_without_a_cluster(shell: Any, capsys: Any) -> None:

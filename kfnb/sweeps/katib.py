@@ -124,6 +124,12 @@ def experiment_manifest(
     name: str, spec: SweepSpec, source: str, prepared: Submission
 ) -> dict[str, Any]:
     """The Experiment for ``spec`` over the TFJob ``prepared`` renders (named ``name``)."""
+    if spec.algorithm == "hyperband":
+        raise SweepError(
+            "--algorithm hyperband on Katib needs a resource parameter (its algorithmSettings: "
+            "resource_name, eta, r_l) that kfnb does not set: run it locally, or pick tpe",
+            "algorithm",
+        )
     backend: Any = prepared.backend
     cluster = getattr(backend, "cluster", None)
     tfjob = prepared.manifest
