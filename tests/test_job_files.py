@@ -261,6 +261,17 @@ def test_a_pipelines_records_runs_and_logs_are_private(
     assert loose_modes(kfnb_home) == []
 
 
+def test_a_sweeps_records_trials_and_logs_are_private(kfnb_home: Path, open_umask: None) -> None:
+    pytest.importorskip("optuna")
+    from kfnb.sweeps import SweepSpec, start_sweep
+
+    space = SweepSpec.build(["x=grid(1, 2)"], "maximize score", algorithm="grid", parallel=1)
+    sweep = start_sweep("tfjob.report(score=tfjob.params['x'])\n", space, backend="local")
+    sweep.wait(timeout=120)
+    assert list(kfnb_home.rglob("runner.log")) and list(kfnb_home.rglob("state.json"))
+    assert loose_modes(kfnb_home) == []
+
+
 # -- atomic writes and unreadable status ---------------------------------------------
 
 

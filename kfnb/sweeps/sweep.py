@@ -13,7 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfnb._util import PRIVATE_UMASK, open_private, pid_alive, private_dir, write_atomic
+from kfnb._util import (
+    PRIVATE_DIR,
+    PRIVATE_UMASK,
+    open_private,
+    pid_alive,
+    private_dir,
+    write_atomic,
+)
 from kfnb.job import Job
 from kfnb.sweeps.record import (
     SweepRecord,
@@ -339,7 +346,16 @@ def start_sweep(source: str, sweep: SweepSpec, *, name: str | None = None, **opt
     from kfnb.sweeps.optimizer import Optimizer
 
     Optimizer(sweep)  # Optuna is there and takes the spaces: say so now, not in the runner
-    directory = private_dir(sweep_dir(name))
+    directory = sweep_dir(name)
+    private_dir(directory.parent)
+    try:  # the name is taken by creating the sweep's directory: one of two kernels gets it
+        directory.mkdir(PRIVATE_DIR)
+    except FileExistsError:
+        raise SweepError(
+            f"a sweep named {name!r} exists already: pick another --name, or "
+            f"`%kfnb sweep delete {name} --purge` first",
+            "name",
+        ) from None
     prepared.bundle.write(directory / "bundle")
     env_file = os.open(directory / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(env_file, "w") as out:  # --env values: readable by this user only
