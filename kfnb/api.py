@@ -464,8 +464,11 @@ def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[
     """The Kubernetes manifests `serve` would apply with ``backend="kubernetes"`` and the
     same cluster arguments (``runtime``, ``replicas``, ``gpus``, ``canary``, ``percent``,
     ``variants``, ``split`` and the pods' options)."""
-    from kfnb.serving.cluster import cluster_manifests
+    from kfnb.serving.cluster import cluster_manifests, parse_variants
 
+    if options.get("variants"):  # each a job, a URL or a sweep (its best trial's job)
+        variants = parse_variants(options["variants"])
+        options["variants"] = {k: _best_of_sweep(v) for k, v in variants.items()}
     return cluster_manifests(name, _best_of_sweep(source), **options)
 
 
@@ -560,7 +563,8 @@ def _serve_variants_on_cluster(
     from kfnb.serving.local import LocalServing
     from kfnb.serving.served import ClusterServer
 
-    variants = parse_variants(variants)  # once: a generator is read only once
+    # Once (a generator is read once); a sweep stands for its best trial's job.
+    variants = {k: _best_of_sweep(v) for k, v in parse_variants(variants).items()}
     manifests = render_serving(
         source, name=name, runtime=runtime, replicas=replicas, gpus=gpus, canary=canary,
         variants=variants, split=split, **pod,

@@ -187,10 +187,13 @@ class Job:
         return self.backend.job_dir(self.name)
 
     def latest_model(self) -> Path | None:
-        """The newest published model version (``model/<n>``), as TF Serving would pick it.
+        """The newest published model version (``model/<n>``), as TF Serving would pick it
+        (a SavedModel, or a scikit-learn ``model.joblib``: `kfnb.serving.model_kind`).
 
         From a remote store it is downloaded once into this kernel's cache.
         """
+        from kfnb.serving.model_kind import MODEL_FILES
+
         store = self._store()
         if store.local_root is None:
             prefix = f"{self.name}/model"
@@ -199,7 +202,8 @@ class Job:
             if newest is None:
                 return None
             local = self._cache() / "model" / newest
-            if not (local / "saved_model.pb").exists():
+            # A SavedModel's saved_model.pb is uploaded last; model.joblib is one file.
+            if not any((local / name).exists() for name in MODEL_FILES):
                 store.download_dir(f"{prefix}/{newest}", local)
             return local
         root = self.artifacts

@@ -131,6 +131,26 @@ def test_a_joblib_model_renders_kserves_sklearn_predictor(
         shell.run_line_magic("serve", f"s3://{bucket}/jobs/rf/model --dry-run --runtime tfserving")
 
 
+def test_a_jobs_forest_is_fetched_once_and_served_by_the_jobs_name(
+    shell: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kfnb.job import Job
+    from kfnb.records import JobRecord, save_record
+
+    record = JobRecord("rf", "local", f"s3://{bucket}/jobs")
+    save_record(record)
+    job = Job.from_record(record)
+    version = job.latest_model()
+    assert version is not None and version.name == "3" and model_kind(version) == "sklearn"
+    open_store(f"s3://{bucket}").write("jobs/rf/model/3/model.joblib", b"changed")
+    assert job.latest_model() == version  # kept in the kernel's cache, not fetched again
+    assert (version / "model.joblib").read_bytes() == b"stand-in"
+
+    shell.run_line_magic("serve", "rf --dry-run")
+    (isvc,) = documents(capsys.readouterr().out)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == f"s3://{bucket}/jobs/rf/model/3"
+
+
 def test_a_store_kfnb_cannot_read_is_taken_for_tensorflow_and_said(
     shell: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,7 +173,8 @@ def test_variants_render_an_inference_service_each_and_a_splitter_graph(
     shell: Any, bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     flags = AB.format(rf=f"s3://{bucket}/jobs/rf/model")
-    shell.run_line_magic("serve", f"s3://{bucket}/jobs/tf/model {flags} --dry-run")
+    pods = "--node-selector pool=cpu --toleration dedicated=ml:NoSchedule --label team=vision"
+    shell.run_line_magic("serve", f"s3://{bucket}/jobs/tf/model {flags} {pods} --dry-run")
     out = capsys.readouterr().out
     assert "# TF Serving " in out and "# scikit-learn model " in out
     main, rf, graph = documents(out)
@@ -165,6 +186,14 @@ def test_variants_render_an_inference_service_each_and_a_splitter_graph(
     assert rf["spec"]["predictor"]["model"]["modelFormat"] == {"name": "sklearn"}
     assert graph["apiVersion"] == "serving.kserve.io/v1alpha1"
     assert graph["metadata"]["name"] == "mnist"
+    # The pods' options: on each predictor, and what of them the graph's router takes.
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    for isvc in (main, rf):
+        assert isvc["spec"]["predictor"]["nodeSelector"] == {"pool": "cpu"}
+        assert isvc["spec"]["predictor"]["tolerations"] == [toleration]
+    assert graph["metadata"]["labels"]["team"] == "vision"
+    assert graph["spec"].pop("nodeSelector") == {"pool": "cpu"}
+    assert graph["spec"].pop("tolerations") == [toleration]
     assert graph["spec"] == {
         "nodes": {
             "root": {

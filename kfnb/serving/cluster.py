@@ -321,8 +321,8 @@ def variant_manifests(
         if spec.s3_secret:
             accounts.append(service_account(spec))
         services.append(inference_service(spec))
-    namespace = services[0]["metadata"]["namespace"]
     graph = inference_graph(
-        name, namespace, {f"{name}-{variant}": weight for variant, weight in weights.items()}
-    )
+        name, spec.namespace,
+        {f"{name}-{variant}": weight for variant, weight in weights.items()}, spec.pod,
+    )  # fmt: skip
     return [*accounts, *services, graph]

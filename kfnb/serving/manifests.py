@@ -146,20 +146,31 @@ def inference_service(spec: ServingSpec) -> dict[str, Any]:
 
 
 def inference_graph(
-    name: str, namespace: str, weights: dict[str, int], labels: dict[str, str] | None = None
+    name: str, namespace: str, weights: dict[str, int], pod: PodOptions | None = None
 ) -> dict[str, Any]:
     """KServe's InferenceGraph ``name``: a ``Splitter`` root that sends each request to one of
-    the InferenceServices ``weights`` names, with that share (percent, summing to 100)."""
+    the InferenceServices ``weights`` names, with that share (percent, summing to 100).
+
+    Its router pod takes the node selector, tolerations and labels of ``pod`` (the fields an
+    InferenceGraph has; its security context and image are KServe's to set)."""
+    from kfnb.pod_options import parse_toleration
+
+    pod = pod or PodOptions()
     steps = [{"serviceName": service, "weight": weight} for service, weight in weights.items()]
+    spec: dict[str, Any] = {"nodes": {"root": {"routerType": "Splitter", "steps": steps}}}
+    if pod.node_selector:
+        spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        spec["tolerations"] = [parse_toleration(t) for t in pod.tolerations]
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
         "kind": "InferenceGraph",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**(labels or {}), **MANAGED_BY, "kfnb.io/model": name},
+            "labels": {**dict(pod.labels), **MANAGED_BY, "kfnb.io/model": name},
         },
-        "spec": {"nodes": {"root": {"routerType": "Splitter", "steps": steps}}},
+        "spec": spec,
     }
 
 
