@@ -60,7 +60,9 @@ class TFJobContext:
         self._report_steps: dict[str, int] = {}
         self.outputs: dict[str, Any] = {}
         inputs = json.loads(os.environ.get("KFNB_INPUTS") or "{}")
-        self.inputs: dict[str, StepInput] = {k: StepInput(k, v) for k, v in inputs.items()}
+        self.inputs: dict[str, StepInput] = {
+            k: StepInput(k, v, self.fetch) for k, v in inputs.items()
+        }
 
     def output(self, name: str, value: Any) -> None:
         """Record a small JSON value as this step's output ``name`` (a pipeline's
@@ -84,7 +86,7 @@ class TFJobContext:
         where = os.environ.get("KFNB_OUTPUTS_DIR")  # Argo reads output parameters from files
         if where and self.is_chief:
             Path(where).mkdir(parents=True, exist_ok=True)
-            (Path(where) / name).write_text(value if isinstance(value, str) else text)
+            (Path(where) / name).write_text(text)  # JSON: "cat" is a string to govaluate
 
     @property
     def replica(self) -> str:
@@ -259,11 +261,24 @@ class StepInput:
     """What an earlier pipeline step left: ``outputs`` (its ``tfjob.output`` values) and
     ``model_dir`` (its newest model in the store, "" when it saved none)."""
 
-    def __init__(self, step: str, data: dict[str, Any]) -> None:
+    def __init__(self, step: str, data: dict[str, Any], fetch: Any = None) -> None:
         self.step = step
-        self.outputs: dict[str, Any] = dict(data.get("outputs") or {})
+        self._outputs: dict[str, Any] | None = data.get("outputs")
+        # In an Argo Workflow a TFJob step's outputs are in its deciding replica's status
+        # in the store (an s3:// URL or a path on the claim), read when first asked for.
+        self._status: str = data.get("status") or ""
+        self._fetch = fetch
         self.model_dir: str = data.get("model_dir") or ""
         self.job: str = data.get("job") or ""
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        if self._outputs is None:
+            self._outputs = {}
+            if self._status:
+                path = self._fetch(self._status) if self._fetch else self._status
+                self._outputs = dict(json.loads(Path(path).read_text()).get("outputs") or {})
+        return self._outputs
 
     def __repr__(self) -> str:
         return f"<step {self.step}: outputs={self.outputs} model_dir={self.model_dir!r}>"

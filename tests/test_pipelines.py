@@ -177,6 +177,7 @@ def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
         "serve", "train --name mnist --step publish --pipeline mnist "
         "--when 'evaluate.accuracy >= 0.97' --record-only",
     )  # fmt: skip
+    step(shell, "report --pipeline mnist --after evaluate --record-only", "print(1)\n")
     out = tmp_path / "mnist.yaml"
     pipeline(shell, f"export mnist -o {out} --storage s3://bucket/jobs -p epochs=20 "
              "--service-account pipeline-runner")  # fmt: skip
@@ -200,6 +201,19 @@ def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
     evaluate = templates["evaluate"]
     assert evaluate["retryStrategy"] == {"limit": "2"}
     assert evaluate["outputs"]["parameters"][0]["valueFrom"]["path"].endswith("/accuracy")
+
+    def inputs(template: dict[str, Any]) -> dict[str, Any]:
+        """KFNB_INPUTS as the runtime gets it once Argo has substituted the names."""
+        env = {e["name"]: e.get("value") for e in template["container"]["env"]}
+        text = env["KFNB_INPUTS"].replace("{{workflow.name}}", "wf-1")
+        return json.loads(text.replace("{{tasks.evaluate.outputs.parameters.accuracy}}", "0.98"))
+
+    assert inputs(evaluate)["train"] == {
+        "job": "wf-1-train", "outputs": None,
+        "model_dir": "s3://bucket/jobs/wf-1-train/model",
+        "status": "s3://bucket/jobs/wf-1-train/status/worker-0.json",
+    }  # fmt: skip
+    assert inputs(templates["report"])["evaluate"]["outputs"] == {"accuracy": 0.98}
     code = yaml.safe_load(templates["code"]["resource"]["manifest"])
     assert code["kind"] == "ConfigMap" and code["metadata"]["name"] == "{{workflow.name}}-code"
     isvc = yaml.safe_load(templates["publish"]["resource"]["manifest"])
@@ -353,3 +367,15 @@ def test_a_serve_step_records_what_serve_takes(shell: InteractiveShell) -> None:
     assert publish.kind == "serve" and publish.dependencies(load_steps("p7")) == ("train",)
     assert publish.options["name"] == "m7"
     inspect.signature(serve).bind(publish.source, **publish.options)  # what the runner calls
+
+
+def test_the_runtime_reads_a_tfjob_steps_outputs_from_its_status(tmp_path: Any) -> None:
+    from kfnb.runtime import StepInput
+
+    status = tmp_path / "worker-0.json"
+    status.write_text(json.dumps({"exit_code": 0, "outputs": {"loss": 0.25}}))
+    fetched = []
+    given = StepInput("train", {"job": "wf-train", "outputs": None, "status": "s3://b/k"},
+                      lambda url: fetched.append(url) or str(status))  # fmt: skip
+    assert given.outputs == {"loss": 0.25} and fetched == ["s3://b/k"]
+    assert StepInput("a", {"outputs": {"x": 1}}).outputs == {"x": 1}

@@ -84,20 +84,42 @@ def _tfjob_conditions(manifest: dict[str, Any]) -> tuple[str, str]:
 
 
 def _inputs_env(step: Step, deps: Iterable[str], steps: Mapping[str, Step], store: str) -> str:
-    """``KFNB_INPUTS`` for a step on Argo: its dependencies' jobs, outputs and model base."""
-    found = {}
+    """``KFNB_INPUTS`` for a step on Argo: its dependencies' jobs, model bases and outputs:
+    a %%step's as Argo output parameters (JSON text, substituted in place), a TFJob's read
+    by the runtime from its deciding replica's status in the store."""
+    found: dict[str, Any] = {}
+    raw = {}
     for dep in deps:
         upstream = steps[dep]
         if upstream.kind == "serve":
             continue
-        outputs = {
-            name: f"{{{{tasks.{dep}.outputs.parameters.{name}}}}}"
-            for name in upstream.outputs
-            if upstream.kind == "step"
-        }
-        model = f"{store.rstrip('/')}/{job_name(dep)}/model" if "://" in store else ""
-        found[dep] = {"job": job_name(dep), "outputs": outputs, "model_dir": model}
-    return json.dumps(found)
+        entry: dict[str, Any] = {"job": job_name(dep), "model_dir": _in_store(store, dep, "model")}
+        if upstream.kind == "step":
+            entry["outputs"] = {}
+            for name in upstream.outputs:
+                token = f"{{{{tasks.{dep}.outputs.parameters.{name}}}}}"
+                entry["outputs"][name] = token
+                raw[json.dumps(token)] = token  # the value is JSON text: unquoted
+        else:
+            entry["outputs"] = None
+            decider = "chief-0" if upstream.options.get("chief") else "worker-0"
+            entry["status"] = _in_store(store, dep, f"status/{decider}.json")
+        found[dep] = entry
+    text = json.dumps(found)
+    for quoted, token in raw.items():
+        text = text.replace(quoted, token)
+    return text
+
+
+def _in_store(store: str, step: str, path: str) -> str:
+    """Where a step's file is, as its pods see the store: an s3:// URL, a claim's path."""
+    if store.startswith("pvc://"):
+        from kfnb.storage import parse_pvc
+
+        return parse_pvc(store).pod_path(job_name(step), path)
+    if store.startswith("s3://"):
+        return f"{store.rstrip('/')}/{job_name(step)}/{path}"
+    return ""
 
 
 def render_workflow(
