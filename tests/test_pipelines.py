@@ -216,6 +216,8 @@ def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
     assert inputs(templates["report"])["evaluate"]["outputs"] == {"accuracy": 0.98}
     code = yaml.safe_load(templates["code"]["resource"]["manifest"])
     assert code["kind"] == "ConfigMap" and code["metadata"]["name"] == "{{workflow.name}}-code"
+    publish = templates["publish"]["resource"]
+    assert publish["successCondition"].endswith("activeModelState == Loaded")
     isvc = yaml.safe_load(templates["publish"]["resource"]["manifest"])
     assert isvc["kind"] == "InferenceService"
     assert "{{workflow.name}}-train/model" in json.dumps(isvc)

@@ -344,7 +344,10 @@ def _serve_template(step: Step, namespace: str, storage: str) -> dict[str, Any]:
         "name": step.name,
         "resource": {
             "action": "apply",
-            "successCondition": "status.url",
+            # KServe's model status: Loaded once the predictor serves the new model, and
+            # FailedToLoad when it cannot (status.url is set before either).
+            "successCondition": "status.modelStatus.states.activeModelState == Loaded",
+            "failureCondition": "status.modelStatus.states.targetModelState == FailedToLoad",
             "manifest": _yaml(json.loads(text)),
         },
     }
