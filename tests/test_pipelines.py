@@ -275,8 +275,9 @@ def test_a_run_on_the_cluster_is_an_argo_workflow_against_the_fake(
 def test_cluster_faults_are_one_line(shell: InteractiveShell, fake_kube: Any) -> None:
     _cluster_pipeline(shell)
     fake_kube.argo = False
-    assert "no Argo Workflow resource" in usage_error(
-        pipeline, shell, "run kp --backend kubernetes"
+    assert (
+        "no Argo Workflow resource (workflows.argoproj.io): install Argo Workflows"
+        in usage_error(pipeline, shell, "run kp --backend kubernetes")
     )
     fake_kube.argo = True
     fake_kube.deny = {("create", "argoproj.io", "workflows")}

@@ -191,7 +191,11 @@ class PipelineCommands:
         print(f"Pipeline run {run.name} started ({args.backend}): "
               f"`%kfnb pipeline status {run.name}`")  # fmt: skip
         if args.wait:
-            _show(run, wait=True)
+            try:
+                _show(run, wait=True)
+            except KeyboardInterrupt:
+                print(f"(stopped waiting; the run goes on: `%kfnb pipeline delete {run.name}` "
+                      "stops it)")  # fmt: skip
         return run
 
     @magic_arguments()

@@ -11,10 +11,6 @@ from kfnb.pipelines.run_status import RunStatus, StepState
 from kfnb.pipelines.steps import PipelineError
 
 ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
-ARGO_INSTALL = (
-    "install Argo Workflows (https://argo-workflows.readthedocs.io/en/latest/installation/), "
-    "or run the pipeline locally (--backend local)"
-)
 # What running pipelines needs: the Workflow itself, and workflowtaskresults, which Argo's
 # executor (running as the Workflow's service account) writes the steps' outputs with.
 PIPELINE_NEEDED = (
@@ -52,8 +48,13 @@ def submit_workflow(
             raise
         found = {}
     if not any(r.get("name") == "workflows" for r in found.get("resources", [])):
-        raise PipelineError(f"the cluster has no Argo Workflow resource (workflows.argoproj.io): "
-                            f"{ARGO_INSTALL}")  # fmt: skip
+        from kfnb.checks import OPTIONAL
+
+        install = next(row[4] for row in OPTIONAL if row[2] == "workflows")
+        raise PipelineError(
+            "the cluster has no Argo Workflow resource (workflows.argoproj.io): "
+            f"{install}, or run the pipeline here (--backend local)"
+        )
     needs = PIPELINE_NEEDED + (() if service_account else EXECUTOR_NEEDED)
     missing = KubernetesBackend(namespace=namespace, api=api).denied(needs)
     if missing:
