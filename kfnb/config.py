@@ -63,6 +63,12 @@ class Kfnb(Configurable):
         "annotated sidecar.istio.io/inject=false, since a sidecar keeps a finished replica "
         "Running and can start after TensorFlow (kubeflow/trainer#1778).",
     ).tag(config=True)
+    allowed_hosts = List(
+        Unicode(),
+        help="Host names local model servers answer besides localhost and IP addresses, "
+        "e.g. a Service or gateway name (%serve --allowed-host; .DOMAIN for the names under "
+        "it; KFNB_ALLOWED_HOSTS, comma-separated, is read by the servers themselves).",
+    ).tag(config=True)
     image_pull_secrets = List(
         Unicode(), help="Secrets for pulling images (--image-pull-secret)."
     ).tag(config=True)
