@@ -333,7 +333,11 @@ async def first_answer(url: str, body: bytes) -> None:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/v1/models/mnist:predict", data=body) as response:
+        async with session.post(
+            f"{url}/v1/models/mnist:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response:
             assert response.status == 200, await response.text()
 
 

@@ -404,6 +404,7 @@ def serve(
     annotations: Mapping[str, str] | Iterable[str] = (),
     priority_class: str | None = None,
     gpu_type: str | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> ServedModel:
     """Serve ``source`` (a job name, a SavedModel directory or an s3:// URL) as ``name``.
 
@@ -414,8 +415,11 @@ def serve(
     labels, annotations, priority class, GPU type) over the ``Kfnb`` settings.
     ``variants`` (``{"rf": "job2"}`` or ``["rf=job2"]``) with ``split`` (``"90,10"``:
     percent per variant, ``source`` first) serve an A/B test as KServe's InferenceGraph
-    (``backend="kubernetes"`` only, for now).
+    (``backend="kubernetes"`` only, for now). ``allowed_hosts``: ``Host`` names a local
+    server answers besides localhost and IP addresses (with ``Kfnb.allowed_hosts``),
+    such as the name a proxy reaches it by.
     """
+    hosts = tuple(allowed_hosts)
     pod = _given_pod(locals())
     from kfnb.serving.local import LocalServing, model_base_path
 
@@ -439,7 +443,7 @@ def serve(
             "backend",
         )
     base = model_base_path(source, name, serving.root.parent)
-    return serving.start(name, base, source, port, grpc_port, host=host)
+    return serving.start(name, base, source, port, grpc_port, host=host, allowed_hosts=hosts)
 
 
 def stop_serving(name: str) -> ServedModel:

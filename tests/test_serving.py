@@ -166,10 +166,21 @@ class Server:
             self.proc.stdout.close()
 
 
-def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    """(status, parsed JSON body) of one request; error statuses are answers too."""
+JSON = {"Content-Type": "application/json"}  # what TF Serving's clients send with a body
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one request; error statuses are answers too. A body
+    goes as ``application/json`` unless ``headers`` say otherwise."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method)
+    sent = {**(JSON if data is not None else {}), **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -205,7 +216,14 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     base = tmp_path_factory.mktemp("served") / "model"
     shutil.copytree(models / "1", base / "1")
     (base / ".staging-2").mkdir()  # a job still writing: must be ignored
-    started = Server(base, base.parent / "server.log", "--max-body-bytes", "1000000")
+    started = Server(
+        base,
+        base.parent / "server.log",
+        "--max-body-bytes",
+        "1000000",
+        "--allowed-hosts",
+        "mnist.example.com,.models.example.org",
+    )
     try:
         yield started.wait_ready()
     finally:
@@ -374,7 +392,7 @@ def test_oversize_body_is_413(server: Server) -> None:
                 yield b" " * 65536
 
         async with aiohttp.ClientSession() as session:
-            async with session.post(url, data=body()) as response:
+            async with session.post(url, data=body(), headers=JSON) as response:
                 return response.status, await response.json()
 
     status, doc = asyncio.run(chunked())
@@ -410,6 +428,108 @@ def test_unknown_model_or_version_is_404_in_tf_servings_words(server: Server) ->
         status, doc = http(method, url + path, body)
         assert (status, doc) == (code, {"error": doc.get("error")}), (path, doc)
         assert words in doc["error"], (path, doc)
+
+
+def _raw(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Any:
+    """(status, JSON) of a request sent with exactly these headers (``Host`` included)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@needs_tf
+def test_a_foreign_host_is_refused_against_dns_rebinding(
+    server: Server, refs: dict[str, np.ndarray]
+) -> None:
+    """A page on attacker.example whose name resolves to 127.0.0.1 sends its own name as
+    Host: refused, on every path; the server's own names and any IP address answer."""
+    body = json.dumps({"instances": refs["images"][:1].tolist()}).encode()
+    for path, method in [
+        ("/v1/models/mnist/metadata", "GET"),
+        ("/v1/models/mnist:predict", "POST"),
+        ("/healthz", "GET"),
+    ]:
+        for host in ("attacker.example", f"attacker.example:{server.port}", "mnist.local"):
+            headers = {"Host": host, **JSON}
+            status, doc = _raw(server.url, method, path, headers, body if method == "POST" else b"")
+            assert status == 403, (host, path, doc)
+            assert "not a name this server answers" in doc["error"], doc
+            assert "--allowed-hosts" in doc["error"], doc
+    answered = [
+        f"127.0.0.1:{server.port}",
+        f"localhost:{server.port}",
+        "localhost",
+        f"[::1]:{server.port}",
+        "10.244.1.7:8501",  # a kubelet probe sends the pod's IP
+        "mnist.example.com",  # given with --allowed-hosts
+        "a.models.example.org",  # under a domain given with --allowed-hosts
+    ]
+    for host in answered:
+        headers = {"Host": host, **JSON}
+        status, doc = _raw(server.url, "POST", "/v1/models/mnist:predict", headers, body)
+        assert status == 200, (host, doc)
+    # HTTP/1.0 clients may send no Host at all: no browser does.
+    status, _ = _raw(server.url, "GET", "/v1/models/mnist", {})
+    assert status == 200
+    assert metric(server.url, "kfnb_serving_requests_total", outcome="forbidden") >= 9
+
+
+@needs_tf
+def test_a_post_body_must_be_sent_as_json(server: Server, refs: dict[str, np.ndarray]) -> None:
+    """A web page can POST text/plain, a form or no type at all to any origin without a
+    CORS preflight; only application/json is read, with a 415 saying what curl needs."""
+    url = f"{server.url}/v1/models/mnist:predict"
+    body = json.dumps({"instances": refs["images"][:1].tolist()}).encode()
+    for given in (
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",  # curl -d
+        "multipart/form-data; boundary=x",
+        "application/jsonp",
+        None,
+    ):
+        headers = {"Host": f"127.0.0.1:{server.port}"}
+        if given is not None:
+            headers["Content-Type"] = given
+        status, doc = _raw(server.url, "POST", "/v1/models/mnist:predict", headers, body)
+        assert status == 415, (given, doc)
+        assert "Content-Type: application/json" in doc["error"], doc
+        assert "add -H 'Content-Type: application/json'" in doc["error"], doc
+    for given in ("application/json", "Application/JSON; charset=utf-8"):
+        status, doc = http("POST", url, raw=body, headers={"Content-Type": given})
+        assert status == 200, (given, doc)
+        assert_rows(doc["predictions"], refs, 1)
+
+
+def test_host_policy_names() -> None:
+    """Loopback-bound: local names, IP addresses and given names. Bound beyond loopback
+    (a pod): a cluster's names too, never a public one."""
+    from kfnb.hostcheck import HostPolicy
+
+    local = HostPolicy.for_server("127.0.0.1", ["mnist.example.com", ".corp.example"])
+    for host in ("localhost", "LOCALHOST.:8501", "127.0.0.1:80", "[::1]:8501", "10.0.0.3",
+                 "mnist.example.com", "corp.example", "a.b.corp.example:443", None):  # fmt: skip
+        assert local.allows(host), host
+    for host in ("attacker.example", "mnist", "mnist.ns.svc", "127.0.0.1.nip.io",
+                 "corp.example.attacker.example", "a b", "localhost@x", "[::1", ""):  # fmt: skip
+        assert not local.allows(host), host
+    pod = HostPolicy.for_server("0.0.0.0")
+    for host in ("mnist", "mnist:8501", "mnist.alice.svc", "mnist.alice.svc.cluster.local:8501",
+                 "10.244.1.7:8501", "localhost"):  # fmt: skip
+        assert pod.allows(host), host
+    for host in ("attacker.example", "mnist.alice.svc.cluster.local.attacker.example",
+                 "svc.attacker.example"):  # fmt: skip
+        assert not pod.allows(host), host
+    assert HostPolicy.for_server("127.0.0.1", ["*"]).allows("anything.example")
 
 
 def _random_json(rng: random.Random, depth: int = 0) -> Any:
@@ -486,7 +606,9 @@ def test_a_thousand_fuzzed_requests_then_a_good_one(
         answers = []
         async with aiohttp.ClientSession() as session:
             for method, path, body in requests:
-                async with session.request(method, server.url + path, data=body) as response:
+                async with session.request(
+                    method, server.url + path, data=body, headers=JSON
+                ) as response:
                     answers.append((response.status, await response.json(content_type=None)))
         return answers
 
@@ -528,7 +650,7 @@ def test_concurrent_requests_are_batched_and_answered_correctly(
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n)) as session:
 
             async def one(body: bytes) -> tuple[int, Any]:
-                async with session.post(url, data=body) as response:
+                async with session.post(url, data=body, headers=JSON) as response:
                     return response.status, await response.json()
 
             return list(await asyncio.gather(*(one(b) for b in bodies)))
@@ -650,6 +772,54 @@ def test_the_model_process_dies_and_the_server_says_so(
         f"{ERROR_PREFIX}the model process (TensorFlow) was killed by signal 9: restart the server"
         in stderr.splitlines()
     )
+
+
+@needs_tf
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_stuck_model_process_gets_504_and_health_says_unready(
+    models: Path, refs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """The model process stopped in a call (SIGSTOP, as a hung TensorFlow op): each request
+    gets TF Serving's DEADLINE_EXCEEDED as a 504 after the timeout, /healthz says 503
+    while it stays stuck, and both come back once it runs again."""
+    import signal
+
+    base = tmp_path / "model"
+    shutil.copytree(models / "1", base / "1")
+    server = Server(base, tmp_path / "server.log", "--request-timeout-seconds", "1").wait_ready()
+    url = f"{server.url}/v1/models/mnist:predict"
+    body = {"instances": refs["images"][:1].tolist()}
+    try:
+        assert http("POST", url, body)[0] == 200
+        (host,) = _children(server.proc.pid)
+        os.kill(host, signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            status, doc = http("POST", url, body)
+            assert status == 504, doc
+            assert doc["error"].startswith("Deadline Exceeded: the model did not answer within 1 s")
+            assert 0.9 < time.perf_counter() - started < 10
+            status, doc = http("GET", f"{server.url}/healthz")
+            assert status == 503 and doc["status"] == "stuck", doc
+            assert "has been in one call for" in doc["error"], doc
+            started = time.perf_counter()
+            status, doc = http("POST", url, body)  # no use queueing behind it: at once
+            assert status == 503 and "has been in one call" in doc["error"], doc
+            assert time.perf_counter() - started < 0.9
+            assert server.proc.poll() is None
+        finally:
+            os.kill(host, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while http("GET", f"{server.url}/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "health never came back"
+            time.sleep(0.05)
+        status, doc = http("POST", url, body)
+        assert status == 200
+        assert_rows(doc["predictions"], refs, 1)
+        assert metric(server.url, "kfnb_serving_errors_total", kind="deadline") == 1
+    finally:
+        server.stop()
+    assert "has been in one call for" in server.stderr()  # told once in its log
 
 
 @needs_tf
@@ -1040,6 +1210,25 @@ version.model_spec.name = "mnist"
 version.model_spec.version.value = 9
 version.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:1]))
 print("version 9 ->", code(version))
+# 40-odd bytes asking for 20000 images: tf.make_ndarray would repeat the one value.
+tiny = predict_pb2.PredictRequest()
+tiny.model_spec.name = "mnist"
+tiny.inputs["x"].dtype = tf.float32.as_datatype_enum
+for size in (20000, 28, 28):
+    tiny.inputs["x"].tensor_shape.dim.add().size = size
+tiny.inputs["x"].float_val.append(0.5)
+print("tiny huge ->", code(tiny), tiny.ByteSize())
+few = predict_pb2.PredictRequest()
+few.model_spec.name = "mnist"
+few.inputs["x"].CopyFrom(tiny.inputs["x"])
+few.inputs["x"].tensor_shape.dim[0].size = 1
+few.inputs["x"].float_val.extend([0.5, 0.5])
+print("too few values ->", code(few))
+short = predict_pb2.PredictRequest()
+short.model_spec.name = "mnist"
+short.inputs["x"].CopyFrom(tf.make_tensor_proto(images[:2]))
+short.inputs["x"].tensor_content = short.inputs["x"].tensor_content[:100]
+print("short content ->", code(short))
 """
 
 
@@ -1080,8 +1269,24 @@ def test_grpc_prediction_service_answers_the_seed_client(
         assert "float64 input -> INVALID_ARGUMENT: input 'x' is DT_DOUBLE but" in out
         assert "wrong shape -> INVALID_ARGUMENT: input 'x': expected DT_FLOAT" in out
         assert "version 9 -> NOT_FOUND: Servable not found for request: Specific(mnist, 9)" in out
+        tiny = re.search(r"tiny huge -> (.*) (\d+)$", out, re.M)
+        assert tiny is not None and int(tiny[2]) < 64, out
+        assert tiny[1].startswith(
+            "RESOURCE_EXHAUSTED: input 'x' of shape [20000, 28, 28] (DT_FLOAT) takes 62720000 "
+            "bytes, over this server's limit of 16777216 bytes"
+        ), tiny[1]
+        assert (
+            "too few values -> INVALID_ARGUMENT: input 'x' of shape [1, 28, 28] (DT_FLOAT) "
+            "needs 784 values in float_val, but carries 3" in out
+        )
+        assert (
+            "short content -> INVALID_ARGUMENT: input 'x' of shape [2, 28, 28] (DT_FLOAT) "
+            "needs 6272 bytes of tensor_content, but carries 100" in out
+        )
+        # Only the seed's three good requests reached the model.
+        assert metric(server.url, "kfnb_serving_batches_total") == 3
         # gRPC requests are counted beside REST ones, and the REST side still answers.
-        assert metric(server.url, "kfnb_serving_requests_total", api="grpc_predict") == 7
+        assert metric(server.url, "kfnb_serving_requests_total", api="grpc_predict") == 10
         status, doc = http(
             "POST",
             f"{server.url}/v1/models/mnist:predict",
@@ -1157,6 +1362,47 @@ def test_serve_magic_starts_lists_restarts_and_stops_a_server(
     assert not restarted.alive()
     with pytest.raises(UsageError, match="no model server named mnist"):
         shell.run_line_magic("serve", "--stop mnist")  # the flag form, kept as an alias
+
+
+@needs_tf
+def test_serve_binds_the_port_it_picks_and_hands_the_socket_over(
+    kfnb_home: Path, models: Path, refs: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process trying to take the port while the server starts (between the pick
+    and TensorFlow's start) cannot: the kernel holds it bound and the server inherits it."""
+    from kfnb.serving import local
+
+    spawn = local._spawn
+    intruders: list[str] = []
+
+    def spawn_with_an_intruder(argv: Any, log_file: Path, **kwargs: Any) -> Any:
+        port = int(argv[list(argv).index("--port") + 1])
+        intruder = socket.socket()
+        try:
+            intruder.bind(("127.0.0.1", port))
+            intruder.listen()
+            intruders.append("took the port")
+        except OSError:
+            intruders.append("refused")
+        process = spawn(argv, log_file, **kwargs)
+        time.sleep(0.5)  # the intruder listens while the server starts
+        intruder.close()
+        return process
+
+    monkeypatch.setattr(local, "_spawn", spawn_with_an_intruder)
+    serving = local.LocalServing()
+    served = serving.start("mnist", models, "models", timeout=120)
+    try:
+        assert intruders == ["refused"]
+        assert served.alive()
+        status, doc = http(
+            "POST", served.predict_url, {"instances": refs["images"][:1].tolist()}
+        )
+        assert status == 200, doc
+        assert "--listen-fd" not in served.argv  # a restart binds the recorded port itself
+        assert f"--port {served.url.rsplit(':', 1)[1]}" in " ".join(served.argv)
+    finally:
+        serving.stop("mnist")
 
 
 @needs_serving

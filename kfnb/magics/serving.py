@@ -28,6 +28,14 @@ class ServingMagics(Magics):  # type: ignore[misc]
     @argument("--port", type=int, help="REST port (default 8501 when free, else a free one)")
     @argument("--grpc-port", type=int, help="gRPC port (default 8500 when free, else free)")
     @argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it)")
+    @argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers besides localhost and IP addresses, e.g. a "
+        "proxy's (repeatable; .DOMAIN for the names under it)",
+    )
     @argument("--backend", help="auto, local or kubernetes (default: local)")
     @argument("--replicas", type=int, default=1, help="server replicas (Kubernetes)")
     @argument("--gpus", type=int, default=0, help="GPUs per server replica (Kubernetes)")
@@ -123,6 +131,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
             port=args.port,
             grpc_port=args.grpc_port,
             host=args.host,
+            allowed_hosts=args.allowed_host,
             backend=args.backend,
             replicas=args.replicas,
             gpus=args.gpus,

@@ -44,6 +44,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return value
+
+
 def _flag(*names: str, parse: Callable[[str], Any] = str, help: str, default: Any = MISSING) -> Any:
     """A field that is also a command-line flag: its names (the first is what
     `to_argv` writes; the others are TF Serving's spellings, accepted too), how its
@@ -87,6 +94,29 @@ class ServerConfig:
         default=None,
         help="also answer TF Serving's gRPC PredictionService on this port (TF Serving uses "
         "8500; 0 picks a free one); needs tensorflow-serving-api",
+    )
+    allowed_hosts: str | None = _flag(  # None: only the names every server answers
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host names answered besides localhost and IP addresses "
+        "(a guard against DNS rebinding): NAME, .DOMAIN for the names under it, * for "
+        "any; KFNB_ALLOWED_HOSTS adds more. Bound beyond loopback, a cluster's names "
+        "(one-label, *.svc, *.svc.cluster.local) are answered too",
+    )
+    request_timeout_seconds: float = _flag(
+        "--request-timeout-seconds",
+        parse=_positive_float,
+        default=30.0,
+        help="a prediction the model has not answered within this gets 504, and the "
+        "server reports itself unready while the model process stays in that call "
+        "(default: %(default)s, as TF Serving's --rest_api_timeout_in_ms)",
+    )
+    listen_fd: int | None = _flag(  # None: the server binds --host/--port itself
+        "--listen-fd",
+        parse=_count,
+        default=None,
+        help="serve on this inherited listening socket instead of binding --host/--port "
+        "(how %%serve hands over the port it bound, so no other process can take it meanwhile)",
     )
     max_body_bytes: int = _flag(
         "--max-body-bytes",

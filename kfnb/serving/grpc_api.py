@@ -12,6 +12,7 @@ rest of kfnb.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ _CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -48,24 +50,32 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         self.server = server
 
     async def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
-        return await self._answer("grpc_predict", request, context, self._predict)
+        deadline = context.time_remaining()  # the client's own deadline; None without one
+
+        async def predict(request: Any) -> Any:
+            return await self._predict(request, deadline)
+
+        return await self._answer("grpc_predict", request, context, predict)
 
     async def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         return await self._answer("grpc_metadata", request, context, self._metadata)
 
-    async def _predict(self, request: Any) -> Any:
+    async def _predict(self, request: Any, deadline: float | None = None) -> Any:
         model = self.server.servable(request.model_spec.name, _version(request.model_spec))
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = model.signatures.get(name)
         if signature is None:
             raise RequestError(f'Serving signature name: "{name}" not found in signature def')
+        budget = self.server.config.max_body_bytes
+        for key, proto in request.inputs.items():
+            budget -= check_tensor_proto(key, proto, budget, self.server.config.max_body_bytes)
         try:
             inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
         except Exception as exc:  # a TensorProto whose content does not match its shape
             raise RequestError(f"cannot read the request's tensors: {exc}") from exc
         dtypes = {key: types_pb2.DataType.Name(p.dtype) for key, p in request.inputs.items()}
         checked = decode_tensors(inputs, signature, dtypes)
-        _, outputs = await self.server.batcher.run(model, checked)
+        _, outputs = await self.server.call_model(model, checked, seconds=deadline)
         wanted = list(request.output_filter) or sorted(outputs)
         unknown = [key for key in wanted if key not in outputs]
         if unknown:
@@ -115,6 +125,75 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             model = request.model_spec.name
             label = model if model == self.server.name else "other"
             self.server.metrics.observe_request(label, api, status, time.perf_counter() - started)
+
+
+# DataType -> the TensorProto field its values come in, and how many values an element takes.
+_VALUE_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", 1),
+    types_pb2.DT_DOUBLE: ("double_val", 1),
+    types_pb2.DT_INT32: ("int_val", 1),
+    types_pb2.DT_INT16: ("int_val", 1),
+    types_pb2.DT_INT8: ("int_val", 1),
+    types_pb2.DT_UINT8: ("int_val", 1),
+    types_pb2.DT_UINT16: ("int_val", 1),
+    types_pb2.DT_INT64: ("int64_val", 1),
+    types_pb2.DT_UINT32: ("uint32_val", 1),
+    types_pb2.DT_UINT64: ("uint64_val", 1),
+    types_pb2.DT_BOOL: ("bool_val", 1),
+    types_pb2.DT_STRING: ("string_val", 1),
+    types_pb2.DT_HALF: ("half_val", 1),
+    types_pb2.DT_BFLOAT16: ("half_val", 1),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", 2),
+    types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
+}
+
+
+def check_tensor_proto(key: str, proto: Any, budget: int, limit: int) -> int:
+    """The bytes input ``key`` takes as an array, checked before the array is built.
+
+    ``tf.make_ndarray`` repeats a tensor's last value to fill its ``tensor_shape``,
+    so a 40-byte request could ask for an array of any size, and the model to run on
+    it. Its shape must fit in ``budget`` bytes (what is left of the body limit,
+    ``limit``, after the inputs before it: 413 otherwise), and it must carry exactly
+    one value per element (400 otherwise).
+    """
+    shape = proto.tensor_shape
+    dims = [d.size for d in shape.dim]
+    if shape.unknown_rank or any(d < 0 for d in dims):
+        raise RequestError(f"input '{key}': a request's tensor_shape must be fully known")
+    name = (
+        types_pb2.DataType.Name(proto.dtype)
+        if proto.dtype in types_pb2.DataType.values()
+        else str(proto.dtype)
+    )
+    field = _VALUE_FIELDS.get(proto.dtype)
+    if field is None:
+        raise RequestError(f"input '{key}': this server cannot take {name} tensors")
+    elements = int(math.prod(dims))
+    size = 1 if proto.dtype == types_pb2.DT_STRING else int(tf.as_dtype(proto.dtype).size)
+    nbytes = elements * size
+    if nbytes > budget:
+        raise RequestError(
+            f"input '{key}' of shape {dims} ({name}) takes {nbytes} bytes, over this "
+            f"server's limit of {limit} bytes for a request: send fewer instances per "
+            "request, or start the server with a larger --max-body-bytes",
+            413,
+        )
+    if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
+        carried = len(proto.tensor_content)
+        if carried != nbytes:
+            raise RequestError(
+                f"input '{key}' of shape {dims} ({name}) needs {nbytes} bytes of "
+                f"tensor_content, but carries {carried}"
+            )
+        return nbytes
+    values = len(getattr(proto, field[0]))
+    if values != elements * field[1]:
+        raise RequestError(
+            f"input '{key}' of shape {dims} ({name}) needs {elements * field[1]} values in "
+            f"{field[0]}, but carries {values}: send one value per element"
+        )
+    return nbytes
 
 
 # dtype -> the TensorProto field TF Serving fills (it answers with typed repeated

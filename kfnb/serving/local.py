@@ -30,6 +30,7 @@ from kfnb._util import (
     write_atomic,
 )
 from kfnb.config import settings
+from kfnb.hostcheck import configured_names
 from kfnb.records import RecordDir
 from kfnb.serving import ERROR_PREFIX, READY_PATTERN
 from kfnb.serving.config import DEFAULT_GRPC_PORT, DEFAULT_PORT, ServerConfig
@@ -64,10 +65,14 @@ class LocalServing:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         timeout: float = 300.0,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> LocalServer:
         """Start a server for ``model_base_path`` and wait until it answers predictions.
 
         ``port``/``grpc_port`` None: TF Serving's 8501/8500 when free, else free ones.
+        The REST port is bound here and its socket handed to the server process, so
+        no other process can take it in between. ``allowed_hosts``: ``Host`` names it
+        answers besides its own (with ``Kfnb.allowed_hosts``; see ``kfnb.hostcheck``).
         A failure to start raises ServeError with the server's own one-line reason.
         """
         current = self.get(name)
@@ -76,24 +81,31 @@ class LocalServing:
                 f"{name} is already served at {current.url}: `%serve stop {name}` first, "
                 "or pick another --name"
             )
-        config = ServerConfig(
-            model_base_path=model_base_path,
-            model_name=name,
-            host=host,
-            port=_pick_port(host, DEFAULT_PORT) if port is None else port,
-            grpc_port=_grpc_port(host, grpc_port),
-        )
-        argv = (*config.to_argv(self.python), *extra_args)
-        private_dir(self.root)
-        log_file = self.root / f"{name}.log"
-        write_atomic(log_file, "")  # a new log, 0600
-        proc = _spawn(argv, log_file)
+        names = configured_names(list(settings().allowed_hosts), list(allowed_hosts))
+        grpc_asked = _grpc_port(host, grpc_port)
+        sock = _listen(host, port)
+        with sock:
+            config = ServerConfig(
+                model_base_path=model_base_path,
+                model_name=name,
+                host=host,
+                port=sock.getsockname()[1],
+                grpc_port=grpc_asked,
+                allowed_hosts=",".join(names) or None,
+                listen_fd=sock.fileno(),
+            )
+            argv = (*config.to_argv(self.python), *extra_args)
+            private_dir(self.root)
+            log_file = self.root / f"{name}.log"
+            write_atomic(log_file, "")  # a new log, 0600
+            proc = _spawn(argv, log_file, pass_fds=(sock.fileno(),))
         url, grpc, version = _wait_ready(proc, log_file, timeout)
         # Recorded with the ports it took, so a restart comes back at the same URLs.
         taken = replace(
             config,
             port=int(url.rsplit(":", 1)[1]),
             grpc_port=int(grpc.rsplit(":", 1)[1]) if grpc else None,
+            listen_fd=None,  # a restart binds the recorded port itself
         )
         served = LocalServer(
             name=name,
@@ -166,10 +178,13 @@ class LocalServing:
         return served
 
 
-def _spawn(argv: tuple[str, ...], log_file: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: tuple[str, ...], log_file: Path, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
     """The server process, output appended to ``log_file``, in a session of its own.
 
     Its own session: it outlives the kernel, and Ctrl-C in the kernel spares it.
+    ``pass_fds``: the listening socket it inherits.
     """
     env = {**os.environ}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines bury the log
@@ -182,6 +197,7 @@ def _spawn(argv: tuple[str, ...], log_file: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,
             env=env,
             umask=PRIVATE_UMASK,
+            pass_fds=pass_fds,
         )
     log.debug("started model server process %d: %s", process.pid, " ".join(argv))
     return process
@@ -217,6 +233,22 @@ def _wait_ready(
 def _last_line(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else "it exited without a word"
+
+
+def _listen(host: str, port: int | None) -> socket.socket:
+    """The server's listening socket: on ``port``, or TF Serving's 8501 when free, else a
+    free one. Bound here and inherited by the server (``--listen-fd``)."""
+    from kfnb.serving.listen import StartError, bind
+
+    try:
+        if port is None:
+            try:
+                return bind(host, DEFAULT_PORT)
+            except StartError:
+                port = 0
+        return bind(host, port)
+    except StartError as exc:
+        raise ServeError(f"the model server did not start: {exc}") from exc
 
 
 def _pick_port(host: str, preferred: int) -> int:

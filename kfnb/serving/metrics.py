@@ -23,20 +23,26 @@ __all__ = ["ServerMetrics"]
 _OUTCOMES = {
     200: "ok",
     400: "bad_request",
+    403: "forbidden",
     404: "not_found",
     405: "bad_method",
     413: "too_large",
+    415: "not_json",
     500: "error",
     501: "not_implemented",
     503: "unavailable",
+    504: "deadline",
 }
 _ERROR_KINDS = {
     400: "bad_request",
     404: "not_found",
     405: "not_found",
+    403: "forbidden",
     413: "too_large",
+    415: "not_json",
     501: "not_implemented",
     503: "unavailable",
+    504: "deadline",
 }
 
 

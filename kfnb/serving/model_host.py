@@ -72,6 +72,9 @@ class ModelHost(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # When each batch still unanswered was sent, oldest first (the host answers in
+        # order); kept until its answer comes, even when its caller gave up waiting.
+        self._batches_out: dict[int, float] = {}
         self._ids = itertools.count()
         self._died = ""
         self._closing = False
@@ -114,6 +117,8 @@ class ModelHost(asyncio.Protocol):
         future = self.loop.create_future()
         self._waiting[ident] = future
         self._transport.write(_frame((op, ident, payload)))
+        if op == "batch":
+            self._batches_out[ident] = time.monotonic()
         if awake and not self._transport.get_write_buffer_size():  # all of it is sent
             self._wait_awake(future)
         kind, value = await future
@@ -121,6 +126,12 @@ class ModelHost(asyncio.Protocol):
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def busy_seconds(self) -> float:
+        """How long the host has been on its oldest unanswered batch (0 when idle): how the
+        server tells a model process stuck in a TensorFlow call."""
+        oldest = next(iter(self._batches_out.values()), None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def _wait_awake(self, future: asyncio.Future[Any]) -> None:
         """Read the answer right here, in a busy loop, for up to ``AWAKE_SECONDS``.
@@ -167,6 +178,7 @@ class ModelHost(asyncio.Protocol):
                 return
             ident, outcome = pickle.loads(self._buffer[_HEADER : _HEADER + size])
             del self._buffer[: _HEADER + size]
+            self._batches_out.pop(ident, None)
             future = self._waiting.pop(ident, None)
             if future is not None and not future.done():
                 future.set_result(outcome)
@@ -182,6 +194,7 @@ class ModelHost(asyncio.Protocol):
             if not future.done():
                 future.set_exception(HostDied(self._died))
         self._waiting.clear()
+        self._batches_out.clear()
         if self.on_exit is not None:
             self.on_exit(self._died)
 

@@ -12,6 +12,13 @@ snippets, KServe's TF predictor clients) work unchanged against a laptop:
 - ``GET  /healthz``                                200 once a version is served
 - ``GET  /metrics``                                Prometheus metrics
 
+Browsers are kept out (``_guard``): a ``Host`` that is not one of the server's
+names is refused with 403 (DNS rebinding, see ``kfnb.hostcheck``), and a POST
+body not sent as ``Content-Type: application/json`` with 415, so that a web page
+cannot post a prediction request without the CORS preflight this server never
+answers. A prediction the model has not answered within ``--request-timeout-seconds``
+gets 504, and ``/healthz`` says 503 while the model process is stuck in a call.
+
 It runs in its own process, never in the kernel: TensorFlow's threads, memory and
 crashes stay out of the notebook, and the same command runs in a container.
 TensorFlow itself runs in a second process (``model_host``), started once the
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import importlib.util
 import logging
 import os
@@ -47,16 +53,19 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from kfnb.hostcheck import HostPolicy
 from kfnb.serving import ERROR_PREFIX, EXIT_MODEL_ERROR, EXIT_USAGE
+from kfnb.serving.batch import Request
 from kfnb.serving.batcher import Batcher
-from kfnb.serving.codec import RequestError, encode_predict
+from kfnb.serving.codec import PredictRequest, RequestError, encode_predict
 from kfnb.serving.config import ServerConfig
+from kfnb.serving.listen import StartError, adopt, bind
 from kfnb.serving.loader import LoadedModel, load_saved_model
 from kfnb.serving.metrics import ServerMetrics
 from kfnb.serving.model_host import ModelHost
 from kfnb.serving.versions import ModelManager, VersionStatus, check_base_path
 
-__all__ = ["ModelServer", "ServerConfig", "main", "serve"]
+__all__ = ["ModelServer", "ServerConfig", "StartError", "bind", "main", "serve"]
 
 log = logging.getLogger("kfnb.serving")
 
@@ -163,7 +172,13 @@ class ModelServer:
         # one, no other request can join a batch, so the batcher sends it at once
         # and waits for its answer awake.
         self.open_connections: Callable[[], int] | None = None
+        # How long the model process has been in its oldest unanswered call, once a
+        # server watches one (see ``serve``): over the request timeout, it is stuck.
+        self.model_busy_seconds: Callable[[], float] | None = None
         self.ready = False
+        self.hosts = HostPolicy.for_server(config.host, (config.allowed_hosts or "").split(","))
+        self._hosts_seen: dict[bytes, bool] = {}  # Host header -> allowed (bounded)
+        self._stuck_told = False
 
     def close(self) -> None:
         self.batcher.close()
@@ -177,7 +192,10 @@ class ModelServer:
         started = time.perf_counter()
         where = Route("other")
         try:
+            self._guard_host(scope)
             where = route(scope["method"], scope["path"])
+            if where.api == "predict":
+                _require_json(scope)
             answer = await self._answer(where, scope, receive)
         except _Disconnected:
             return
@@ -245,14 +263,59 @@ class ModelServer:
         """Hand the body to the batcher, which has it checked and answered."""
         model = self.servable(where.name or "", where.version)
         alone = self.open_connections is not None and self.open_connections() <= 1
-        checked, outputs = await self.batcher.run(model, body, alone=alone)
+        checked, outputs = await self.call_model(model, body, alone=alone)
         return Answer.json(200, encode_predict(outputs, checked))
 
+    async def call_model(
+        self,
+        model: LoadedModel,
+        request: Request,
+        alone: bool = False,
+        seconds: float | None = None,
+    ) -> tuple[PredictRequest, dict[str, Any]]:
+        """The batcher's answer to ``request``, within the request timeout (or ``seconds``,
+        a gRPC client's own deadline, when shorter): else TF Serving's DEADLINE_EXCEEDED
+        as a 504. While the model process is stuck in an older call, 503 at once."""
+        timeout = self.config.request_timeout_seconds
+        if seconds is not None:
+            timeout = max(0.0, min(timeout, seconds))
+        stuck = self._stuck_for()
+        if stuck is not None:
+            raise RequestError(_stuck_words(stuck, self.config.request_timeout_seconds), 503)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.batcher.run(model, request, alone=alone)
+        except TimeoutError:
+            busy = self.model_busy_seconds() if self.model_busy_seconds is not None else 0.0
+            if busy >= self.config.request_timeout_seconds and not self._stuck_told:
+                self._stuck_told = True
+                log.warning("%s", _stuck_words(busy, self.config.request_timeout_seconds))
+            raise RequestError(
+                f"Deadline Exceeded: the model did not answer within {timeout:g} s (the server's "
+                "--request-timeout-seconds, or the client's deadline)",
+                504,
+            ) from None
+
+    def _stuck_for(self) -> float | None:
+        """Seconds the model process has been in one call, when that is over the timeout."""
+        if self.model_busy_seconds is None:
+            return None
+        busy = self.model_busy_seconds()
+        if busy < self.config.request_timeout_seconds:
+            self._stuck_told = False
+            return None
+        return busy
+
     def health(self) -> Answer:
-        """200 while a version is served (readiness); 503 before the first one is loaded."""
+        """200 while a version is served (readiness); 503 before the first one is loaded,
+        and while the model process is stuck in a call longer than the request timeout."""
         newest = self.manager.newest
         if newest is None or not self.ready:
             return Answer.json(503, {"status": "loading", "model": self.name})
+        stuck = self._stuck_for()
+        if stuck is not None:
+            words = _stuck_words(stuck, self.config.request_timeout_seconds)
+            return Answer.json(503, {"status": "stuck", "model": self.name, "error": words})
         return Answer.json(
             200, {"status": "ok", "model": self.name, "version": str(newest.version)}
         )
@@ -270,6 +333,19 @@ class ModelServer:
         return model
 
     # -- helpers
+
+    def _guard_host(self, scope: Scope) -> None:
+        """403 for a ``Host`` that is not one of this server's names (DNS rebinding)."""
+        header = _header(scope, b"host")
+        if header is None:
+            return
+        allowed = self._hosts_seen.get(header)
+        if allowed is None:
+            allowed = self.hosts.allows(header.decode("latin-1"))
+            if len(self._hosts_seen) < 64:  # a few names in practice; never grows unbounded
+                self._hosts_seen[header] = allowed
+        if not allowed:
+            raise RequestError(self.hosts.refusal(header.decode("latin-1")), 403)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The request's body, or a 413 once it is known to be over the limit."""
@@ -323,6 +399,32 @@ class ModelServer:
         self.metrics.observe_batch(requests, rows, seconds)
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == name), None)
+
+
+def _require_json(scope: Scope) -> None:
+    """415 for a POST body not sent as JSON: a web page can POST ``text/plain`` or a form
+    to any origin without a CORS preflight, but not ``application/json``."""
+    given = _header(scope, b"content-type")
+    media = given.split(b";", 1)[0].strip().lower() if given is not None else b""
+    if media != _JSON:
+        got = media.decode("latin-1")[:100] if media else "no Content-Type"
+        raise RequestError(
+            f"the request body must be sent as Content-Type: application/json, not {got}: "
+            "with curl, add -H 'Content-Type: application/json'",
+            415,
+        )
+
+
+def _stuck_words(seconds: float, timeout: float) -> str:
+    return (
+        f"the model process (TensorFlow) has been in one call for {seconds:.0f} s, over the "
+        f"request timeout of {timeout:g} s: predictions fail until it returns; if it never "
+        "does, restart the server (%serve restart NAME)"
+    )
+
+
 async def _discard_body(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -341,48 +443,6 @@ def _too_large(length: int | None, limit: int) -> str:
 
 
 # -------------------------------------------------------------------- process
-
-
-class StartError(Exception):
-    """The server cannot start; the message is the one line to print."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, opened before TensorFlow is imported so a busy port fails fast.
-
-    SO_REUSEADDR lets a restarted server take its port back from TIME_WAIT; it does
-    not let two servers listen on one port (that would need SO_REUSEPORT).
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartError(f"cannot resolve --host {host} ({exc.strerror})", EXIT_USAGE) from exc
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            message = (
-                f"port {port} on {host} is already in use (another model server?): "
-                "pick another with --port, or --port 0 for a free one"
-            )
-        elif exc.errno == errno.EACCES:
-            message = f"no permission to listen on port {port}: use a port above 1023"
-        elif exc.errno == errno.EADDRNOTAVAIL:
-            message = f"{host} is not an address of this machine: use --host 127.0.0.1"
-        else:
-            message = f"cannot listen on {host}:{port}: {exc.strerror}"
-        raise StartError(message, EXIT_USAGE) from exc
-    sock.setblocking(False)
-    return sock
 
 
 def _url(sock: socket.socket) -> str:
@@ -416,6 +476,7 @@ async def serve(
     host = ModelHost(loop, on_exit=host_exited)
     await host.start()
     server = ModelServer(config, loader=host.load)
+    server.model_busy_seconds = host.busy_seconds
     http = uvicorn.Server(
         uvicorn.Config(
             server,
@@ -550,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
             raise StartError(problem, EXIT_MODEL_ERROR)
         if config.grpc_port is not None:
             _check_grpc(config.host, config.grpc_port)
-        sock = bind(config.host, config.port)
+        if config.listen_fd is not None:
+            sock = adopt(config.listen_fd)
+        else:
+            sock = bind(config.host, config.port)
     except StartError as exc:
         print(ERROR_PREFIX + str(exc), file=sys.stderr, flush=True)
         return exc.exit_code
