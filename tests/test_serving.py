@@ -799,7 +799,13 @@ def test_a_stuck_model_process_gets_504_and_health_says_unready(
             assert status == 504, doc
             assert doc["error"].startswith("Deadline Exceeded: the model did not answer within 1 s")
             assert 0.9 < time.perf_counter() - started < 10
-            status, doc = http("GET", f"{server.url}/healthz")
+            # Stuck once the model process's call is older than the timeout (the
+            # request's own clock started a little before the call was sent).
+            deadline = time.monotonic() + 5
+            while (answer := http("GET", f"{server.url}/healthz"))[0] == 200:
+                assert time.monotonic() < deadline, answer
+                time.sleep(0.02)
+            status, doc = answer
             assert status == 503 and doc["status"] == "stuck", doc
             assert "has been in one call for" in doc["error"], doc
             started = time.perf_counter()

@@ -100,7 +100,7 @@ class ServingMagics(Magics):  # type: ignore[misc]
             raise UsageError("a %serve --step serves locally in a local run: leave out "
                              "--backend, --canary and --dry-run")  # fmt: skip
         options = {"name": args.name, "port": args.port, "grpc_port": args.grpc_port,
-                   "host": args.host}  # fmt: skip
+                   "host": args.host, "allowed_hosts": args.allowed_host}  # fmt: skip
         step = record_cell(args, "serve", args.source, options, self.shell)
         print(said_recorded(step))
         if args.record_only:

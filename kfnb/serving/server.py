@@ -286,10 +286,6 @@ class ModelServer:
             async with asyncio.timeout(timeout):
                 return await self.batcher.run(model, request, alone=alone)
         except TimeoutError:
-            busy = self.model_busy_seconds() if self.model_busy_seconds is not None else 0.0
-            if busy >= self.config.request_timeout_seconds and not self._stuck_told:
-                self._stuck_told = True
-                log.warning("%s", _stuck_words(busy, self.config.request_timeout_seconds))
             raise RequestError(
                 f"Deadline Exceeded: the model did not answer within {timeout:g} s (the server's "
                 "--request-timeout-seconds, or the client's deadline)",
@@ -304,6 +300,9 @@ class ModelServer:
         if busy < self.config.request_timeout_seconds:
             self._stuck_told = False
             return None
+        if not self._stuck_told:  # once per stuck call, in the server's log
+            self._stuck_told = True
+            log.warning("%s", _stuck_words(busy, self.config.request_timeout_seconds))
         return busy
 
     def health(self) -> Answer:
