@@ -20,8 +20,10 @@ __all__ = [
     "PRIVATE_DIR",
     "PRIVATE_FILE",
     "PRIVATE_UMASK",
+    "bundle_path_problem",
     "create_exclusive",
     "first_line",
+    "inside",
     "newest_version",
     "numbered_versions",
     "open_private",
@@ -108,6 +110,28 @@ def open_private(path: Path) -> IO[bytes]:
     """``path`` opened to append (a log), created 0600 if it is new."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
     return os.fdopen(os.open(path, flags, PRIVATE_FILE), "ab")
+
+
+def inside(root: Path, relative: str) -> Path | None:
+    """``root / relative`` when it resolves inside ``root``, else None: an absolute path,
+    ``..`` segments or a symbolic link can make a key, name or path lead out of the
+    directory it was meant for. Links are resolved as they are now, on both sides."""
+    path = root / relative
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        return None
+    return path
+
+
+def bundle_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file of a job's code, or None: it must be relative, of
+    plain segments (no empty, ``.`` or ``..`` one), as Kubernetes' ConfigMap volume items
+    require and so that no file of a bundle lands outside or on another's place."""
+    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+        return "must be a relative path"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "may hold no empty, '.' or '..' segment"
+    return None
 
 
 def write_json(path: Path, doc: Any) -> None:

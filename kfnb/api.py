@@ -422,7 +422,9 @@ def serve(
     hosts = tuple(allowed_hosts)
     pod = _given_pod(locals())
     from kfnb.serving.local import LocalServing, model_base_path
+    from kfnb.spec import validate_name
 
+    validate_name(name)
     source = _best_of_sweep(source)
     serving = LocalServing()
     if backend == "kubernetes":
@@ -469,11 +471,12 @@ def render_serving(source: str, *, name: str = "mnist", **options: Any) -> list[
     same cluster arguments (``runtime``, ``replicas``, ``gpus``, ``canary``, ``percent``,
     ``variants``, ``split`` and the pods' options)."""
     from kfnb.serving.cluster import cluster_manifests, parse_variants
+    from kfnb.spec import validate_name
 
     if options.get("variants"):  # each a job, a URL or a sweep (its best trial's job)
         variants = parse_variants(options["variants"])
         options["variants"] = {k: _best_of_sweep(v) for k, v in variants.items()}
-    return cluster_manifests(name, _best_of_sweep(source), **options)
+    return cluster_manifests(validate_name(name), _best_of_sweep(source), **options)
 
 
 def serving_notes(

@@ -4,7 +4,8 @@ Like ``runtime.py`` this file is shipped in every job's bundle and runs in a sto
 TensorFlow container, so it imports only the standard library and the ``minio``
 client (installed, or the copy the bundle ships under ``vendor/``). It never
 imports the rest of kfnb, so the helpers it shares with kfnb (an atomic write, the
-numbered-version test, a message's first line; see ``kfnb/_util.py``) are copies.
+numbered-version test, a message's first line, the path-inside-a-directory test; see
+``kfnb/_util.py``) are copies. ``runtime.py`` uses this file's `inside` for its downloads.
 
 Settings come from the variables TensorFlow and the Kubeflow MNIST examples use:
 ``S3_ENDPOINT`` (host:port, empty for AWS), ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``,
@@ -415,6 +416,29 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def inside(root: Path, relative: str) -> Path | None:
+    """kfnb._util.inside's copy: ``root / relative`` when it resolves inside ``root``."""
+    path = root / relative
+    base = os.path.realpath(root)
+    return path if os.path.commonpath([base, os.path.realpath(path)]) == base else None
+
+
+def targets(keys: list[str], base: str, dest: Path) -> list[tuple[str, Path]]:
+    """(key, local path) of each of ``keys`` under ``base/`` in ``dest``; StoreError
+    naming the first whose path would lead outside ``dest``, before anything is written."""
+    found = []
+    for key in keys:
+        relative = key[len(base) + 1 :] if base else key
+        path = inside(dest, relative)
+        if path is None:
+            raise StoreError(
+                f"object {key!r} would be written outside {dest}: nothing was downloaded; "
+                "delete or rename that object"
+            )
+        found.append((key, path))
+    return found
+
+
 def download(client: Any, bucket: str, key: str, dest: Path) -> Path:
     """Download one object to ``dest``: whole or not at all, 0600 when new. See `fetch`."""
     fetch(client, bucket, key, dest)
@@ -482,13 +506,16 @@ def download_newer(client: Any, bucket: str, prefix: str, dest: Path) -> list[Pa
     of them; where its files survived (the same pod, the local backend) only those
     the chief has uploaded since.
     """
+    base = prefix.strip("/")
+    items = {
+        item.object_name: item
+        for item in client.list_objects(bucket, prefix=f"{base}/", recursive=True)
+        if not item.object_name.endswith("/")
+    }
     got = []
-    for item in client.list_objects(bucket, prefix=f"{prefix.strip('/')}/", recursive=True):
-        relative = item.object_name[len(prefix.strip("/")) + 1 :]
-        target = dest / relative
-        if not relative or relative.endswith("/") or _is_current(target, item):
-            continue
-        got.append(download(client, bucket, item.object_name, target))
+    for key, target in targets(list(items), base, dest):
+        if not _is_current(target, items[key]):
+            got.append(download(client, bucket, key, target))
     return got
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kfnb import bundle_source
-from kfnb._util import first_line, private_dir, write_atomic
+from kfnb._util import bundle_path_problem, first_line, inside, private_dir, write_atomic
 
 BUNDLE_FORMAT = 1
 RUNTIME_NAME = "tfjob"  # the name the runtime gives the cell for its role and paths
@@ -66,6 +66,12 @@ class Bundle:
     modules: tuple[str, ...] = ()
     includes: tuple[str, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for path in self.files:  # each lands in its own place inside code/, on any backend
+            problem = bundle_path_problem(path)
+            if problem:
+                raise BundleError(f"bundle path {path!r} {problem}: a kfnb bug, or a bad include")
 
     @property
     def size(self) -> int:
@@ -216,19 +222,45 @@ def _module_reference(module: types.ModuleType) -> str:
 
 
 def _include_paths(paths: Iterable[str], cwd: Path) -> dict[str, bytes]:
+    """``include/<name>/...`` for each path: a file, or the files of a directory tree.
+
+    Only regular files under the included root travel: hidden files and directories
+    (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` only when named themselves, a
+    symbolic link only when it points to a file inside the root. Two different files
+    that would ship as one path are an error, not one silently replacing the other.
+    """
     files: dict[str, bytes] = {}
+    origin: dict[str, Path] = {}
     for raw in paths:
-        path = Path(raw).expanduser()
-        path = path if path.is_absolute() else cwd / path
-        if not path.exists():
+        given = Path(raw).expanduser()
+        given = given if given.is_absolute() else cwd / given
+        if not given.exists():
             raise BundleError(f"--include {raw}: no such file or directory")
-        base = path.parent
-        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for file in found:
-            if "__pycache__" in file.parts or file.name.startswith("."):
-                continue
-            files[f"include/{file.relative_to(base).as_posix()}"] = file.read_bytes()
+        # '..' folded, a link's own name kept: the cell reads include/<the name it gave>
+        root = Path(os.path.abspath(given))
+        for file in [root] if root.is_file() else _tree_files(root):
+            key = f"include/{file.relative_to(root.parent).as_posix()}"
+            data = file.read_bytes()
+            if key in files and files[key] != data:
+                raise BundleError(
+                    f"--include {origin[key]} and {file} would both ship as {key}: "
+                    "rename one, or include its directory instead"
+                )
+            files[key], origin[key] = data, file
     return files
+
+
+def _tree_files(root: Path) -> list[Path]:
+    """The regular files under ``root`` a job gets, in order (see `_include_paths`)."""
+    found = []
+    for directory, subdirs, names in os.walk(root):  # links to directories: not entered
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(names):
+            path = Path(directory) / name
+            target = inside(root, path.relative_to(root).as_posix())  # links resolved
+            if not name.startswith(".") and target is not None and path.is_file():
+                found.append(path)
+    return found
 
 
 def _vendored_cloudpickle() -> dict[str, bytes]:

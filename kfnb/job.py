@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from kfnb._util import newest_version, numbered_versions
 from kfnb.backends import Backend, JobNotFound, get_backend
 from kfnb.records import JobRecord, load_record
+from kfnb.spec import validate_name
 from kfnb.status import JobStatus
 
 if TYPE_CHECKING:
@@ -62,14 +63,14 @@ class Job:
     """A submitted job: its status, logs and control, wherever it runs."""
 
     def __init__(self, name: str, backend: Backend) -> None:
-        self.name = name
+        self.name = validate_name(name, "job name")
         self.backend = backend
         self._opened_store: Store | None = None
 
     @classmethod
     def attach(cls, name: str) -> Job:
         """The job ``name`` from its record, e.g. after a kernel restart."""
-        record = load_record(name)
+        record = load_record(validate_name(name, "job name"))
         if record is None:
             raise JobNotFound(f"no job named {name!r}: `%kfnb list` shows the jobs")
         return cls.from_record(record)

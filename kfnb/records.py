@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from kfnb._util import private_dir, write_json
 from kfnb.config import settings
+from kfnb.spec import validate_name
 
 RECORD_VERSION = 1
 RECORD_KEY = "record_version"
@@ -52,24 +53,31 @@ class RecordDir(Generic[T]):
     edited by hand) reads as missing, so one bad file never hides the others.
     """
 
-    def __init__(self, directory: Path, parse: Callable[[dict[str, Any]], T]) -> None:
+    def __init__(
+        self, directory: Path, parse: Callable[[dict[str, Any]], T], called: str = "name"
+    ) -> None:
         self.directory = directory
         self._parse = parse
+        self.called = called  # how an error names a name: "job name", "server name"
 
     def path(self, name: str) -> Path:
-        return self.directory / f"{name}.json"
+        """The record's file; SpecError unless ``name`` is a name (never a path)."""
+        return self.directory / f"{validate_name(name, self.called)}.json"
 
     def save(self, name: str, record: dict[str, Any]) -> Path:
+        path = self.path(name)  # the name checked before anything is made
         private_dir(self.directory)
-        path = self.path(name)
         write_json(path, record)
         return path
 
     def load(self, name: str) -> T | None:
+        """The record named ``name``; None when there is none, or ``name`` could name none
+        (callers ask with a model's path too: "is this a job?")."""
         try:
-            return self._parse(json.loads(self.path(name).read_text()))
-        except (OSError, ValueError, TypeError, KeyError):
+            record = self._parse(json.loads(self.path(name).read_text()))
+        except (OSError, ValueError, TypeError, KeyError):  # SpecError is a ValueError
             return None
+        return record if getattr(record, "name", name) == name else None  # edited by hand
 
     def all(self) -> list[T]:
         if not self.directory.is_dir():
@@ -104,7 +112,7 @@ def records_dir() -> Path:
 
 
 def _jobs() -> RecordDir[JobRecord]:
-    return RecordDir(records_dir(), JobRecord.from_json)
+    return RecordDir(records_dir(), JobRecord.from_json, "job name")
 
 
 def save_record(record: JobRecord) -> Path:

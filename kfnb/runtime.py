@@ -196,7 +196,13 @@ class TFJobContext:
         if not key or any(part in ("", ".", "..") for part in key.split("/")):
             raise ReplicaError(f"cannot fetch {url}: name one object, s3://BUCKET/KEY")
         config = sync.S3Config.from_env(os.environ)
-        target = data_cache(os.environ) / bucket / key
+        cache = data_cache(os.environ) / bucket
+        target = sync.inside(cache, key)
+        if target is None or target == cache:
+            raise ReplicaError(
+                f"fetching {url}: that path leads outside the local copy's directory {cache}: "
+                "name one object, without '..' segments"
+            )
         try:
             sync.fetch_cached(sync.make_client(config), bucket, key, target)
         except sync.storage_errors() as exc:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kfnb._util import bundle_path_problem
 from kfnb.secret_env import SECRET_HOW_TO, secret_reason
 
 if TYPE_CHECKING:
@@ -59,18 +60,24 @@ class SpecError(ValueError):
         return text
 
 
-def validate_name(name: str) -> str:
-    """Check a job name is a DNS-1035 label that leaves room for its replicas' names."""
-    if not _DNS_1035.match(name):
+def validate_name(name: str, called: str = "{name}") -> str:
+    """Check a job's or a model server's name: a DNS-1035 label that leaves room for the
+    names made from it (a job's replicas'). Every name a user gives goes through here
+    before kfnb builds a path, a record or a request from it, so no name is a path.
+
+    ``called`` is how the message refers to the name: ``{name}`` (the field, or the
+    magics' ``--name``), or words such as "job name" where it was given otherwise.
+    """
+    if not isinstance(name, str) or not _DNS_1035.match(name):
         raise SpecError(
-            f"{{name}} {name!r} is not a DNS-1035 label: use lower-case letters, digits "
+            f"{called} {name!r} is not a DNS-1035 label: use lower-case letters, digits "
             "and '-', starting with a letter and ending with a letter or digit",
             "name",
         )
     longest = f"{name}-evaluator-0"
     if len(longest) > 63:
         raise SpecError(
-            f"{{name}} {name!r} is too long: replica names like {longest!r} must fit in "
+            f"{called} {name!r} is too long: replica names like {longest!r} must fit in "
             f"63 characters, so use at most {63 - len('-evaluator-0')}",
             "name",
         )
@@ -88,7 +95,15 @@ def replica_name(job: str, replica_type: str, index: int) -> str:
 
 
 def configmap_key(index: int, path: str) -> str:
-    """A ConfigMap key for a bundle file: keys allow no '/', so the mount maps them back."""
+    """A ConfigMap key for a bundle file: keys allow no '/', so the mount maps them back.
+
+    The key is legal by construction (``[-._a-zA-Z0-9]``, at most 253, starting with
+    ``f``); the path, which the volume's item mounts it at, is checked as Kubernetes
+    would, so a bad one fails while rendering, before anything is created.
+    """
+    problem = bundle_path_problem(path)
+    if problem:
+        raise SpecError(f"{{code_files}}: bundle path {path!r} {problem}", "code_files")
     tail = re.sub(r"[^-._a-zA-Z0-9]", "_", path.rsplit("/", 1)[-1])
     return f"f{index:03d}-{tail}"[:253]
 

@@ -27,8 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kfnb._util import create_exclusive, open_private, private_dir, write_atomic
-from kfnb.artifact_sync import S3Config, StoreError, describe_error, parse_url, storage_errors
+from kfnb._util import create_exclusive, inside, open_private, private_dir, write_atomic
+from kfnb.artifact_sync import (
+    S3Config,
+    StoreError,
+    describe_error,
+    parse_url,
+    storage_errors,
+    targets,
+)
 
 __all__ = [
     "StoreError",
@@ -105,6 +112,15 @@ class LocalStore:
         self.root = self.local_root
         self.url = str(self.root)
 
+    def _path(self, key: str) -> Path:
+        """Where ``key`` is: inside the store's directory, or StoreError."""
+        path = inside(self.root, key)
+        if path is None:
+            raise StoreError(
+                f"key {key!r} leads outside the store {self.root}: use a path inside it"
+            )
+        return path
+
     def check(self) -> None:
         try:
             private_dir(self.root)
@@ -116,7 +132,7 @@ class LocalStore:
 
     def read(self, key: str, offset: int = 0) -> bytes | None:
         try:
-            with open(self.root / key, "rb") as f:
+            with open(self._path(key), "rb") as f:
                 f.seek(offset)
                 return f.read()
         except (FileNotFoundError, IsADirectoryError):
@@ -124,17 +140,17 @@ class LocalStore:
 
     def size(self, key: str) -> int | None:
         try:
-            return (self.root / key).stat().st_size
+            return self._path(key).stat().st_size
         except FileNotFoundError:
             return None
 
     def write(self, key: str, data: bytes) -> None:
-        path = self.root / key
+        path = self._path(key)
         private_dir(path.parent)
         write_atomic(path, data)
 
     def create(self, key: str, data: bytes) -> bool:
-        path = self.root / key
+        path = self._path(key)
         private_dir(path.parent)
         try:
             create_exclusive(path, data)
@@ -143,7 +159,7 @@ class LocalStore:
         return True
 
     def list(self, prefix: str = "") -> list[StoredObject]:
-        base = self.root / prefix
+        base = self._path(prefix)
         if not base.is_dir():
             return []
         return [
@@ -154,20 +170,20 @@ class LocalStore:
 
     def upload_dir(self, path: Path, prefix: str) -> Transfer:
         start = time.perf_counter()
-        target = self.root / prefix
+        target = self._path(prefix)
         shutil.copytree(path, target, dirs_exist_ok=True)
         files = [p for p in target.rglob("*") if p.is_file()]
         return Transfer(len(files), sum(p.stat().st_size for p in files), _since(start))
 
     def download_dir(self, prefix: str, path: Path) -> Transfer:
         start = time.perf_counter()
-        shutil.copytree(self.root / prefix, path, dirs_exist_ok=True)
+        shutil.copytree(self._path(prefix), path, dirs_exist_ok=True)
         files = [p for p in path.rglob("*") if p.is_file()]
         return Transfer(len(files), sum(p.stat().st_size for p in files), _since(start))
 
     def delete_prefix(self, prefix: str) -> int:
         objects = self.list(prefix)
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
         return len(objects)
 
     def __repr__(self) -> str:
@@ -198,6 +214,10 @@ class S3Store:
         return self._client
 
     def key(self, relative: str) -> str:
+        """The object key of ``relative``; '.' and '..' segments are refused (S3 keeps them
+        as they are, and a local copy of such a key would land elsewhere)."""
+        if any(part in (".", "..") for part in relative.split("/")):
+            raise StoreError(f"key {relative!r} has a '.' or '..' segment: use a plain path")
         return _join(self.prefix, relative)
 
     def _fail(self, exc: BaseException, what: str) -> StoreError:
@@ -330,12 +350,11 @@ class S3Store:
 
         start, total = time.perf_counter(), 0
         objects = self.list(prefix)
-        base = prefix.strip("/")
-        for obj in objects:
-            relative = obj.key[len(base) + 1 :] if base else obj.key
+        where = targets([obj.key for obj in objects], prefix.strip("/"), Path(path))
+        for obj, (_, target) in zip(objects, where, strict=True):
             try:
                 self._call("fget_object", self.key(obj.key))
-                download(self.client, self.bucket, self.key(obj.key), Path(path) / relative)
+                download(self.client, self.bucket, self.key(obj.key), target)
             except storage_errors() as exc:
                 raise self._fail(exc, f"downloading {self.url}/{obj.key}") from exc
             total += obj.size
@@ -519,8 +538,9 @@ class StoreMirror:
     def pull(self) -> int:
         """Fetch what changed; the number of bytes downloaded."""
         fetched = 0
-        for obj in self.store.list(self.prefix):
-            path = self.local / obj.key[len(self.prefix) + 1 :]
+        objects = self.store.list(self.prefix)
+        where = targets([obj.key for obj in objects], self.prefix, self.local)
+        for obj, (_, path) in zip(objects, where, strict=True):
             have = path.stat().st_size if path.exists() else 0
             if have == obj.size:
                 continue

@@ -102,6 +102,103 @@ def test_include_files_and_missing_include(tmp_path: Path) -> None:
         build_bundle("print(1)", {}, job_name="j", includes=["nope.py"], cwd=tmp_path)
 
 
+def test_an_include_of_the_parent_directory_never_replaces_the_bundles_own_files(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "cell.py").write_text("print('not the cell')\n")
+    (project / "runtime.py").write_text("HIJACKED = True\n")
+    bundle = build_bundle(
+        "print(1)", {}, job_name="j", includes=[".."], cwd=project / "notebooks"
+    )
+    assert bundle.files["include/project/runtime.py"] == b"HIJACKED = True\n"
+    assert all(".." not in p.split("/") for p in bundle.files)
+    bundle.write(tmp_path / "code")
+    assert (tmp_path / "code" / "cell.py").read_bytes() == b"print(1)"
+    runtime = Path(__file__).parents[1] / "kfnb" / "runtime.py"
+    assert (tmp_path / "code" / "runtime.py").read_bytes() == runtime.read_bytes()
+
+
+def test_include_ships_regular_files_under_its_root_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for hidden in (".git", ".ipynb_checkpoints", "sub/.cache"):
+        (data / hidden).mkdir(parents=True)
+        (data / hidden / "config").write_text("not for the job")
+    (data / "sub" / "a.txt").write_text("a")
+    (data / "sub" / ".token").write_text("hidden file")
+    (tmp_path / "private.txt").write_text("outside the included tree")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b.txt").write_text("outside too")
+    (data / "leak.txt").symlink_to(tmp_path / "private.txt")
+    (data / "leakdir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (data / "inner.txt").symlink_to(data / "sub" / "a.txt")  # inside the tree: shipped
+    (tmp_path / ".env").write_text("named explicitly")
+    bundle = build_bundle("print(1)", {}, job_name="j", includes=["data", ".env"], cwd=tmp_path)
+    assert bundle.includes == ("include/.env", "include/data/inner.txt", "include/data/sub/a.txt")
+    assert bundle.files["include/data/inner.txt"] == b"a"
+    named = build_bundle("print(1)", {}, job_name="j", includes=["data/.git"], cwd=tmp_path)
+    assert named.includes == ("include/.git/config",)
+    (tmp_path / "linked").symlink_to(data / "sub", target_is_directory=True)
+    linked = build_bundle("print(1)", {}, job_name="j", includes=["linked"], cwd=tmp_path)
+    assert linked.includes == ("include/linked/a.txt",)  # named as the cell names it
+
+
+def test_two_includes_that_would_ship_as_one_path_are_refused(tmp_path: Path) -> None:
+    for directory, text in (("a", "A = 1\n"), ("b", "B = 2\n")):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "util.py").write_text(text)
+    with pytest.raises(BundleError, match=r"include/util\.py") as error:
+        build_bundle(
+            "print(1)", {}, job_name="j", includes=["a/util.py", "b/util.py"], cwd=tmp_path
+        )
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path", ["include/../runtime.py", "/etc/passwd", "a//b", "./cell.py", ""])
+def test_a_bundle_path_kubernetes_would_refuse_fails_before_anything_is_created(
+    path: str,
+) -> None:
+    from kfnb.bundle import Bundle
+    from kfnb.spec import JobSpec, SpecError
+
+    with pytest.raises(BundleError, match="bundle path"):
+        Bundle(files={"cell.py": b"print(1)", path: b"x"})
+    with pytest.raises(SpecError, match="bundle path"):
+        JobSpec(name="j", code_files=("cell.py", path)).to_manifest()
+
+
+def test_configmap_keys_and_paths_of_odd_file_names_are_legal_for_kubernetes(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    from kfnb.backends.kube_manifests import configmap_for
+    from kfnb.spec import JobSpec
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for name in ("données é.csv", "a b+c=d.txt", "..dots", "x" * 250, "ключ"):
+        (odd / name).write_text(name)
+    (tmp_path / "nb").mkdir()
+    bundle = build_bundle(
+        "print(1)", {}, job_name="j", includes=["../odd", ".."], cwd=tmp_path / "nb"
+    )
+    spec = JobSpec(name="j", code_files=tuple(bundle.files))
+    manifest = spec.to_manifest()
+    configmap = configmap_for(bundle, "j", "default")
+    keys = {**configmap.get("data", {}), **configmap.get("binaryData", {})}
+    items = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"][0][
+        "configMap"
+    ]["items"]
+    assert len(items) == len(bundle.files) == len(keys)
+    for item in items:  # Kubernetes' IsConfigMapKey and its volume item path rules
+        key, path = item["key"], item["path"]
+        assert key in keys and re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key), key
+        assert key not in (".", "..") and not key.startswith("..")
+        assert not path.startswith("/") and ".." not in path.split("/"), path
+
+
 def test_users_own_modules_travel_with_the_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

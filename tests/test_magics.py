@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -219,6 +220,34 @@ def test_kfnb_subcommand_mistakes(shell: InteractiveShell) -> None:
     tfjob(shell, "--name two --workers 2 --wait", "print(1)\n")
     with pytest.raises(UsageError, match="has no replica 'worker-7'"):
         shell.run_line_magic("kfnb", "logs two --replica worker-7")
+
+
+def test_names_that_are_paths_are_refused_by_every_command_and_nothing_is_touched(
+    shell: InteractiveShell, kfnb_home: Path, tmp_path: Path
+) -> None:
+    # A directory that looks like a finished job, and a record beside it naming it.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "manifest.json").write_text('{"spec": {"tfReplicaSpecs": {}}}')
+    status = {"name": str(victim), "backend": "local", "phase": "Succeeded"}
+    (victim / "status.json").write_text(json.dumps(status))
+    record = {"record_version": 1, "name": str(victim), "backend": "local",
+              "storage": str(kfnb_home / "jobs")}  # fmt: skip
+    (tmp_path / "victim.json").write_text(json.dumps(record))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for name in (str(victim), "../victim", "Not_A_Name"):
+        for command in ("delete {} --purge", "delete {}", "attach {}", "status {}", "logs {}",
+                        "tensorboard {}"):  # fmt: skip
+            with pytest.raises(UsageError, match="is not a DNS-1035 label") as error:
+                shell.run_line_magic("kfnb", command.format(name))
+            assert "\n" not in str(error.value)
+        for line in (f"{model} --name {name}", f"stop {name}", f"restart {name}"):
+            with pytest.raises(UsageError, match="is not a DNS-1035 label"):
+                shell.run_line_magic("serve", line)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_a_new_kernel_lists_attaches_and_deletes_a_running_job(

@@ -418,3 +418,19 @@ def test_the_reason_for_no_gpu_names_the_fix(
     said = runtime._no_gpu_reason(FakeTensorFlow(cuda))
     assert reason in said
     assert "tensorflow[and-cuda]==2.21.0" in said or "%kfnb nodes" in said
+
+
+# -- fetch ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["../../../outside.txt", "data/../../../../outside.txt"])
+def test_fetch_refuses_a_url_whose_path_leads_outside_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    from kfnb.runtime import ReplicaError
+
+    (tmp_path / "outside.txt").write_text("not the data set")
+    monkeypatch.setenv("KFNB_DATA_CACHE", str(tmp_path / "a" / "cache"))
+    job = context(tmp_path / "artifacts", "worker", 0, cluster())
+    with pytest.raises(ReplicaError, match="outside"):
+        job.fetch(f"s3://datasets/{key}")

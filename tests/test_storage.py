@@ -510,3 +510,114 @@ def test_kfnb_tensorboard_serves_an_s3_jobs_events_and_follows_new_ones(
     finally:
         shell.run_line_magic("kfnb", "tensorboard tb-s3 --stop")
     assert "stopped" in capsys.readouterr().out
+
+
+# -- keys that lead outside the directory they are downloaded into ------------------------
+
+
+def put_raw(port: int, bucket: str, key: str, data: bytes) -> None:
+    """An object whose key minio's client refuses to write ('..' segments) but any other
+    S3 client may have written: an unsigned PUT of the key as is, straight to moto."""
+    import http.client
+    from urllib.parse import quote
+
+    path = quote(key, safe="/").replace("//", "/%2F")  # an empty segment, as S3 keeps it
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("PUT", f"/{bucket}/{path}", body=data)
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200, response.status
+
+
+def hostile_key(kind: str, prefix: str, outside: Path) -> str:
+    """A key under ``prefix`` whose local path leads to ``outside``: by '..' segments, or by
+    an empty segment that makes the rest an absolute path."""
+    if kind == "dotdot":
+        return f"{prefix}/../../escaped.txt"
+    return f"{prefix}/{outside}"  # prefix + "/" + "/abs/path"
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_s3_keys_with_dot_segments_are_refused_in_one_line(s3: str) -> None:
+    import numpy as np
+
+    store = open_store(f"s3://{s3}")
+    store.check()
+    with pytest.raises(StoreError, match=r"'\.\.' segment"):
+        upload_dataset(store, "../../escaped", x=np.zeros(2))
+    with pytest.raises(StoreError, match=r"'\.\.' segment"):
+        store.read("job/../other/status.json")
+    assert store.list("") == []
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_mirror_refuses_a_key_leading_outside_and_writes_nothing(
+    tmp_path: Path, s3: str, moto_port: int, kind: str
+) -> None:
+    store = open_store(f"s3://{s3}")
+    store.check()
+    store.write(f"{kind}/tensorboard/-first", b"listed before the bad key")
+    key = hostile_key(kind, f"{kind}/tensorboard", tmp_path / "escaped-abs.txt")
+    put_raw(moto_port, s3, key, b"escaped")
+    assert key in [obj.key for obj in store.list(kind)]
+    mirror = StoreMirror(store, f"{kind}/tensorboard", tmp_path / "a" / "b" / "mirror")
+    with pytest.raises(StoreError, match="outside") as error:
+        mirror.pull()
+    assert "\n" not in str(error.value) and key in str(error.value)
+    assert files_under(tmp_path) == []  # neither the escaped file nor the good one
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_s3_download_dir_refuses_a_key_leading_outside_and_writes_nothing(
+    tmp_path: Path, s3: str, moto_port: int, kind: str
+) -> None:
+    store = open_store(f"s3://{s3}/runs")
+    store.check()
+    store.write(f"{kind}/1/-first", b"listed before the bad key")
+    key = hostile_key(kind, f"runs/{kind}/1", tmp_path / "escaped-abs.txt")
+    put_raw(moto_port, s3, key, b"escaped")
+    with pytest.raises(StoreError, match="outside"):
+        store.download_dir(f"{kind}/1", tmp_path / "a" / "b" / "model")
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_a_replica_restoring_checkpoints_refuses_a_key_leading_outside(
+    tmp_path: Path, s3: str, moto_port: int, kind: str
+) -> None:
+    from kfnb.artifact_sync import download_newer
+
+    store = open_store(f"s3://{s3}")
+    store.check()
+    store.write(f"{kind}/checkpoints/-first", b"listed before the bad key")
+    put_raw(moto_port, s3, hostile_key(kind, f"{kind}/checkpoints", tmp_path / "esc.txt"), b"x")
+    assert isinstance(store, S3Store)
+    with pytest.raises(StoreError, match="outside"):
+        download_newer(store.client, s3, f"{kind}/checkpoints", tmp_path / "a" / "b" / "ckpt")
+    assert files_under(tmp_path) == []
+
+
+def test_local_store_keys_stay_inside_its_directory(tmp_path: Path) -> None:
+    import numpy as np
+
+    root = tmp_path / "store"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    (root / "job").mkdir(parents=True)
+    (root / "job" / "link").symlink_to(victim)  # a symbolic link out counts as outside
+    store = LocalStore(root)
+    with pytest.raises(StoreError, match="outside"):
+        upload_dataset(store, "../../escaped", x=np.zeros(2))
+    for key in ("../escaped.txt", str(tmp_path / "escaped.txt"), "job/link/escaped.txt"):
+        with pytest.raises(StoreError, match="outside"):
+            store.write(key, b"x")
+    for prefix in ("../victim", str(victim), "job/link"):
+        with pytest.raises(StoreError, match="outside"):
+            store.delete_prefix(prefix)
+    assert files_under(tmp_path) == ["victim/keep.txt"]
+    store.write("job/a/b.txt", b"fine")  # keys inside still work
+    assert store.read("job/a/b.txt") == b"fine"

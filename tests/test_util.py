@@ -118,6 +118,33 @@ def test_a_directory_of_non_ascii_digits_is_not_served(tmp_path: Path) -> None:
     assert model_base_path(str(base), "m", tmp_path) == base
 
 
+# -- paths inside a root ------------------------------------------------------------
+
+
+def test_inside_keeps_paths_in_their_root_and_its_copy_agrees(tmp_path: Path) -> None:
+    import kfnb.artifact_sync as sync
+    from kfnb._util import inside
+
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "out").symlink_to(tmp_path, target_is_directory=True)
+    (root / "in").symlink_to(root / "a", target_is_directory=True)
+    cases = {
+        "": root,
+        "a/b.txt": root / "a/b.txt",
+        "a/../b.txt": root / "a/../b.txt",  # stays inside: harmless
+        "in/x": root / "in/x",
+        "../x": None,
+        "a/../../x": None,
+        str(tmp_path / "x"): None,
+        "out/x": None,
+        "out": None,
+    }
+    for relative, expected in cases.items():
+        assert inside(root, relative) == expected, relative
+        assert sync.inside(root, relative) == expected, relative
+
+
 # -- one record schema ---------------------------------------------------------------
 
 
@@ -133,6 +160,30 @@ def test_job_records_carry_record_version_and_old_ones_still_read() -> None:
     (records_dir() / "job-new.json").write_text(json.dumps({**old, "version": 2}))
     assert load_record("job-new") is None  # a version this kfnb does not know
     assert [r.name for r in list_records()] == ["job-old", "job-a"]
+
+
+def test_records_are_named_by_job_names_only(tmp_path: Path) -> None:
+    from kfnb.spec import SpecError
+
+    crafted = tmp_path / "crafted"
+    record = {"record_version": 1, "name": str(crafted), "backend": "local", "storage": "/s"}
+    (tmp_path / "crafted.json").write_text(json.dumps(record))
+    assert load_record(str(crafted)) is None  # a path is never a record's name
+    assert load_record("../../crafted") is None
+    for name in ("../x", str(tmp_path / "x"), "My_Job", ""):
+        with pytest.raises(SpecError, match="DNS-1035"):
+            save_record(JobRecord(name, "local", "/s"))
+    assert not list((tmp_path).glob("x*"))
+    serving = LocalServing()
+    for name in ("../x", str(tmp_path / "x")):
+        with pytest.raises(SpecError, match="DNS-1035"):
+            serving.save(ClusterServer(name=name, url="http://m", source="j",
+                                       model_base_path="s3://b/j/model", namespace="a",
+                                       runtime="kserve"))  # fmt: skip
+        with pytest.raises(SpecError, match="DNS-1035"):
+            serving.stop(name)
+        with pytest.raises(SpecError, match="DNS-1035"):
+            model_base_path(str(tmp_path), name, tmp_path)
 
 
 def test_server_records_in_the_old_format_read_as_their_own_type(kfnb_home: Path) -> None:

@@ -40,7 +40,7 @@ from kfnb.backends.kube_pvc import check_claim
 from kfnb.backends.kube_watch import JobWatcher, init_failure
 from kfnb.bundle import Bundle
 from kfnb.config import settings
-from kfnb.spec import CONTAINER_NAME, MANAGED_BY
+from kfnb.spec import CONTAINER_NAME, MANAGED_BY, validate_name
 from kfnb.status import JobStatus, log_transition
 
 # What kfnb does on the cluster: (verb, group, resource); deploy/rbac.yaml grants these.
@@ -476,7 +476,7 @@ class KubernetesBackend:
         from kfnb.storage import open_store
 
         root = open_store(self.storage).local_root
-        return root / name if root is not None else None
+        return root / validate_name(name, "job name") if root is not None else None
 
     def replica_python(self, image: str) -> str | None:
         """The Python in ``image`` when it is a known official TensorFlow image."""

@@ -41,6 +41,7 @@ from kfnb.backends import BackendError, JobNotFound
 from kfnb.backends.process_groups import kill_recorded_groups
 from kfnb.bundle import Bundle
 from kfnb.config import settings
+from kfnb.spec import SpecError, validate_name
 from kfnb.status import JobStatus, StatusUnreadable, log_transition
 from kfnb.storage import Store, StoreError, open_store
 
@@ -115,7 +116,7 @@ class LocalBackend:
         self._phases: dict[str, str] = {}  # the phase each job was last seen in, for the log
 
     def job_dir(self, name: str) -> Path:
-        return self.root / name
+        return self.root / validate_name(name, "job name")
 
     def replica_python(self, image: str) -> str | None:
         """The Python version of the interpreter replicas run (the image does not apply)."""
@@ -393,8 +394,12 @@ class LocalBackend:
             return []
         jobs = []
         for path in self.root.iterdir():
-            if (path / "manifest.json").exists() and (path / "status.json").exists():
+            if not (path / "manifest.json").exists() or not (path / "status.json").exists():
+                continue
+            try:
                 jobs.append(self.status(path.name))
+            except SpecError:  # a directory kfnb did not make: no job has that name
+                continue
         return sorted(jobs, key=lambda s: s.start_time or 0.0)
 
     def replica_names(self, name: str) -> list[str]:

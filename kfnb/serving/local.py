@@ -35,6 +35,7 @@ from kfnb.records import RecordDir
 from kfnb.serving import ERROR_PREFIX, READY_PATTERN
 from kfnb.serving.config import DEFAULT_GRPC_PORT, DEFAULT_PORT, ServerConfig
 from kfnb.serving.served import ClusterServer, LocalServer, ServedModel, served_from_json
+from kfnb.spec import validate_name
 
 __all__ = ["ClusterServer", "LocalServer", "LocalServing", "ServeError", "ServedModel"]
 
@@ -53,7 +54,9 @@ class LocalServing:
     def __init__(self, home: str | Path | None = None, python: str | None = None) -> None:
         self.root = Path(home or settings().home).expanduser() / "servers"
         self.python = python or settings().python or sys.executable
-        self._records: RecordDir[ServedModel] = RecordDir(self.root, served_from_json)
+        self._records: RecordDir[ServedModel] = RecordDir(
+            self.root, served_from_json, "server name"
+        )
 
     def start(
         self,
@@ -75,6 +78,7 @@ class LocalServing:
         answers besides its own (with ``Kfnb.allowed_hosts``; see ``kfnb.hostcheck``).
         A failure to start raises ServeError with the server's own one-line reason.
         """
+        validate_name(name, "server name")  # before its log and record are written
         current = self.get(name)
         if current is not None and current.alive():
             raise ServeError(
@@ -139,7 +143,9 @@ class LocalServing:
         return served
 
     def get(self, name: str) -> ServedModel | None:
-        return self._records.load(name)
+        """The record of the server ``name``, None when there is none; SpecError when
+        ``name`` cannot name a server."""
+        return self._records.load(validate_name(name, "server name"))
 
     def list(self) -> list[ServedModel]:
         return sorted(self._records.all(), key=lambda s: s.started)
@@ -291,6 +297,7 @@ def model_base_path(source: str, name: str, home: Path) -> Path:
     """
     from kfnb.records import load_record
 
+    validate_name(name, "server name")  # its versions directory is named after it
     record = load_record(source)
     if record is not None:
         return _job_model(source, record)
