@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +123,22 @@ def test_bad_pipelines_are_one_line_errors(shell: InteractiveShell) -> None:
     assert "no step reads 'lr'" in usage_error(pipeline, shell, "run p3 -p lr=0.1")
     assert "no pipeline named 'p9'" in usage_error(pipeline, shell, "run p9")
     assert "go with --step NAME" in usage_error(shell.run_cell_magic, "tfjob", "--after a", "1\n")
+
+
+def test_pipeline_and_run_names_that_are_paths_touch_nothing(
+    shell: InteractiveShell, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"  # looks like a run directory, and like a pipeline's
+    victim.mkdir()
+    status = {"name": "r", "pipeline": "p", "backend": "local", "phase": "Succeeded"}
+    (victim / "status.json").write_text(json.dumps(status))
+    (victim / "a.json").write_text('{"record_version": 1, "name": "a"}')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for name in (str(victim), "../../victim"):
+        for line in (f"delete {name}", f"status {name}", f"attach {name}", f"show {name}",
+                     f"run {name}"):  # fmt: skip
+            assert "DNS-1035" in usage_error(pipeline, shell, line)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_a_run_goes_on_when_the_kernel_that_started_it_exits(

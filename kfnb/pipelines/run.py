@@ -75,7 +75,9 @@ class PipelineRun:
     """A run of a pipeline, wherever it runs: its status, its steps' jobs, control."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        from kfnb.spec import validate_name
+
+        self.name = validate_name(name, "pipeline run name")  # never a path: delete removes it
         self.dir = runs_dir() / name
 
     @classmethod

@@ -74,7 +74,7 @@ def pipelines_dir() -> Path:
 
 
 def _steps(pipeline: str) -> RecordDir[Step]:
-    return RecordDir(pipelines_dir() / pipeline, Step.from_json)
+    return RecordDir(pipelines_dir() / check_name(pipeline, "pipeline"), Step.from_json, "step")
 
 
 def check_name(name: str, what: str) -> str:
@@ -169,7 +169,7 @@ def record_step(step: Step, names: Mapping[str, Any]) -> Step:
 
 
 def names_path(pipeline: str, step: str) -> Path:
-    return pipelines_dir() / pipeline / f"{step}.names.pkl"
+    return _steps(pipeline).path(step).with_name(f"{step}.names.pkl")
 
 
 def load_names(path: Path) -> dict[str, Any]:
@@ -200,7 +200,16 @@ def load_steps(pipeline: str) -> dict[str, Step]:
 
 def list_pipelines() -> list[str]:
     root = pipelines_dir()
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [name for name in found if _is_name(name)]  # a directory kfnb did not make: none
+
+
+def _is_name(name: str) -> bool:
+    try:
+        check_name(name, "pipeline")
+    except PipelineError:
+        return False
+    return True
 
 
 def delete_step(pipeline: str, step: str) -> None:
@@ -209,7 +218,7 @@ def delete_step(pipeline: str, step: str) -> None:
 
 
 def delete_pipeline(pipeline: str) -> None:
-    shutil.rmtree(pipelines_dir() / pipeline, ignore_errors=True)
+    shutil.rmtree(pipelines_dir() / check_name(pipeline, "pipeline"), ignore_errors=True)
 
 
 def graph(steps: Mapping[str, Step]) -> dict[str, tuple[str, ...]]:
