@@ -325,3 +325,20 @@ def test_sweep_from_a_cell_then_list_status_and_delete(shell: Any, capsys: Any) 
     from kfnb.records import load_record
 
     assert load_record("sw-0") is None
+
+
+def test_a_sweep_name_that_is_a_path_reads_and_removes_nothing(tmp_path: Path) -> None:
+    from kfnb.spec import SpecError
+    from kfnb.sweeps.record import sweep_dir
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    crafted = {"record_version": 1, "name": str(victim), "backend": "local", "storage": "/s",
+               "spec": {}}  # fmt: skip
+    (tmp_path / "victim.json").write_text(json.dumps(crafted))
+    with pytest.raises(SweepError, match="no sweep named"):
+        Sweep.attach(str(victim))  # a path is never a sweep's name, and its record unread
+    with pytest.raises(SpecError, match="DNS-1035"):
+        sweep_dir("../../victim")
+    assert (victim / "keep.txt").read_text() == "mine"

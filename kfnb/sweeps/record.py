@@ -75,11 +75,13 @@ def sweeps_dir() -> Path:
 
 
 def sweep_dir(name: str) -> Path:
-    return sweeps_dir() / name
+    from kfnb.spec import validate_name
+
+    return sweeps_dir() / validate_name(name, "sweep name")  # never a path: deleted whole
 
 
 def _records() -> RecordDir[SweepRecord]:
-    return RecordDir(sweeps_dir(), SweepRecord.from_json)
+    return RecordDir(sweeps_dir(), SweepRecord.from_json, "sweep name")
 
 
 def save_sweep(record: SweepRecord) -> None:
