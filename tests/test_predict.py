@@ -134,6 +134,15 @@ def test_bad_images_are_refused_before_any_request() -> None:
     np.testing.assert_array_equal(to_pixels(np.full((28, 28), 255, np.uint8)), np.ones((1, 28, 28)))
 
 
+@pytest.mark.parametrize("model", ["../admin", "a/b", "m:predict", "..", "", "x?y=1", "a b"])
+def test_a_model_name_that_is_not_one_path_segment_is_refused_before_any_request(
+    model: str,
+) -> None:
+    with pytest.raises(PredictorError, match="model name") as caught:
+        Predictor("http://127.0.0.1:1", model=model)  # nothing listens: no request may be made
+    assert caught.value.kind == "input" and "\n" not in str(caught.value)
+
+
 def test_no_server_says_where_and_what_to_do() -> None:
     port = free_port()  # bound and released: nothing listens there now
     with pytest.raises(PredictorError) as caught:

@@ -16,6 +16,7 @@ imported when the first `Predictor` is made, TensorFlow and the HTTP server neve
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ __all__ = [
 IMAGE_SHAPE = (28, 28)
 # Output names that carry class probabilities, in the order they are looked for:
 # the Kubeflow MNIST export's, then names other exports commonly use.
+# A model name is one segment of /v1/models/NAME, as TF Serving routes it: nothing that
+# would make the URL name another path ('/', '..'), a verb (':') or a query.
+_MODEL_NAME = re.compile(r"[-_.~A-Za-z0-9]+")
 _PROBABILITY_KEYS = ("predictions", "probabilities", "scores", "probs", "logits")
 _LABEL_KEYS = ("classes", "class_ids", "labels")
 _SERVE_HINT = "check `%serve list`, or start one with `%serve JOB`"
@@ -173,6 +177,12 @@ class Predictor:
             url = f"http://{url}"
         if not url.startswith(("http://", "https://")):
             raise PredictorError(f"{url} is not an http(s) URL: use http://HOST:PORT", "input")
+        if not _MODEL_NAME.fullmatch(model) or model in (".", ".."):
+            raise PredictorError(
+                f"model name {model!r} is not one segment of /v1/models/NAME: give the name "
+                "the server serves (letters, digits, '-', '_', '.'), e.g. mnist",
+                "input",
+            )
         self.url = url
         self.model = model
         self.version = version
