@@ -185,3 +185,28 @@ def test_a_configmap_of_someone_else_is_neither_replaced_nor_deleted(
     assert '"mnist-code" already exists' in str(caught.value) and "\n" not in str(caught.value)
     assert unchanged(fake_kube, CORE, "configmaps", theirs)
     assert fake_kube.get(*TFJOBS, "alice", "mnist") is None
+
+
+def test_stopping_a_pipeline_run_leaves_a_workflow_kfnb_did_not_create(
+    fake_kube: FakeKube,
+) -> None:
+    from kfnb.pipelines.cluster import delete_workflow
+    from kfnb.pipelines.steps import PipelineError
+    from tests.fake_kube import WORKFLOWS
+
+    theirs = foreign(fake_kube, *WORKFLOWS, "mnist-run", "Workflow")
+    with pytest.raises(PipelineError, match="^Workflow mnist-run in namespace alice was not"):
+        delete_workflow("mnist-run", "alice")
+    assert unchanged(fake_kube, *WORKFLOWS, theirs)
+    fake_kube._put(
+        *WORKFLOWS,
+        "alice",
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": "ours", "labels": {"app.kubernetes.io/managed-by": "kfnb"}},
+        },
+    )
+    delete_workflow("ours", "alice")
+    assert fake_kube.get(*WORKFLOWS, "alice", "ours") is None
+    delete_workflow("ours", "alice")  # gone already: nothing to do

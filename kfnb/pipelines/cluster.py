@@ -123,13 +123,19 @@ def _value(text: str) -> Any:
 
 
 def delete_workflow(name: str, namespace: str) -> None:
-    """Delete the Workflow; what it owns (its TFJobs, the code ConfigMap) goes with it."""
+    """Delete the Workflow, if kfnb created it; what it owns (its TFJobs, the code
+    ConfigMap) goes with it. One of the same name made by someone else is left alone."""
     from kfnb.backends.kube_api import ApiError, KubeApi
+    from kfnb.backends.kube_owned import delete_exactly, managed_by_kfnb, not_ours
 
+    api, path = KubeApi(namespace), workflows_path(namespace, name)
     try:
-        KubeApi(namespace).request(
-            "DELETE", workflows_path(namespace, name), body={"propagationPolicy": "Background"}
-        )
+        workflow = api.request("GET", path)
+        if not managed_by_kfnb(workflow):
+            raise PipelineError(
+                f"{not_ours(workflow, 'Workflow', namespace)}; kfnb leaves it alone"
+            )
+        delete_exactly(api, path, workflow)
     except ApiError as err:
         if err.status != 404:
             raise
