@@ -464,19 +464,6 @@ def test_two_worker_mnist_job_lands_in_the_bucket_and_reads_back(
     assert_no_secret(*texts)
 
 
-def test_deploy_minio_yaml_is_valid() -> None:
-    yaml = pytest.importorskip("yaml")
-    documents = [d for d in yaml.safe_load_all((REPO / "deploy" / "minio.yaml").read_text()) if d]
-    kinds = sorted(d["kind"] for d in documents)
-    assert kinds == ["Deployment", "PersistentVolumeClaim", "Secret", "Service"]
-    secret = next(d for d in documents if d["kind"] == "Secret")
-    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    assert all("REPLACE" in v for v in secret["stringData"].values())
-    validator = pytest.importorskip("kubernetes_validate")
-    for document in documents:
-        validator.validate(document, "1.30", strict=True)
-
-
 def test_kfnb_tensorboard_serves_an_s3_jobs_events_and_follows_new_ones(
     shell: Any, s3: str, kfnb_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
