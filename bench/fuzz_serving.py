@@ -302,8 +302,8 @@ def run_one(root: Path, base: Path, cases: list[Case], log: Path) -> dict[str, A
 
 
 def _range(values: list[float], fmt: str = "{:.1f}") -> str:
-    low, high = min(values), max(values)
-    return fmt.format(low) if low == high else f"{fmt.format(low)}-{fmt.format(high)}"
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def main(argv: list[str] | None = None) -> None:
