@@ -185,6 +185,8 @@ def start(root: Path, base: Path, log: Path) -> Server:
     while not url:
         line = proc.stdout.readline()  # "" once it exited
         if not line:
+            proc.kill()
+            proc.wait()
             raise SystemExit(f"the server of {root} did not start: see {log}")
         line = line.strip()
         if line.startswith(GRPC_LINE):
