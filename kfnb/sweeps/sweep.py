@@ -105,6 +105,7 @@ class Sweep:
         self.record = record
         self.name = record.name
         self.spec = SweepSpec.from_json(record.spec)
+        self._curves: Any = None  # a cluster sweep's TrialCurves, kept between refreshes
 
     @classmethod
     def attach(cls, name: str) -> Sweep:
@@ -115,9 +116,14 @@ class Sweep:
 
     def status(self) -> SweepStatus:
         if self.record.backend == "kubernetes":
+            from kfnb.sweeps.curves import TrialCurves
             from kfnb.sweeps.katib import experiment_status
 
-            return experiment_status(self.record)
+            status = experiment_status(self.record)
+            if self._curves is None:
+                self._curves = TrialCurves(self.spec.objective.metric)
+            self._curves.fill(status.trials)  # per-epoch values: Katib keeps only the last
+            return status
         return self._local_status()
 
     def _local_status(self) -> SweepStatus:
