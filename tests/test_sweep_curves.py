@@ -108,6 +108,23 @@ def test_katib_trials_curves_come_from_their_store(
     live.fill([trial])
     assert reads == [] and [v for _, v in trial.curve] == pytest.approx([0.1, 0.3])
 
+    # The store unreachable: said once in the log, then left alone for a while, so a view
+    # refreshing each second is not held up by a client's retries at every tick.
+    from kfnb.storage import StoreError
+
+    calls: list[str] = []
+
+    def unreachable(self: Any, prefix: str = "") -> list[Any]:
+        calls.append(prefix)
+        raise StoreError("cannot reach the S3 endpoint")
+
+    monkeypatch.setattr(type(bucket), "list", unreachable)
+    trial.state, trial.curve = "Running", [(0, 0.6)]  # Katib's last observation
+    cut_off = TrialCurves(METRIC)
+    cut_off.fill([trial])
+    cut_off.fill([trial])
+    assert len(calls) == 1 and trial.curve == [(0, 0.6)]  # what Katib said stays
+
 
 def test_katib_trials_curves_from_a_pvc_store(fake_kube: Any, tmp_path: Path) -> None:
     """A pvc:// store: the trials' pods write the claim, this notebook reads its mount."""

@@ -12,6 +12,7 @@ a trial that has ended is read once more, then not again.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from kfnb.sweeps.objective import REPORTS, parse_reports, read_metric
@@ -25,6 +26,9 @@ __all__ = ["TrialCurves"]
 
 logger = logging.getLogger(__name__)
 _ENDED = ("Succeeded", "Failed", "EarlyStopped", "MetricsUnavailable", "Killed")
+# After a failed read (the store unreachable from here costs ~0.6 s a call in retries),
+# the store is left alone this long, so a view refreshing each second stays responsive.
+RETRY_SECONDS = 30.0
 
 
 class _TrialReader:
@@ -71,6 +75,7 @@ class TrialCurves:
         self.metric = metric
         self._readers: dict[str, _TrialReader] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
+        self._retry_at = 0.0  # monotonic time before which the store is not read again
 
     def fill(self, trials: list[TrialState]) -> None:
         """Set each trial's ``curve`` from its artifacts; a trial whose store has none
@@ -79,7 +84,7 @@ class TrialCurves:
 
         for trial in trials:
             reader = self._readers.get(trial.name)
-            if reader is None or not reader.final:
+            if (reader is None or not reader.final) and time.monotonic() >= self._retry_at:
                 try:
                     if reader is None:
                         reader = self._readers[trial.name] = _TrialReader(Job.attach(trial.name))
@@ -92,6 +97,7 @@ class TrialCurves:
                         reader.close()
                 except Exception as err:  # noqa: BLE001 - a view refresh never fails on this
                     logger.debug("kfnb: reading trial %s's metrics: %s", trial.name, err)
+                    self._retry_at = time.monotonic() + RETRY_SECONDS
             if self._curves.get(trial.name):
                 trial.curve = list(self._curves[trial.name])
 
