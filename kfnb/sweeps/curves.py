@@ -12,6 +12,7 @@ a trial that has ended is read once more, then not again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -76,10 +77,17 @@ class TrialCurves:
         self._readers: dict[str, _TrialReader] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
         self._retry_at = 0.0  # monotonic time before which the store is not read again
+        # A view's thread and the kernel (sweep.plot()) may refresh one Sweep at once:
+        # one reader appends each trial's new bytes, never two.
+        self._lock = threading.Lock()
 
     def fill(self, trials: list[TrialState]) -> None:
         """Set each trial's ``curve`` from its artifacts; a trial whose store has none
         (yet, or unreachable) keeps the curve it came with (Katib's final value)."""
+        with self._lock:
+            self._fill(trials)
+
+    def _fill(self, trials: list[TrialState]) -> None:
         from kfnb.job import Job
 
         for trial in trials:
@@ -102,5 +110,6 @@ class TrialCurves:
                 trial.curve = list(self._curves[trial.name])
 
     def close(self) -> None:
-        for reader in self._readers.values():
-            reader.close()
+        with self._lock:
+            for reader in self._readers.values():
+                reader.close()
