@@ -11,6 +11,11 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   which go Pending -> Running -> Succeeded/Failed, write timestamped log lines
   (served with ``follow``, ``timestamps`` and ``sinceTime``), and stay Pending with a
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
+  the TFJob's status carries its conditions and ``replicaStatuses`` counted per type;
+- a fake Argo controller: DAG tasks in order with ``depends``/``when``; a ``resource``
+  task (``action: create``) creates its object here and is decided by its success and
+  failure conditions read as Argo reads them (label selectors over JSON paths); other
+  tasks (container steps) are decided by ``workflow_script``, running no pod;
 - RBAC for a Role bound in one namespace and ClusterRoles bound cluster-wide (``rules``,
   ``cluster_rules``), SelfSubjectAccessReviews and 403/404/409 answers worded as the API
   server words them, DeleteOptions' uid and resourceVersion preconditions among them;
@@ -577,14 +582,17 @@ class FakeKube:
             threading.Thread(target=target, args=(namespace, obj), daemon=True).start()
 
     def _orchestrate(self, namespace: str, workflow: dict[str, Any]) -> None:
-        """The fake Argo controller, scripted by ``workflow_script``: walks the entrypoint's
-        DAG in order, evaluating each task's ``depends`` (false: Omitted) and ``when`` on
-        earlier outputs (false: Skipped), and records each node's phase, times and output
-        parameters in ``status.nodes`` as Argo does; a Failed task fails the Workflow and no
-        later task starts. It runs nothing: resources and pods are not created."""
+        """The fake Argo controller: walks the entrypoint's DAG in order, evaluating each
+        task's ``depends`` (false: Omitted) and ``when`` on earlier outputs (false:
+        Skipped), and records each node's phase, times and output parameters in
+        ``status.nodes`` as Argo does; a Failed task fails the Workflow and no later task
+        starts. A ``resource`` task with ``action: create`` creates its object and follows
+        its conditions (`_argo_resource`); any other task (container steps) is decided by
+        ``workflow_script``: no pod runs."""
         name = workflow["metadata"]["name"]
         spec = workflow["spec"]
-        main = next(t for t in spec["templates"] if t["name"] == spec["entrypoint"])
+        templates = {t["name"]: t for t in spec["templates"]}
+        main = templates[spec["entrypoint"]]
         phases: dict[str, str] = {}
         outputs: dict[str, dict[str, str]] = {}
 
@@ -622,9 +630,15 @@ class FakeKube:
                 set_node(step, type="Skipped", phase="Skipped",
                          message=f"when '{task['when']}' evaluated false")  # fmt: skip
                 continue
+            template = templates.get(task.get("template", step), {})
+            resource = template.get("resource")
             set_node(step, type="Pod", phase="Running", startedAt=now())
             time.sleep(self.step)
-            phase, values, message = self.workflow_script.get(step, ("Succeeded", {}, ""))
+            if resource and resource.get("action") == "create":
+                phase, message = self._argo_resource(namespace, workflow, resource, outputs)
+                values = {}
+            else:
+                phase, values, message = self.workflow_script.get(step, ("Succeeded", {}, ""))
             phases[step], outputs[step] = phase, values
             parameters = [{"name": k, "value": v} for k, v in values.items()]
             set_node(step, phase=phase, finishedAt=now(), message=message,
@@ -635,6 +649,75 @@ class FakeKube:
             set_status(phase="Failed", finishedAt=now(), message=f"child '{failed}' failed")
         else:
             set_status(phase="Succeeded", finishedAt=now())
+
+    def _argo_resource(
+        self,
+        namespace: str,
+        workflow: dict[str, Any],
+        resource: dict[str, Any],
+        outputs: dict[str, dict[str, str]],
+    ) -> tuple[str, str]:
+        """A fake of Argo's executor for a ``resource`` template with ``action: create``
+        (workflow/executor/resource.go): the manifest, its ``{{...}}`` substituted, is
+        created in this store (owned by the Workflow when ``setOwnerReference``), and
+        its controllers react; then it is re-read until a condition decides: any failure
+        requirement matching fails the node, all success requirements matching succeed
+        it (failure first), no conditions succeed it at once. Returns (phase, message).
+        Not modelled: the executor pod, its service account's RBAC, the other actions."""
+        import yaml
+
+        meta = workflow["metadata"]
+        values = {
+            "workflow.name": meta["name"],
+            "workflow.namespace": namespace,
+            **{
+                f"workflow.parameters.{p['name']}": str(p.get("value", ""))
+                for p in workflow["spec"].get("arguments", {}).get("parameters", [])
+            },
+            **{
+                f"tasks.{task}.outputs.parameters.{name}": value
+                for task, named in outputs.items()
+                for name, value in named.items()
+            },
+        }
+        text = re.sub(
+            r"\{\{\s*([^{}]+?)\s*\}\}", lambda m: values.get(m[1], m[0]), resource["manifest"]
+        )
+        obj = yaml.safe_load(text)
+        version = obj["apiVersion"]
+        prefix = f"apis/{version}" if "/" in version else f"api/{version}"
+        plural = next(p for p, kind in KINDS.items() if kind == obj["kind"])
+        name = obj["metadata"]["name"]
+        if resource.get("setOwnerReference"):
+            owner = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                     "name": meta["name"], "uid": meta["uid"],
+                     "blockOwnerDeletion": True, "controller": True}  # fmt: skip
+            obj["metadata"].setdefault("ownerReferences", []).append(owner)
+        try:
+            success = _selector(resource.get("successCondition", ""))
+            failure = _selector(resource.get("failureCondition", ""))
+        except ValueError as error:
+            return "Error", str(error)
+        with self.cond:
+            if self.get(prefix, plural, namespace, name) is not None:
+                return "Failed", f'{plural} "{name}" already exists'
+            self._put(prefix, plural, namespace, obj)
+        self._react(prefix, plural, namespace, obj)
+        while not self.stopping:
+            current = self.get(prefix, plural, namespace, name)
+            if current is None:
+                return (
+                    "Failed",
+                    "The resource has been deleted while its status was still being checked.",
+                )
+            current = json.loads(json.dumps(current))  # a read, as the executor's GET
+            hit = next((r for r in failure if _requirement_matches(r, current)), None)
+            if hit is not None:
+                return "Failed", f"failure condition '{_requirement_text(hit)}' evaluated true"
+            if all(_requirement_matches(r, current) for r in success):
+                return "Succeeded", ""
+            time.sleep(self.step / 5)
+        return "Failed", "stopped"
 
     def _katib(self, namespace: str, experiment: dict[str, Any]) -> None:
         """The fake Katib controller: for each of ``katib_results`` (up to maxTrialCount)
@@ -984,7 +1067,7 @@ class FakeKube:
         def started(obj: dict[str, Any]) -> None:  # the operator's first status update
             obj["status"].setdefault("startTime", stamp(time.time_ns())[:19] + "Z")
 
-        self.update(*TFJOBS, namespace, job, started)
+        self._tfjob_status(namespace, job, started)
         time.sleep(self.step)
         blocked = False
         for _, pod, container in pods:
@@ -1041,8 +1124,14 @@ class FakeKube:
         blocked = self._schedule_claims(namespace, [pod for _, pod, _ in pods]) or blocked
         if blocked:
             return
-        configmap = f"{job}-code"
-        while self.get(CORE, "configmaps", namespace, configmap) is None:  # the mount waits
+        # The mount waits for the code ConfigMap: the job's own, or a pipeline's shared one.
+        mounted = {
+            volume["configMap"]["name"]
+            for spec in tfjob["spec"]["tfReplicaSpecs"].values()
+            for volume in spec["template"]["spec"].get("volumes", [])
+            if volume.get("configMap", {}).get("name", "").endswith("-code")
+        } or {f"{job}-code"}
+        while any(self.get(CORE, "configmaps", namespace, c) is None for c in mounted):
             if self.get(*TFJOBS, namespace, job) is None or self.stopping:
                 return
             time.sleep(self.step / 5)
@@ -1063,9 +1152,7 @@ class FakeKube:
                 f"TFJob {namespace}/{job} is restarting because {len(retried)} "
                 f"{kinds[0]} replica(s) failed."
             )
-            self.update(
-                *TFJOBS, namespace, job, _condition("Restarting", "TFJobRestarting", message)
-            )
+            self._tfjob_status(namespace, job, _condition("Restarting", "TFJobRestarting", message))
             time.sleep(self.step)  # the operator's next reconcile
             again = []
             for replica, pod, container in pods:
@@ -1085,10 +1172,9 @@ class FakeKube:
         if failed:
             kind = failed[0].split("-")[0].capitalize()
             message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
-            self.update(*TFJOBS, namespace, job, _condition("Failed", "TFJobFailed", message))
+            self._tfjob_status(namespace, job, _condition("Failed", "TFJobFailed", message))
         else:
-            self.update(
-                *TFJOBS,
+            self._tfjob_status(
                 namespace,
                 job,
                 _condition(
@@ -1097,6 +1183,33 @@ class FakeKube:
                     f"TFJob {namespace}/{job} successfully completed.",
                 ),
             )
+
+    def _tfjob_status(
+        self, namespace: str, job: str, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """One status update of the fake operator: ``change`` (a condition), with
+        ``replicaStatuses`` counted from the job's pods as the Training Operator's
+        updateJobReplicaStatuses counts them (common/pod.go): per replica type as the spec
+        names it (Chief, Worker, PS, Evaluator), Running pods ``active``, Succeeded
+        ``succeeded``, Failed ``failed``; zero counts omitted (omitempty), so a type with
+        no pod running or ended is ``{}``."""
+
+        def counted(obj: dict[str, Any]) -> None:
+            kinds = {kind.lower(): kind for kind in obj["spec"]["tfReplicaSpecs"]}
+            counts: dict[str, dict[str, int]] = {kind: {} for kind in kinds.values()}
+            for (ns, _), pod in self.objects.get((CORE, "pods"), {}).items():
+                labels = pod["metadata"].get("labels", {})
+                if ns != namespace or labels.get("training.kubeflow.org/job-name") != job:
+                    continue
+                kind = kinds.get(labels.get("training.kubeflow.org/replica-type", ""))
+                phase = pod.get("status", {}).get("phase")
+                field = {"Running": "active", "Succeeded": "succeeded", "Failed": "failed"}
+                if kind is not None and phase in field:
+                    counts[kind][field[phase]] = counts[kind].get(field[phase], 0) + 1
+            obj.setdefault("status", {})["replicaStatuses"] = counts
+            change(obj)
+
+        self.update(*TFJOBS, namespace, job, counted)
 
     def _selectable(self, selector: dict[str, str]) -> bool:
         """Some node has every label the pod's nodeSelector asks for."""
@@ -1255,7 +1368,7 @@ class FakeKube:
         if not self._initialize(namespace, pods):
             kind = pods[0][0].split("-")[0].capitalize()
             message = f"TFJob {namespace}/{job} has failed because 1 {kind} replica(s) failed."
-            self.update(*TFJOBS, namespace, job, _condition("Failed", "TFJobFailed", message))
+            self._tfjob_status(namespace, job, _condition("Failed", "TFJobFailed", message))
             return False
         for _, pod, _ in pods:
             self.update(
@@ -1268,7 +1381,7 @@ class FakeKube:
                 ),
             )
         message = f"TFJob {namespace}/{job} is running."
-        self.update(*TFJOBS, namespace, job, _condition("Running", "TFJobRunning", message))
+        self._tfjob_status(namespace, job, _condition("Running", "TFJobRunning", message))
         self.running_at[job] = time.time()
         longest = max(len(scripts[replica].lines) for replica, _, _ in pods)
         for i in range(longest):
@@ -1348,6 +1461,94 @@ def _argo_true(
         )
     text = text.replace("&&", " and ").replace("||", " or ").replace("true", "True")
     return bool(eval(text, {"__builtins__": {}}))  # noqa: S307 - the fake's own test input
+
+
+# A label key (a qualified name, as apimachinery validates it) and a label value.
+_LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+_REQUIREMENT = re.compile(
+    r"\s*(?P<not>!)?\s*(?P<key>[^\s=!<>(),]+)\s*"
+    r"(?:(?P<op>==|=|!=|>|<)\s*(?P<value>[^\s,()]*)"
+    r"|\s(?P<set>in|notin)\s*\((?P<values>[^()]*)\))?\s*"
+)
+
+
+def _selector(text: str) -> list[tuple[str, str, list[str]]]:
+    """A condition of an Argo resource template, parsed as Argo does: as a Kubernetes
+    label selector (labels.ParseToRequirements): comma-separated requirements, each
+    ``key``, ``!key``, ``key=v``, ``key==v``, ``key!=v``, ``key>n``, ``key<n``,
+    ``key in (a,b)``, ``key notin (a,b)``, keys being label keys; ValueError otherwise."""
+    parts = re.findall(r"(?:[^,(]|\([^)]*\))+", text) if text.strip() else []
+    requirements = []
+    for part in parts:
+        found = _REQUIREMENT.fullmatch(part)
+        if found is None:
+            raise ValueError(f"unable to parse requirement: {part.strip()!r}")
+        key = found["key"]
+        if not _LABEL_KEY.fullmatch(key) or len(key.rpartition("/")[2]) > 63:
+            raise ValueError(f"invalid label key {key!r}")
+        if found["not"]:
+            if found["op"] or found["set"]:
+                raise ValueError(f"unable to parse requirement: {part.strip()!r}")
+            requirements.append((key, "!", []))
+            continue
+        op = found["op"] or found["set"] or "exists"
+        values = [found["value"] or ""] if found["op"] else []
+        if found["set"]:
+            values = [v.strip() for v in found["values"].split(",")]
+        for value in values:
+            if op in (">", "<") and not re.fullmatch(r"[-+]?[0-9]+", value):
+                raise ValueError(
+                    f"for 'Gt', 'Lt' operators, the value must be an integer: {part.strip()!r}"
+                )
+            if not _LABEL_VALUE.fullmatch(value) or len(value) > 63:
+                raise ValueError(f"invalid label value {value!r}")
+        requirements.append((key, op, values))
+    return requirements
+
+
+def _gjson(obj: Any, path: str) -> tuple[bool, str]:
+    """Whether a dotted path exists in the object and its value as gjson's String() gives
+    it (strings bare, numbers and booleans as JSON text)."""
+    for part in path.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return False, ""
+    if isinstance(obj, str):
+        return True, obj
+    return True, "" if obj is None else json.dumps(obj, separators=(",", ":"))
+
+
+def _requirement_matches(requirement: tuple[str, str, list[str]], obj: dict[str, Any]) -> bool:
+    """apimachinery's Requirement.Matches over the object's gjson paths."""
+    key, op, values = requirement
+    has, value = _gjson(obj, key)
+    if op in ("=", "==", "in"):
+        return has and value in values
+    if op in ("!=", "notin"):
+        return not has or value not in values
+    if op == "exists":
+        return has
+    if op == "!":
+        return not has
+    if not has or not re.fullmatch(r"[-+]?[0-9]+", value):
+        return False  # the object's value must parse as an integer
+    return int(value) > int(values[0]) if op == ">" else int(value) < int(values[0])
+
+
+def _requirement_text(requirement: tuple[str, str, list[str]]) -> str:
+    key, op, values = requirement
+    if op == "exists":
+        return key
+    if op == "!":
+        return f"!{key}"
+    if op in ("in", "notin"):
+        return f"{key} {op} ({','.join(values)})"
+    return f"{key}{op}{values[0]}"
 
 
 def _condition(

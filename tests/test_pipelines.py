@@ -209,7 +209,9 @@ def test_export_renders_a_valid_argo_workflow_and_cron_workflow(
     templates = {t["name"]: t for t in spec["templates"]}
     train = templates["train"]["resource"]
     assert train["action"] == "create" and train["setOwnerReference"] is True
-    assert train["successCondition"] == "status.replicaStatuses.Worker.succeeded > 0"
+    assert train["successCondition"] == (
+        "status.replicaStatuses.Worker.succeeded > 0,status.completionTime"
+    )
     tfjob = yaml.safe_load(train["manifest"])
     assert tfjob["kind"] == "TFJob" and tfjob["metadata"]["name"] == "{{workflow.name}}-train"
     for validator in schema_validators("TFJob"):
@@ -282,11 +284,68 @@ def test_a_run_on_the_cluster_is_an_argo_workflow_against_the_fake(
     low = pipeline(shell, "run kp --backend kubernetes --wait")
     assert low.status().steps["publish"].phase == "Skipped"
 
-    fake_kube.workflow_script = {"train": ("Failed", {}, "TFJob failed: worker-0 exit 1")}
+
+def test_a_tfjob_step_on_the_fake_is_decided_by_its_rendered_conditions(
+    shell: InteractiveShell, fake_kube: Any
+) -> None:
+    """The fake Argo creates the train step's TFJob (owned by the Workflow) and follows the
+    rendered success/failure conditions, parsed as label selectors, as the fake Training
+    Operator counts replicaStatuses; a script saying otherwise is not read for it."""
+    from tests.fake_kube import TFJOBS, WORKFLOWS, ReplicaScript
+
+    _cluster_pipeline(shell)
+    fake_kube.workflow_script = {
+        "train": ("Failed", {}, "the script is not asked about resource steps"),
+        "evaluate": ("Succeeded", {"accuracy": "0.98"}, ""),
+    }
+    run = pipeline(shell, "run kp --backend kubernetes --wait")
+    assert run.status().phase == "Succeeded"
+    assert run.status().steps["publish"].phase == "Succeeded"
+    workflow = fake_kube.get(*WORKFLOWS, "alice", run.name)
+    tfjob = fake_kube.get(*TFJOBS, "alice", f"{run.name}-train")
+    assert tfjob["metadata"]["ownerReferences"][0]["uid"] == workflow["metadata"]["uid"]
+    assert tfjob["status"]["replicaStatuses"] == {"Worker": {"succeeded": 2}}
+    # The train node ended no earlier than the TFJob it waited for.
+    nodes = {n["displayName"]: n for n in workflow["status"]["nodes"].values()}
+    assert nodes["train"]["finishedAt"] >= tfjob["status"]["completionTime"]
+
+    fake_kube.script = lambda job, replica: ReplicaScript(
+        ["boom"], exit_code=1 if replica == "worker-0" else 0
+    )
     failing = pipeline(shell, "run kp --backend kubernetes")
-    with pytest.raises(PipelineFailed, match="step train failed: TFJob failed"):
+    with pytest.raises(
+        PipelineFailed,
+        match=r"step train failed: failure condition 'status.replicaStatuses.Worker.failed>0'",
+    ):
         failing.wait(timeout=30)
     assert failing.status().steps["evaluate"].phase == "Pending"  # never started
+    failed = fake_kube.get(*TFJOBS, "alice", f"{failing.name}-train")["status"]
+    assert failed["replicaStatuses"]["Worker"] == {"succeeded": 1, "failed": 1}
+
+
+def test_the_rendered_success_condition_waits_for_worker_0_not_any_worker() -> None:
+    """As the Training Operator decides a job without a chief on worker 0, a worker 1 that
+    ended first matches no success (the fake's reading of the selector, as Argo's)."""
+    from kfnb.pipelines.argo import _tfjob_conditions
+    from tests.fake_kube import _requirement_matches, _selector
+
+    manifest = {"spec": {"tfReplicaSpecs": {"Worker": {"replicas": 2}}}}
+    success, failure = (_selector(c) for c in _tfjob_conditions(manifest))
+
+    def decided(status: dict[str, Any]) -> tuple[bool, bool]:
+        job = {"status": status}
+        return (all(_requirement_matches(r, job) for r in success),
+                any(_requirement_matches(r, job) for r in failure))  # fmt: skip
+
+    assert decided({"replicaStatuses": {"Worker": {"active": 1, "succeeded": 1}}}) == (False, False)
+    ended = {
+        "replicaStatuses": {"Worker": {"succeeded": 2}},
+        "completionTime": "2026-01-01T00:00:00Z",
+    }
+    assert decided(ended) == (True, False)
+    assert decided({"replicaStatuses": {"Worker": {"failed": 1}}})[1]
+    with pytest.raises(ValueError, match="label key"):
+        _selector("status.conditions.#.type in (Succeeded)")
 
 
 def test_cluster_faults_are_one_line(shell: InteractiveShell, fake_kube: Any) -> None:

@@ -71,12 +71,17 @@ def _decider(manifest: dict[str, Any]) -> str:
 
 
 def _tfjob_conditions(manifest: dict[str, Any]) -> tuple[str, str]:
-    """Succeeded when the replica that decides the job (the chief, else the workers:
-    worker 0 decides, and under MultiWorkerMirroredStrategy they end together) has
-    succeeded; Failed as soon as any replica type counts a failed pod, as the operator
-    fails a job whose replica failed beyond its restart policy."""
+    """Argo's executor parses each condition as a label selector whose keys are gjson paths
+    into the object (workflow/executor/resource.go: any failure requirement fails the
+    step, all success requirements must hold; no indexing into lists, so not the
+    ``conditions`` array). The Training Operator (tensorflow/tfjob_controller.go) counts
+    pods per replica type in ``status.replicaStatuses`` (active/succeeded/failed, zeros
+    omitted) and ends the job, setting ``completionTime``, when the chief has succeeded,
+    else when *worker 0* has (not any worker: with two workers, worker 1 can finish
+    first), or fails it when any replica type counts a failed pod. So: success is the
+    deciding type's count together with ``completionTime``; failure is checked first."""
     decider = _decider(manifest)
-    success = f"status.replicaStatuses.{decider}.succeeded > 0"
+    success = f"status.replicaStatuses.{decider}.succeeded > 0,status.completionTime"
     failure = ",".join(
         f"status.replicaStatuses.{t}.failed > 0" for t in manifest["spec"]["tfReplicaSpecs"]
     )
