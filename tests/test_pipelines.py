@@ -315,7 +315,7 @@ def test_a_tfjob_step_on_the_fake_is_decided_by_its_rendered_conditions(
     failing = pipeline(shell, "run kp --backend kubernetes")
     with pytest.raises(
         PipelineFailed,
-        match=r"step train failed: failure condition 'status.replicaStatuses.Worker.failed>0'",
+        match=r"step train failed: failure condition 'status.conditions.2.type==Failed'",
     ):
         failing.wait(timeout=30)
     assert failing.status().steps["evaluate"].phase == "Pending"  # never started
@@ -323,9 +323,10 @@ def test_a_tfjob_step_on_the_fake_is_decided_by_its_rendered_conditions(
     assert failed["replicaStatuses"]["Worker"] == {"succeeded": 1, "failed": 1}
 
 
-def test_the_rendered_success_condition_waits_for_worker_0_not_any_worker() -> None:
-    """As the Training Operator decides a job without a chief on worker 0, a worker 1 that
-    ended first matches no success (the fake's reading of the selector, as Argo's)."""
+def test_the_rendered_conditions_follow_how_the_operator_ends_a_tfjob() -> None:
+    """Read as the fake reads them (as Argo's executor does): as the Training Operator ends
+    a job without a chief on worker 0, a worker 1 that ended first is no success; a pod
+    retried under ExitCode is no failure; a job failed past its deadline is one."""
     from kfnb.pipelines.argo import _tfjob_conditions
     from tests.fake_kube import _requirement_matches, _selector
 
@@ -343,7 +344,15 @@ def test_the_rendered_success_condition_waits_for_worker_0_not_any_worker() -> N
         "completionTime": "2026-01-01T00:00:00Z",
     }
     assert decided(ended) == (True, False)
-    assert decided({"replicaStatuses": {"Worker": {"failed": 1}}})[1]
+    # Under restartPolicy ExitCode, a retried pod counts as failed while the job restarts.
+    restarting = [{"type": "Created"}, {"type": "Restarting"}]
+    counted = {"replicaStatuses": {"Worker": {"failed": 1}}, "conditions": restarting}
+    assert decided(counted) == (False, False)
+    # Past activeDeadlineSeconds: Failed, with no failed pod counted.
+    deadline = [{"type": "Created"}, {"type": "Suspended"}, {"type": "Running"}]
+    deadline.append({"type": "Failed", "status": "True", "reason": "DeadlineExceeded"})
+    expired = {"replicaStatuses": {"Worker": {}}, "conditions": deadline, "completionTime": "x"}
+    assert decided(expired) == (False, True)
     with pytest.raises(ValueError, match="label key"):
         _selector("status.conditions.#.type in (Succeeded)")
 

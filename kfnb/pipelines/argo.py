@@ -5,8 +5,9 @@ writes and ``run --backend kubernetes`` creates.
   least one Succeeded (``depends``), so a step whose dependencies were all skipped is
   Omitted, as the local runner skips it;
 - a ``%%tfjob`` step is a ``resource`` template creating the very TFJob ``%%tfjob`` renders
-  (``setOwnerReference``), succeeding and failing on the Training Operator's replica
-  counts (Argo's conditions are label selectors over JSON paths: no condition lists);
+  (``setOwnerReference``), succeeding on the deciding replica's count and completionTime,
+  failing on the Failed condition (Argo's conditions are label selectors over JSON
+  paths: a list is indexed, not filtered);
 - a ``%%step`` is a ``container`` template: the TFJob's one replica pod (stock image, the
   bundle mounted, the same runtime), writing its outputs as Argo output parameters;
 - a ``%serve`` step is a ``resource`` template creating the InferenceService;
@@ -70,21 +71,27 @@ def _decider(manifest: dict[str, Any]) -> str:
     return next((t for t in ("Chief", "Master") if t in types), "Worker")
 
 
+# How many conditions a TFJob can hold at once (Created, Suspended, Running or Restarting,
+# Succeeded or Failed: one per type), with room to spare.
+_MAX_CONDITIONS = 6
+
+
 def _tfjob_conditions(manifest: dict[str, Any]) -> tuple[str, str]:
     """Argo's executor parses each condition as a label selector whose keys are gjson paths
-    into the object (workflow/executor/resource.go: any failure requirement fails the
-    step, all success requirements must hold; no indexing into lists, so not the
-    ``conditions`` array). The Training Operator (tensorflow/tfjob_controller.go) counts
-    pods per replica type in ``status.replicaStatuses`` (active/succeeded/failed, zeros
-    omitted) and ends the job, setting ``completionTime``, when the chief has succeeded,
-    else when *worker 0* has (not any worker: with two workers, worker 1 can finish
-    first), or fails it when any replica type counts a failed pod. So: success is the
-    deciding type's count together with ``completionTime``; failure is checked first."""
+    into the object (workflow/executor/resource.go): any failure requirement fails the
+    step, all success requirements must hold, failure checked first; a key cannot filter
+    a list, only index it. The Training Operator (tensorflow/tfjob_controller.go) ends a
+    job, setting ``completionTime``, when the chief has succeeded, else when *worker 0*
+    has (not any worker: worker 1 may finish first), counting pods per replica type in
+    ``status.replicaStatuses`` (zeros omitted). It fails a job by a ``Failed`` condition:
+    for a failed replica, and also past activeDeadlineSeconds or backoffLimit, with no
+    failed pod counted; and under restartPolicy ExitCode a retried pod is counted
+    ``failed`` while the job is only Restarting. So failure is a ``Failed`` condition at
+    any index of ``status.conditions`` (one condition per type), and success the deciding
+    type's count together with ``completionTime``."""
     decider = _decider(manifest)
     success = f"status.replicaStatuses.{decider}.succeeded > 0,status.completionTime"
-    failure = ",".join(
-        f"status.replicaStatuses.{t}.failed > 0" for t in manifest["spec"]["tfReplicaSpecs"]
-    )
+    failure = ",".join(f"status.conditions.{i}.type == Failed" for i in range(_MAX_CONDITIONS))
     return success, failure
 
 
