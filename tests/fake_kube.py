@@ -13,7 +13,7 @@ Kubernetes backend asks of one, through the real ``kubernetes`` client:
   FailedScheduling event when they ask for more ``nvidia.com/gpu`` than a node has;
   the TFJob's status carries its conditions and ``replicaStatuses`` counted per type;
 - a fake Argo controller: DAG tasks in order with ``depends``/``when``; a ``resource``
-  task (``action: create``) creates its object here and is decided by its success and
+  task (``create``/``apply``) creates its object here and is decided by its success and
   failure conditions read as Argo reads them (label selectors over JSON paths); other
   tasks (container steps) are decided by ``workflow_script``, running no pod;
 - RBAC for a Role bound in one namespace and ClusterRoles bound cluster-wide (``rules``,
@@ -586,7 +586,7 @@ class FakeKube:
         task's ``depends`` (false: Omitted) and ``when`` on earlier outputs (false:
         Skipped), and records each node's phase, times and output parameters in
         ``status.nodes`` as Argo does; a Failed task fails the Workflow and no later task
-        starts. A ``resource`` task with ``action: create`` creates its object and follows
+        starts. A ``resource`` task (``create``, ``apply``) creates its object and follows
         its conditions (`_argo_resource`); any other task (container steps) is decided by
         ``workflow_script``: no pod runs."""
         name = workflow["metadata"]["name"]
@@ -634,7 +634,7 @@ class FakeKube:
             resource = template.get("resource")
             set_node(step, type="Pod", phase="Running", startedAt=now())
             time.sleep(self.step)
-            if resource and resource.get("action") == "create":
+            if resource and resource.get("action") in ("create", "apply"):
                 phase, message = self._argo_resource(namespace, workflow, resource, outputs)
                 values = {}
             else:
@@ -657,13 +657,15 @@ class FakeKube:
         resource: dict[str, Any],
         outputs: dict[str, dict[str, str]],
     ) -> tuple[str, str]:
-        """A fake of Argo's executor for a ``resource`` template with ``action: create``
-        (workflow/executor/resource.go): the manifest, its ``{{...}}`` substituted, is
-        created in this store (owned by the Workflow when ``setOwnerReference``), and
-        its controllers react; then it is re-read until a condition decides: any failure
-        requirement matching fails the node, all success requirements matching succeed
-        it (failure first), no conditions succeed it at once. Returns (phase, message).
-        Not modelled: the executor pod, its service account's RBAC, the other actions."""
+        """A fake of Argo's executor for a ``resource`` template with ``action: create`` or
+        ``apply`` (workflow/executor/resource.go): the manifest, its ``{{...}}``
+        substituted, is created in this store (owned by the Workflow when
+        ``setOwnerReference``; ``apply`` over an existing object replaces its spec, labels
+        and annotations, as a fake of kubectl's merge), and its controllers react; then
+        it is re-read until a condition decides: any failure requirement matching fails
+        the node, all success requirements matching succeed it (failure first), no
+        conditions succeed it at once. Returns (phase, message). Not modelled: the
+        executor pod, its service account's RBAC, the 5 s poll, the other actions."""
         import yaml
 
         meta = workflow["metadata"]
@@ -699,9 +701,18 @@ class FakeKube:
         except ValueError as error:
             return "Error", str(error)
         with self.cond:
-            if self.get(prefix, plural, namespace, name) is not None:
+            existing = self.get(prefix, plural, namespace, name)
+            if existing is not None and resource["action"] == "create":
                 return "Failed", f'{plural} "{name}" already exists'
-            self._put(prefix, plural, namespace, obj)
+            if existing is not None:  # apply: the manifest's spec and metadata over it
+                existing["spec"] = obj.get("spec", {})
+                for key in ("labels", "annotations", "ownerReferences"):
+                    if key in obj["metadata"]:
+                        existing["metadata"][key] = obj["metadata"][key]
+                existing["metadata"]["generation"] += 1
+                obj = self._put(prefix, plural, namespace, existing, "MODIFIED")
+            else:
+                obj = self._put(prefix, plural, namespace, obj)
         self._react(prefix, plural, namespace, obj)
         while not self.stopping:
             current = self.get(prefix, plural, namespace, name)

@@ -467,3 +467,38 @@ def test_the_runtime_reads_a_tfjob_steps_outputs_from_its_status(tmp_path: Any) 
                       lambda url: fetched.append(url) or str(status))  # fmt: skip
     assert given.outputs == {"loss": 0.25} and fetched == ["s3://b/k"]
     assert StepInput("a", {"outputs": {"x": 1}}).outputs == {"x": 1}
+
+
+def test_a_serve_step_on_the_fake_is_decided_by_the_inference_services_model_state(
+    shell: InteractiveShell, fake_kube: Any
+) -> None:
+    """The fake Argo applies the publish step's InferenceService; the fake KServe loads
+    the model (the step succeeds on activeModelState Loaded) or cannot fetch it (the
+    step fails on targetModelState FailedToLoad)."""
+    from tests.fake_kube import ISVCS
+
+    shell.run_line_magic("config", "Kfnb.storage = 's3://bucket/jobs'")
+    shell.run_cell_magic("tfjob", "--step train --pipeline sp --record-only", "print(1)\n")
+    shell.run_line_magic("serve", "train --name mnist --step publish --pipeline sp --record-only")
+    run = pipeline(shell, "run sp --backend kubernetes --wait")
+    assert run.status().steps["publish"].phase == "Succeeded"
+    isvc = fake_kube.get(*ISVCS, "alice", "mnist")
+    assert (
+        isvc["spec"]["predictor"]["model"]["storageUri"]
+        == f"s3://bucket/jobs/{run.name}-train/model"
+    )
+    assert isvc["status"]["modelStatus"]["states"]["activeModelState"] == "Loaded"
+
+    # A fresh InferenceService: over a Loaded one, the rendered success condition would
+    # match the old model's state before KServe reconciles the new spec (not fixed yet).
+    fake_kube.delete(*ISVCS, "alice", "mnist")
+    fake_kube.store_endpoint = "http://minio.elsewhere:9000"  # the initializer looks in S3
+    failing = pipeline(shell, "run sp --backend kubernetes")
+    with pytest.raises(
+        PipelineFailed, match="step publish failed: failure condition 'status.modelStatus"
+    ):
+        failing.wait(timeout=30)
+    isvc = fake_kube.get(*ISVCS, "alice", "mnist")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(
+        f"s3://bucket/jobs/{failing.name}-"
+    )
