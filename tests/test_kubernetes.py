@@ -416,7 +416,16 @@ def test_status_and_log_reads_send_no_requests_while_the_job_runs(fake_kube: Fak
     fake_kube.script = lambda job, replica: ReplicaScript([f"line {i}" for i in range(900)])
     backend, name = submit(workers=4)
     job = Job(name, backend)
-    wait_for(lambda: job.status().phase == "Running" and fake_kube.counts["log follow"] == 4)
+    # Every stream open before counting: a status read can come from the first list while
+    # its watch is still being opened (a loaded machine opened one inside the window).
+    watches = ("watch tfjobs", "watch pods", "watch events")
+    wait_for(
+        lambda: (
+            job.status().phase == "Running"
+            and fake_kube.counts["log follow"] == 4
+            and all(fake_kube.counts[w] for w in watches)
+        )
+    )
     before = Counter(fake_kube.counts)
     for _ in range(30):
         assert job.status().phase == "Running"
