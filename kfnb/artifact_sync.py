@@ -5,7 +5,8 @@ TensorFlow container, so it imports only the standard library and the ``minio``
 client (installed, or the copy the bundle ships under ``vendor/``). It never
 imports the rest of kfnb, so the helpers it shares with kfnb (an atomic write, the
 numbered-version test, a message's first line, the path-inside-a-directory test; see
-``kfnb/_util.py``) are copies. ``runtime.py`` uses this file's `inside` for its downloads.
+``kfnb/_util.py``) are copies. ``runtime.py`` uses this file's `inside` and
+`private_dir` rather than copies of its own.
 
 Settings come from the variables TensorFlow and the Kubeflow MNIST examples use:
 ``S3_ENDPOINT`` (host:port, empty for AWS), ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``,
@@ -402,7 +403,8 @@ class Syncer:
 
 
 def private_dir(path: Path) -> Path:
-    """kfnb._util.private_dir's copy: ``path`` and the parents it lacks made 0700."""
+    """kfnb._util.private_dir's copy (runtime.py uses this one): ``path`` and the parents
+    it lacks made 0700."""
     missing, parent = [], path
     while not parent.is_dir() and parent.parent != parent:
         missing.append(parent)

@@ -464,18 +464,9 @@ def _is_version(name: str) -> bool:
 
 
 def _private_dir(path: Path) -> Path:
-    """kfnb._util.private_dir's copy: ``path`` and the parents it lacks made 0700."""
-    missing, parent = [], path
-    while not parent.is_dir() and parent.parent != parent:
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if not directory.is_dir():
-                raise
-    return path
+    """``path`` and the parents it lacks made 0700: artifact_sync's (kfnb._util's twin)."""
+    made: Path = _sync_module().private_dir(path)
+    return made
 
 
 def _write_status(path: Path, record: dict[str, Any]) -> None:
