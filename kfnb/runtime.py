@@ -30,6 +30,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -499,17 +500,31 @@ def data_cache(env: Mapping[str, str]) -> Path:
     return path
 
 
+_SYNC_LOADING = threading.Lock()
+
+
 def _sync_module() -> Any:
-    """``artifact_sync.py`` beside this file, loaded by path: this file imports no kfnb."""
+    """``artifact_sync.py`` beside this file, loaded by path: this file imports no kfnb.
+    Loaded under a lock: the module is in sys.modules before its body has run, and a
+    second thread (status writers) must not take the half-made module."""
     name = "kfnb_artifact_sync"
-    if name not in sys.modules:
-        path = Path(__file__).with_name("artifact_sync.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None, f"{path} is missing"
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while defining
-        spec.loader.exec_module(module)
+    with _SYNC_LOADING:
+        if name not in sys.modules:
+            _load_sync_module(name)
     return sys.modules[name]
+
+
+def _load_sync_module(name: str) -> None:
+    path = Path(__file__).with_name("artifact_sync.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"{path} is missing"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while defining
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 class _Uploads:
@@ -575,8 +590,6 @@ class _Tee:
     """Copies this process's stdout and stderr (TensorFlow's C++ logs too) into a file."""
 
     def __init__(self, path: Path) -> None:
-        import threading
-
         _private_dir(path.parent)
         self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         sys.stdout.flush()
